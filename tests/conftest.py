@@ -1,0 +1,31 @@
+"""Shared test fixtures: the real public data lives in ../shared/data (never copied here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FEDSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DIABETES = SHARED_DATA / "diabetes130" / "diabetic_data_dev.csv.gz"
+MIMIC_DIAG = SHARED_DATA / "mimic3-demo" / "DIAGNOSES_ICD.csv"
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+@pytest.fixture(scope="session")
+def diabetes_path() -> Path:
+    if not DIABETES.exists():
+        pytest.skip(f"{DIABETES} not present")
+    return DIABETES
+
+
+@pytest.fixture(scope="session")
+def mimic_path() -> Path:
+    if not MIMIC_DIAG.exists():
+        pytest.skip(f"{MIMIC_DIAG} not present")
+    return MIMIC_DIAG
