@@ -1,0 +1,21 @@
+"""The data layer: loaders, the patient x code matrix, the output writer, demo cohort, splits."""
+
+from common.data.loaders import FORMATS, detect_format, load_codes
+from common.data.matrix import CodeMatrix, LoadReport
+from common.data.split import split_holdout
+from common.data.writer import synthetic_ids, write_matrix
+from common.vocabulary import Vocabulary, icd9_categories, icd10_categories
+
+__all__ = [
+    "FORMATS",
+    "CodeMatrix",
+    "LoadReport",
+    "Vocabulary",
+    "detect_format",
+    "icd9_categories",
+    "icd10_categories",
+    "load_codes",
+    "split_holdout",
+    "synthetic_ids",
+    "write_matrix",
+]

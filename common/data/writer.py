@@ -1,0 +1,78 @@
+"""The output format every command shares: patient_id + one 0/1 column per vocabulary code.
+
+CSV (header ``patient_id,001,002,...,V45,...,E888,...``) or Parquet when the path ends in
+``.parquet``; written atomically. The CSV body is built with numpy, not per cell in Python.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.atomic import atomic_open, atomic_path
+from common.vocabulary import Vocabulary
+
+_ROWS_PER_CHUNK = 4096
+
+
+def synthetic_ids(n: int, prefix: str = "syn") -> np.ndarray:
+    """'syn-000001', 'syn-000002', ... (at least 6 digits)."""
+    width = max(6, len(str(n)))
+    return np.array([f"{prefix}-{i:0{width}d}" for i in range(1, n + 1)])
+
+
+def _check(X: np.ndarray, vocab: Vocabulary, patient_ids) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != len(vocab):
+        raise ValueError(f"X has shape {X.shape}, vocabulary has {len(vocab)} codes")
+    if X.size and not np.isin(X, (0, 1)).all():
+        raise ValueError("X must hold only 0/1")
+    X = X.astype(np.uint8, copy=False)
+    ids = synthetic_ids(X.shape[0]) if patient_ids is None else np.asarray(patient_ids).astype(str)
+    if len(ids) != X.shape[0]:
+        raise ValueError(f"{len(ids)} patient ids for {X.shape[0]} rows")
+    return X, ids
+
+
+def write_matrix(
+    path: str | os.PathLike[str], X: np.ndarray, vocab: Vocabulary, patient_ids=None  # type: ignore[no-untyped-def]
+) -> Path:
+    """Write a 0/1 patient x code matrix (CSV, or Parquet for '.parquet'), atomically."""
+    X, ids = _check(X, vocab, patient_ids)
+    out = Path(path)
+    if out.suffix.lower() == ".parquet":
+        df = pd.DataFrame(X, columns=list(vocab.codes))
+        df.insert(0, "patient_id", ids)
+        with atomic_path(out) as tmp:
+            df.to_parquet(tmp, index=False)
+        return out
+    header = ",".join(["patient_id", *(_csv_field(c) for c in vocab.codes)]) + "\n"
+    with atomic_open(out, "w", encoding="utf-8", newline="") as fh:
+        fh.write(header)
+        for start in range(0, X.shape[0], _ROWS_PER_CHUNK):
+            fh.write(_csv_rows(X[start : start + _ROWS_PER_CHUNK], ids[start : start + _ROWS_PER_CHUNK]))
+    return out
+
+
+def _csv_rows(X: np.ndarray, ids: np.ndarray) -> str:
+    """Rows 'id,0,1,...\\n' built as one byte buffer: digits interleaved with commas."""
+    n, d = X.shape
+    if n == 0:
+        return ""
+    cells = np.empty((n, 2 * d), dtype=np.uint8)
+    cells[:, 0::2] = ord(",")
+    cells[:, 1::2] = X + ord("0")
+    body = np.concatenate([cells, np.full((n, 1), ord("\n"), dtype=np.uint8)], axis=1)
+    lines = body.tobytes().decode("ascii")
+    step = 2 * d + 1
+    return "".join(f"{_csv_field(pid)}{lines[i * step : (i + 1) * step]}" for i, pid in enumerate(ids))
+
+
+def _csv_field(value: str) -> str:
+    s = str(value)
+    if any(ch in s for ch in ',"\n\r'):
+        return '"' + s.replace('"', '""') + '"'
+    return s
