@@ -1,5 +1,6 @@
 """The data layer: loaders, the patient x code matrix, the output writer, demo cohort, splits."""
 
+from common.data.demo import demo_cohort
 from common.data.loaders import FORMATS, detect_format, load_codes
 from common.data.matrix import CodeMatrix, LoadReport
 from common.data.split import split_holdout
@@ -11,6 +12,7 @@ __all__ = [
     "CodeMatrix",
     "LoadReport",
     "Vocabulary",
+    "demo_cohort",
     "detect_format",
     "icd9_categories",
     "icd10_categories",
