@@ -112,7 +112,8 @@ class Vocabulary:
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as err:
-                raise InputError(p, f"invalid JSON in vocabulary file (line {err.lineno})") from None
+                problem = f"invalid JSON in vocabulary file (line {err.lineno})"
+                raise InputError(p, problem) from None
             if isinstance(obj, list):
                 obj = {"codes": obj, "name": p.stem}
             if not isinstance(obj, dict):

@@ -293,7 +293,8 @@ def _build(
     row_of = pd.Index(uniq_ids).get_indexer(pids)
     missing = codes.isin(MISSING)
     report.missing_codes = int(missing.sum())
-    key_of = {c: (c if c.startswith(ICD10_PREFIX) else key_fn(c)) for c in pd.unique(codes[~missing])}
+    uniq = pd.unique(codes[~missing])
+    key_of = {c: (c if c.startswith(ICD10_PREFIX) else key_fn(c)) for c in uniq}
     keys = codes[~missing].map(key_of)
     cols = keys.map(positions)
     oov = cols.isna()

@@ -53,7 +53,8 @@ def write_matrix(
     with atomic_open(out, "w", encoding="utf-8", newline="") as fh:
         fh.write(header)
         for start in range(0, X.shape[0], _ROWS_PER_CHUNK):
-            fh.write(_csv_rows(X[start : start + _ROWS_PER_CHUNK], ids[start : start + _ROWS_PER_CHUNK]))
+            stop = start + _ROWS_PER_CHUNK
+            fh.write(_csv_rows(X[start:stop], ids[start:stop]))
     return out
 
 
@@ -68,7 +69,9 @@ def _csv_rows(X: np.ndarray, ids: np.ndarray) -> str:
     body = np.concatenate([cells, np.full((n, 1), ord("\n"), dtype=np.uint8)], axis=1)
     lines = body.tobytes().decode("ascii")
     step = 2 * d + 1
-    return "".join(f"{_csv_field(pid)}{lines[i * step : (i + 1) * step]}" for i, pid in enumerate(ids))
+    return "".join(
+        f"{_csv_field(pid)}{lines[i * step : (i + 1) * step]}" for i, pid in enumerate(ids)
+    )
 
 
 def _csv_field(value: str) -> str:
