@@ -1,0 +1,233 @@
+"""What a hospital does in one federated round, as plain functions (no Flower here).
+
+``run_site_round``: plan the round's mechanism (the site calibrates its own noise multiplier for
+what is left of the plan, counting everything its ledger already holds), check the site's own
+budget (refuse and train nothing if it would be exceeded), train with DP-SGD, record the spend in
+the ledger BEFORE the update is returned, and return the update, the privacy report and metrics.
+
+``evaluate_site``: score the global model's synthetic sample against the site's own held-out
+patients (never trained on); only aggregate figures leave the site.
+
+Per-site plan (issue 4): q_k = batch / n_k (Poisson sampling), local steps per round =
+ceil(local_epochs / q_k), planned total = rounds x local steps. The server's ``epsilon`` is the
+target of the plan; the site's ``--epsilon-budget`` is its own lifetime cap, enforced by its
+ledger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.config import Config
+from common.errors import BudgetExceeded, InputError
+from privacy.accountant import Mechanism, calibrate_noise, default_delta
+
+log = logging.getLogger(__name__)
+
+State = dict[str, np.ndarray]
+
+
+@dataclass
+class SitePlan:
+    """The server's plan for one round, as the site receives it."""
+
+    round: int
+    rounds: int
+    run_id: str
+    target_epsilon: float
+    config: Config
+    delta: float | None = None  # None: the site's default_delta(n)
+    seed: int = 0
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> SitePlan:
+        d = json.loads(text)
+        d["config"] = Config.from_dict(d["config"], source="plan")
+        return cls(**d)
+
+
+@dataclass
+class SiteData:
+    site: str
+    train: np.ndarray  # uint8 (n_train, V): the only rows DP-SGD ever sees
+    holdout: np.ndarray  # uint8 (n_holdout, V): evaluation and audits only
+    vocab: Any  # common.vocabulary.Vocabulary
+
+
+@dataclass
+class SiteUpdate:
+    """A site's answer to a train request."""
+
+    site: str
+    status: str  # "ok" | "refused"
+    reason: str = ""
+    weights: State | None = None
+    ema: State | None = None
+    steps: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
+
+
+def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: str) -> SiteData:
+    """Load the site's patients and split off its held-out part (deterministic in ``seed``)."""
+    path = Path(path)
+    if path.suffix == ".npz":  # a simulated site's partition (written by ehr-simulate)
+        from common.vocabulary import Vocabulary
+
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                train, hold = data["train"], data["holdout"]
+                vocab = Vocabulary.from_dict(json.loads(str(data["vocab"])), source=path)
+        except (OSError, KeyError, ValueError) as err:
+            raise InputError(path, f"not a simulated site file ({err})") from None
+        return SiteData(site, train.astype(np.uint8), hold.astype(np.uint8), vocab)
+    from common.data import load_codes, split_holdout
+
+    matrix = load_codes(path, fmt)
+    if holdout > 0:
+        tr, ho = split_holdout(matrix, holdout, seed)
+        return SiteData(site, tr.X, ho.X, matrix.vocab)
+    return SiteData(site, matrix.X, matrix.X[:0], matrix.vocab)
+
+
+def sample_rate(n_train: int, batch_size: int) -> float:
+    """Poisson sampling rate q = expected batch / n (capped at 1)."""
+    return min(1.0, batch_size / max(1, n_train))
+
+
+def steps_per_round(n_train: int, plan: SitePlan) -> int:
+    """ceil(local_epochs / q): local_epochs passes over the site's data in expectation."""
+    q = sample_rate(n_train, plan.config.train.batch_size)
+    return max(1, math.ceil(plan.config.federation.local_epochs / q - 1e-9))
+
+
+def site_delta(n_train: int, plan: SitePlan) -> float:
+    if plan.delta is not None and plan.delta > 0:
+        if plan.delta >= 1.0 / max(1, n_train):
+            raise InputError("--delta", f"delta {plan.delta:g} is not below 1/n = "
+                             f"{1.0 / n_train:.3g} for a site with {n_train} patients")
+        return plan.delta
+    return default_delta(n_train)
+
+
+def plan_mechanism(n_train: int, plan: SitePlan, history: list[Mechanism], budget: float,
+                   delta: float) -> Mechanism:
+    """This round's mechanism: sigma calibrated so that the site's whole history plus the rest
+    of the plan (rounds left x local steps) reaches at most min(target, budget)."""
+    q = sample_rate(n_train, plan.config.train.batch_size)
+    steps = steps_per_round(n_train, plan)
+    remaining = (plan.rounds - plan.round + 1) * steps
+    target = min(plan.target_epsilon, budget)
+    accountant = plan.config.privacy.accountant
+    try:
+        sigma = calibrate_noise(target, delta, q, remaining, accountant, prior_history=history)
+    except ValueError as err:
+        raise BudgetExceeded(f"cannot plan round {plan.round}: {err}") from None
+    return Mechanism(sigma, q, steps)
+
+
+def _ema_decay(plan: SitePlan, steps: int) -> float:
+    """EMA decay for the whole run: at most the configured one, and such that the initial
+    weights weigh less than e^-8 at the end of the plan."""
+    total = max(1, plan.rounds * steps)
+    return float(min(plan.config.train.ema_decay, max(0.0, 1.0 - 8.0 / total)))
+
+
+def run_site_round(
+    global_state: State,
+    global_ema: State | None,
+    data: SiteData,
+    plan: SitePlan,
+    ledger: Any,  # privacy.ledger.Ledger
+    budget: float,
+    device: str = "cpu",
+) -> SiteUpdate:
+    """Check the ledger, train with DP-SGD, record the spend, return the update."""
+    import torch
+
+    from client.dp_training import train_dp
+    from common.device import resolve_device
+    from common.model.train import build_model
+
+    n = int(data.train.shape[0])
+    delta = site_delta(n, plan)
+    accountant = plan.config.privacy.accountant
+    try:
+        mech = plan_mechanism(n, plan, list(ledger.history), budget, delta)
+        ledger.check(mech, budget, delta, accountant)
+    except BudgetExceeded as err:
+        log.warning("site %s refuses round %d: %s", data.site, plan.round, err)
+        return SiteUpdate(data.site, "refused", reason=str(err),
+                          privacy=ledger.report(delta, budget, accountant))
+    log.info("site %s round %d: sigma=%.4g q=%.4g steps=%d (target eps %.3g, budget %.3g)",
+             data.site, plan.round, mech.noise_multiplier, mech.sample_rate, mech.steps,
+             plan.target_epsilon, budget)
+
+    cfg = plan.config
+    train_cfg = dataclasses.replace(cfg.train, ema_decay=_ema_decay(plan, mech.steps),
+                                    seed=cfg.train.seed * 1000 + plan.round)
+    dev = resolve_device(device)
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(data.train.shape[1], cfg.model)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_state.items()})
+    model.to(dev)
+    t0 = time.perf_counter()
+    res = train_dp(model, data.train, model_cfg=cfg.model, train_cfg=train_cfg,
+                   privacy_cfg=cfg.privacy, noise_multiplier=mech.noise_multiplier,
+                   sample_rate=mech.sample_rate, steps=mech.steps, device=dev)
+    ran: Mechanism = res.mechanism
+    # Record what actually ran BEFORE anything leaves the site.
+    ledger.record(ran, plan.run_id, plan.round)
+    weights = {k: v.detach().cpu().numpy() for k, v in res.state_dict.items()}
+    ema = None
+    if res.ema_state is not None:
+        ema = {k: v.detach().cpu().numpy() for k, v in res.ema_state.items()}
+        if global_ema is not None:
+            # train_dp's EMA started from the round's global weights w0 and was updated once per
+            # step: ema = d^S w0 + sum(...). The run's EMA continues from the global EMA e0:
+            # ema' = ema + d^S (e0 - w0) (exact for a plain EMA, no warm-up).
+            factor = train_cfg.ema_decay ** ran.steps
+            for k in ema:
+                if k in global_ema and np.issubdtype(ema[k].dtype, np.floating):
+                    ema[k] = (ema[k] + factor * (global_ema[k] - global_state[k])).astype(
+                        ema[k].dtype)
+    report = ledger.report(delta, budget, accountant)
+    metrics = {
+        "loss": float(res.mean_loss),
+        "steps": float(ran.steps),
+        "n_train": float(n),
+        "examples_per_s": float(res.examples_per_s),
+        "seconds": time.perf_counter() - t0,
+        "sigma": float(ran.noise_multiplier),
+        "q": float(ran.sample_rate),
+        "epsilon": float(report["epsilon"]),
+    }
+    return SiteUpdate(data.site, "ok", weights=weights, ema=ema, steps=ran.steps,
+                      metrics=metrics, privacy=report)
+
+
+def evaluate_site(synthetic: np.ndarray, data: SiteData, seed: int = 0) -> dict[str, Any]:
+    """The core metrics of ``synthetic`` against this site's held-out patients (aggregates
+    only: correlations, AUROC ratios, means; never a row)."""
+    from common.metrics import fidelity
+
+    if data.holdout.shape[0] < 10:
+        return {"site": data.site, "n_holdout": int(data.holdout.shape[0]),
+                "skipped": "fewer than 10 held-out patients"}
+    out = fidelity(data.holdout, synthetic, real_train=data.train, seed=seed)
+    flat = {k: v for k, v in out.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    flat.update(site=data.site, n_holdout=int(data.holdout.shape[0]))
+    return flat

@@ -1,0 +1,351 @@
+"""Start, watch and stop Flower's processes (SuperLink, SuperNodes, ``flwr run``) on 127.0.0.1.
+
+Plain subprocess management, no ``flwr`` import: every process is started in its own process
+group and recorded in a ``ProcessGroup``; leaving the group (normally, on an exception, on
+Ctrl-C or SIGTERM) stops them all, SIGTERM first, then SIGKILL. The environment turns off
+telemetry, update checks and runtime dependency installation, keeps ``FLWR_HOME`` inside the
+run directory, and keeps Ray (the simulation backend) on the loopback address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.atomic import atomic_open
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+CONNECTION = "fedsynth"
+
+
+def app_dir() -> Path:
+    """The Flower app folder (the repository/distribution root holding pyproject.toml)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").exists():
+        raise RuntimeError(f"{root}: pyproject.toml not found; install fedsynth editable")
+    return root
+
+
+def bin_path(name: str) -> str:
+    """A console script of this environment (next to the running Python), else from PATH."""
+    local = Path(sys.executable).with_name(name)
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"'{name}' not found next to {sys.executable} nor on PATH")
+    return found
+
+
+def flower_env(flwr_home: str | Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for every Flower process this project starts."""
+    env = dict(os.environ)
+    home = Path(flwr_home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(
+        FLWR_HOME=str(home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        # Ray: single-node cluster on the loopback address only, no dashboard, no usage stats.
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_DISABLE_DOCKER_CPU_WARNING="1",
+        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+        RAY_TMPDIR=str(home / "ray"),
+        PYTHONUNBUFFERED="1",
+    )
+    # The ServerApp/ClientApp subprocesses must import this project, whatever the cwd.
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port free right now on ``host`` (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+@dataclass
+class ProcessGroup:
+    """Processes started for one command; ``stop_all`` ends every one of them."""
+
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    logs: list[Any] = field(default_factory=list)
+
+    def start(self, name: str, cmd: Sequence[str], env: Mapping[str, str],
+              log_file: Path | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        out: Any = subprocess.DEVNULL
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            out = open(log_file, "ab")  # noqa: SIM115 - closed in stop_all
+            self.logs.append(out)
+        log.debug("starting %s: %s", name, " ".join(cmd))
+        proc = subprocess.Popen(
+            list(cmd), env=dict(env), stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True,
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
+        # The whole process group: ServerApp/ClientApp/Ray children too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(2)
+
+    def stop_all(self) -> None:
+        for name, proc in reversed(self.procs):
+            log.debug("stopping %s (pid %d)", name, proc.pid)
+            self.stop(proc)
+        self.procs.clear()
+        for fh in self.logs:
+            with contextlib.suppress(OSError):
+                fh.close()
+        self.logs.clear()
+
+
+@contextlib.contextmanager
+def managed() -> Iterator[ProcessGroup]:
+    """A ProcessGroup whose processes are stopped on exit, exception, Ctrl-C or SIGTERM."""
+    group = ProcessGroup()
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.getsignal(signal.SIGTERM)
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, old)
+
+
+def wait_http_health(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float,
+                     what: str, log_file: Path | None = None) -> None:
+    """Wait until ``http://host:port/health`` answers, or the process dies / time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}"
+                               + (f"; see {log_file}" if log_file else ""))
+        url = f"http://{host}:{port}/health"
+        with contextlib.suppress(urllib.error.URLError, OSError, ValueError), \
+                urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status < 500:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not come up on {host}:{port} within {timeout:.0f}s"
+                       + (f"; see {log_file}" if log_file else ""))
+
+
+def start_superlink(
+    group: ProcessGroup, *, host: str, port: int, flwr_home: Path, simulation: bool = False,
+    insecure: bool = True, tls_args: Sequence[str] = (), log_file: Path | None = None,
+    timeout: float = 60.0,
+) -> subprocess.Popen[bytes]:
+    """``flower-superlink`` on host:port (Fleet, Control and ServerAppIo over one HTTP port)."""
+    cmd = [bin_path("flower-superlink"), "--host", host, "--port", str(port),
+           "--disable-runtime-dependency-installation", "--isolation", "subprocess"]
+    if insecure:
+        cmd.append("--insecure")
+    cmd += list(tls_args)
+    if simulation:
+        cmd.append("--simulation")
+    if log_file is not None:
+        cmd += ["--log-file", str(log_file)]
+    env = flower_env(flwr_home)
+    proc = group.start("superlink", cmd, env, log_file=log_file.with_suffix(".out")
+                       if log_file else None)
+    if insecure:
+        wait_http_health(host, port, proc, timeout, "flower-superlink", log_file)
+    else:
+        _wait_port(host, port, proc, timeout, "flower-superlink")
+    return proc
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float,
+               what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        if port_open(host, port):
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not open {host}:{port} within {timeout:.0f}s")
+
+
+def node_config_arg(config: Mapping[str, str | int | float | bool]) -> str:
+    """Flower's ``--node-config`` syntax: space separated ``key=value``, strings quoted."""
+    parts = []
+    for key, value in config.items():
+        if isinstance(value, bool):
+            parts.append(f"{key}={'true' if value else 'false'}")
+        elif isinstance(value, int | float):
+            parts.append(f"{key}={value}")
+        else:
+            parts.append(f"{key}={json.dumps(str(value))}")
+    return " ".join(parts)
+
+
+def start_supernode(
+    group: ProcessGroup, *, superlink: str, node_config: Mapping[str, Any], flwr_home: Path,
+    insecure: bool = True, tls_args: Sequence[str] = (), port: int | None = None,
+    log_file: Path | None = None, max_wait_time: float | None = None,
+) -> subprocess.Popen[bytes]:
+    """``flower-supernode`` connecting to ``superlink``; its local ClientAppIo port is chosen
+    automatically (so several SuperNodes can run on one host)."""
+    local_port = port or free_port()
+    cmd = [bin_path("flower-supernode"), "--superlink", superlink,
+           "--host", LOOPBACK, "--port", str(local_port),
+           "--node-config", node_config_arg(node_config)]
+    if insecure:
+        cmd.append("--insecure")
+    cmd += list(tls_args)
+    if max_wait_time is not None:
+        cmd += ["--max-wait-time", str(max_wait_time)]
+    return group.start("supernode", cmd, flower_env(flwr_home), log_file=log_file)
+
+
+def write_connection(flwr_home: Path, address: str, insecure: bool = True,
+                     root_certificates: str | None = None, name: str = CONNECTION) -> Path:
+    """``$FLWR_HOME/config.toml`` with one SuperLink connection for ``flwr run``/``flwr ls``."""
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]",
+             f'address = "{address}"', f"insecure = {'true' if insecure else 'false'}"]
+    if root_certificates:
+        lines.append(f"root-certificates = {json.dumps(str(Path(root_certificates).resolve()))}")
+    path = Path(flwr_home) / "config.toml"
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+def _flwr(args: Sequence[str], flwr_home: Path, timeout: float = 120.0,
+          cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [bin_path("flwr"), *args], env=flower_env(flwr_home), capture_output=True, text=True,
+        timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
+    )
+
+
+def _last_json(text: str) -> dict[str, Any]:
+    start = text.find("{")
+    if start < 0:
+        raise ValueError("no JSON in output")
+    return json.loads(text[start:])
+
+
+def config_args(values: Mapping[str, Any]) -> list[str]:
+    """``--run-config`` / ``--federation-config`` items (TOML values)."""
+    items = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            items.append(f"{key}={'true' if value else 'false'}")
+        elif isinstance(value, int | float):
+            items.append(f"{key}={value}")
+        else:
+            items.append(f"{key}={json.dumps(str(value))}")
+    return items
+
+
+def submit_run(flwr_home: Path, run_config: Mapping[str, Any],
+               federation_config: Mapping[str, Any] | None = None,
+               name: str = CONNECTION) -> int:
+    """``flwr run APP NAME`` with the run config; returns the run id."""
+    args = ["run", str(app_dir()), name, "--format", "json"]
+    for item in config_args(run_config):
+        args += ["--run-config", item]
+    for item in config_args(federation_config or {}):
+        args += ["--federation-config", item]
+    res = _flwr(args, flwr_home, cwd=app_dir())
+    try:
+        payload = _last_json(res.stdout)
+        if payload.get("success") and payload.get("run-id") is not None:
+            return int(payload["run-id"])
+    except ValueError:
+        pass
+    raise RuntimeError(f"flwr run failed (exit {res.returncode}): "
+                       f"{(res.stdout + res.stderr).strip()[-800:]}")
+
+
+def run_status(flwr_home: Path, run_id: int, name: str = CONNECTION) -> str:
+    """The run's status text, e.g. ``running`` or ``finished:completed`` ('' if unknown)."""
+    try:
+        res = _flwr(["ls", name, "--run-id", str(run_id), "--format", "json"], flwr_home,
+                    timeout=60)
+        payload = _last_json(res.stdout)
+    except (ValueError, subprocess.TimeoutExpired):
+        return ""
+    for run in payload.get("runs", []):
+        if str(run.get("run-id")) == str(run_id):
+            return str(run.get("status", ""))
+    return ""
+
+
+def stop_run(flwr_home: Path, run_id: int, name: str = CONNECTION) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+        _flwr(["stop", str(run_id), name], flwr_home, timeout=30)
+
+
+def wait_run(
+    flwr_home: Path, run_id: int, *, done: Callable[[], bool], alive: Callable[[], bool],
+    timeout: float | None = None, poll: float = 1.0, tick: Callable[[], None] | None = None,
+    status_every: float = 15.0, name: str = CONNECTION,
+) -> str:
+    """Wait for the run to end: ``done()`` (the ServerApp wrote its final status file) or Flower
+    reporting it finished. Returns the final status; raises if ``alive()`` turns false."""
+    start = last_status = time.monotonic()
+    while True:
+        if tick is not None:
+            tick()
+        if done():
+            return "finished:completed"
+        if not alive():
+            raise RuntimeError("the SuperLink process died")
+        now = time.monotonic()
+        if now - last_status >= status_every:
+            last_status = now
+            status = run_status(flwr_home, run_id, name)
+            if status.startswith("finished"):
+                # give the ServerApp's final file a moment to land
+                time.sleep(1.0)
+                return "finished:completed" if done() else status
+        if timeout is not None and now - start > timeout:
+            raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f}s")
+        time.sleep(poll)
