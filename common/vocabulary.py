@@ -155,7 +155,8 @@ def icd9_category(code: str) -> str:
     prefix, body = head[:1], head[1:]
     if prefix in ("V", "E") and _NUMERIC.match(body):
         width = 2 if prefix == "V" else 3
-        return prefix + (body.zfill(width) if dot or len(body) < width else body[:width])
+        if len(body) == width or (not dot and len(body) > width):
+            return prefix + body[:width]
     return c
 
 

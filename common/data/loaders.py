@@ -38,6 +38,7 @@ MISSING = frozenset({"", "?", "nan", "NaN", "NA", "None", "null", "NULL"})
 ID_COLUMNS = ("patient_id", "subject_id", "patient_nbr", "patient", "id", "")
 DIABETES_COVARIATES = {"race": "race", "gender": "gender", "age": "age_band"}
 _OOV_SHOWN = 10
+_BOOL_TEXT = {"True": "1", "False": "0", "true": "1", "false": "0"}
 
 
 def load_codes(
@@ -66,7 +67,7 @@ def load_codes(
     detected = detect_format(columns)
     if fmt == "auto":
         if detected is None:
-            detected = "matrix" if _looks_like_matrix(p, columns) else None
+            detected = "matrix" if _looks_like_matrix(p, columns, vocab) else None
         if detected is None:
             raise InputError(
                 p, f"cannot detect the format from columns ({_show(columns)})",
@@ -339,11 +340,14 @@ def _binary_values(p: Path, df: pd.DataFrame) -> np.ndarray:
     out = np.empty(df.shape, dtype=np.uint8)
     for j, col in enumerate(df.columns):
         s = df[col]
-        if s.dtype == bool:
+        if pd.api.types.is_bool_dtype(s) and not s.isna().any():
             out[:, j] = s.to_numpy(dtype=np.uint8)
             continue
-        v = pd.to_numeric(s, errors="coerce") if s.dtype == object else s
-        arr = v.to_numpy(dtype=np.float64, na_value=np.nan)
+        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            s_num = pd.to_numeric(s.astype(str).str.strip().replace(_BOOL_TEXT), errors="coerce")
+        else:
+            s_num = s
+        arr = s_num.to_numpy(dtype=np.float64, na_value=np.nan)
         bad = ~((arr == 0) | (arr == 1))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -355,13 +359,18 @@ def _binary_values(p: Path, df: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def _looks_like_matrix(p: Path, columns: list[str]) -> bool:
+def _looks_like_matrix(p: Path, columns: list[str], vocab: Vocabulary | None) -> bool:
+    """A wide matrix: its column names are codes, or its sampled cells are all 0/1."""
+    cols = [c for c in columns if not (c == columns[0] and _is_id_column(c))]
+    if not cols:
+        return False
+    known = vocab if vocab is not None else icd9_categories()
+    named = sum(1 for c in cols if str(c).strip() in known or icd9_category(str(c)) in known)
+    if named >= max(1, len(cols) // 2):
+        return True
     sample = read_table(p, nrows=50)
-    cols = [c for c in sample.columns if not (c == sample.columns[0] and _is_id_column(c))]
-    if not cols or sample.empty:
-        return bool(cols)  # header only: the matrix loader reports "no patients"
     vals = set(pd.unique(sample[cols].astype(str).to_numpy().ravel()))
-    return vals <= {"0", "1", "0.0", "1.0", "True", "False", "true", "false"}
+    return not sample.empty and vals <= {"0", "1", "0.0", "1.0", "True", "False", "true", "false"}
 
 
 def _is_id_column(name: str) -> bool:
