@@ -1,0 +1,31 @@
+"""corGAN (Torfi & Fox 2020, "CorGAN: Correlation-Capturing Convolutional Generative
+Adversarial Networks for Generating Synthetic Healthcare Records"), our PyTorch implementation.
+
+A 1-D convolutional autoencoder (``nets.ConvAutoencoder``: its layers derived from the
+vocabulary size instead of corGAN's hard-wired 1,071), medGAN's residual MLP generator, and a
+WGAN critic (256-256-256-1 ReLU MLP, minibatch averaging, no sigmoid) with weight clipping at
+0.01 and a generator step every 5 critic steps (Arjovsky et al. 2017). Adam(0.5, 0.99) as in
+corGAN's code. DP variant: see ``simulations.baselines.gan`` (GroupNorm instead of BatchNorm in
+the autoencoder, no minibatch averaging, DP-SGD on the autoencoder and the critic's real term).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from simulations.baselines.gan import GANConfig, GANResult, train_gan
+
+
+def corgan_config(**overrides: Any) -> GANConfig:
+    """The published corGAN settings, with ``overrides``."""
+    base = GANConfig(autoencoder="conv", loss="wgan", d_hidden=(256, 256, 256),
+                     minibatch_averaging=True, ae_epochs=100, gan_epochs=1000, batch_size=512,
+                     betas=(0.5, 0.99), weight_decay=1e-4, g_every=5, clip_value=0.01)
+    return base.replace(**overrides)
+
+
+def train_corgan(X: np.ndarray, cfg: GANConfig | None = None, **kwargs: Any) -> GANResult:
+    """Train corGAN on 0/1 ``X``; ``epsilon=..., delta=...`` for the DP variant (see train_gan)."""
+    return train_gan(X, cfg or corgan_config(), **kwargs)

@@ -1,0 +1,91 @@
+"""One way to fit any baseline: ``fit_baseline(name, X, epsilon, delta, seed, preset)``.
+
+Presets scale the epochs: ``full`` (the benchmark), ``quick`` (``ehr-benchmark --quick``),
+``smoke`` (tests, a few steps). ``epsilon=None`` is the non-private variant.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from privacy.accountant import Mechanism
+from simulations.baselines.corgan import corgan_config
+from simulations.baselines.dp_marginals import fit_marginals
+from simulations.baselines.gan import GANConfig, train_gan
+from simulations.baselines.medgan import medgan_config
+
+BASELINES = ("medgan", "corgan", "dp_marginals")
+PRESETS = ("full", "quick", "smoke")
+
+_GAN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "medgan": {
+        "full": dict(ae_epochs=20, gan_epochs=100, dp_ae_epochs=10, dp_gan_epochs=30),
+        "quick": dict(ae_epochs=10, gan_epochs=30, dp_ae_epochs=5, dp_gan_epochs=15),
+        "smoke": dict(ae_epochs=1, gan_epochs=1, dp_ae_epochs=0.5, dp_gan_epochs=0.5,
+                      batch_size=16, dp_batch_size=16),
+    },
+    "corgan": {
+        "full": dict(ae_epochs=20, gan_epochs=100, dp_ae_epochs=10, dp_gan_epochs=30),
+        "quick": dict(ae_epochs=10, gan_epochs=30, dp_ae_epochs=5, dp_gan_epochs=15),
+        "smoke": dict(ae_epochs=1, gan_epochs=1, dp_ae_epochs=0.5, dp_gan_epochs=0.5,
+                      batch_size=16, dp_batch_size=16),
+    },
+}
+
+
+class Sampler(Protocol):
+    def sample(self, n: int, seed: int = 0) -> np.ndarray: ...
+
+
+@dataclass
+class Fitted:
+    """A trained generator and what it cost."""
+
+    name: str
+    sampler: Sampler
+    privacy: dict[str, Any] | None  # epsilon, delta, accountant, history (None: non-private)
+    train_seconds: float
+
+
+def gan_config(name: str, preset: str = "full", **overrides: Any) -> GANConfig:
+    if name not in _GAN_PRESETS:
+        raise ValueError(f"{name!r} is not a GAN baseline ({', '.join(_GAN_PRESETS)})")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} ({', '.join(PRESETS)})")
+    base = medgan_config() if name == "medgan" else corgan_config()
+    return base.replace(**{**_GAN_PRESETS[name][preset], **overrides})
+
+
+def fit_baseline(
+    name: str,
+    X: np.ndarray,
+    epsilon: float | None = None,
+    delta: float | None = None,
+    seed: int = 0,
+    preset: str = "full",
+    device: str = "cpu",
+    progress: Callable[[str, int, int], None] | None = None,
+    noise_multiplier: float | None = None,
+    prior_history: tuple[Mechanism, ...] = (),
+    **overrides: Any,
+) -> Fitted:
+    """Fit baseline ``name`` (one of ``BASELINES``) on 0/1 ``X``; DP when ``epsilon`` is given
+    (sigma calibrated for it, or ``noise_multiplier`` checked against it: ``BudgetExceeded``
+    before any training when the plan plus ``prior_history`` exceeds ``epsilon``).
+    ``overrides``: GANConfig fields."""
+    if name == "dp_marginals":
+        res = fit_marginals(X, epsilon, delta, noise_multiplier=noise_multiplier,
+                            prior_history=prior_history, seed=seed)
+        return Fitted(name, res.sampler, res.privacy, res.train_seconds)
+    if name not in _GAN_PRESETS:
+        raise ValueError(f"unknown baseline {name!r} ({', '.join(BASELINES)})")
+    cfg = gan_config(name, preset, **overrides)
+    start = time.perf_counter()
+    res = train_gan(X, cfg, epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier,
+                    prior_history=prior_history, seed=seed, device=device, progress=progress)
+    return Fitted(name, res.sampler, res.privacy, time.perf_counter() - start)
