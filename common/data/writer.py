@@ -50,28 +50,30 @@ def write_matrix(
             df.to_parquet(tmp, index=False)
         return out
     header = ",".join(["patient_id", *(_csv_field(c) for c in vocab.codes)]) + "\n"
-    with atomic_open(out, "w", encoding="utf-8", newline="") as fh:
-        fh.write(header)
+    with atomic_open(out, "wb") as fh:
+        fh.write(header.encode("utf-8"))
         for start in range(0, X.shape[0], _ROWS_PER_CHUNK):
             stop = start + _ROWS_PER_CHUNK
             fh.write(_csv_rows(X[start:stop], ids[start:stop]))
     return out
 
 
-def _csv_rows(X: np.ndarray, ids: np.ndarray) -> str:
+def _csv_rows(X: np.ndarray, ids: np.ndarray) -> bytes:
     """Rows 'id,0,1,...\\n' built as one byte buffer: digits interleaved with commas."""
     n, d = X.shape
     if n == 0:
-        return ""
-    cells = np.empty((n, 2 * d), dtype=np.uint8)
-    cells[:, 0::2] = ord(",")
-    cells[:, 1::2] = X + ord("0")
-    body = np.concatenate([cells, np.full((n, 1), ord("\n"), dtype=np.uint8)], axis=1)
-    lines = body.tobytes().decode("ascii")
+        return b""
+    cells = np.empty((n, 2 * d + 1), dtype=np.uint8)
+    cells[:, 0 : 2 * d : 2] = ord(",")
+    cells[:, 1 : 2 * d : 2] = X + ord("0")
+    cells[:, -1] = ord("\n")
+    fields = [_csv_field(pid).encode("utf-8") for pid in ids]
+    if len({len(f) for f in fields}) == 1:  # equal-width ids (syn-000001...): all in numpy
+        id_bytes = np.frombuffer(b"".join(fields), dtype=np.uint8).reshape(n, -1)
+        return np.concatenate([id_bytes, cells], axis=1).tobytes()
+    body = cells.tobytes()
     step = 2 * d + 1
-    return "".join(
-        f"{_csv_field(pid)}{lines[i * step : (i + 1) * step]}" for i, pid in enumerate(ids)
-    )
+    return b"".join(f + body[i * step : (i + 1) * step] for i, f in enumerate(fields))
 
 
 def _csv_field(value: str) -> str:
