@@ -93,6 +93,7 @@ def read_table(
         sep = _check_text(p, head)
         return pd.read_csv(
             p, sep=sep, usecols=usecols, nrows=nrows, dtype=dtype, keep_default_na=False,
+            index_col=False,  # extra fields in a row must not become an index (shifts columns)
             na_values=[], encoding="utf-8-sig", compression="gzip" if gz else None,
             low_memory=False,
         )
