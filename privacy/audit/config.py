@@ -21,7 +21,7 @@ class AuditConfig:
     # attribute disclosure (medGAN)
     attr_known: int = 16  # s: codes the attacker knows
     attr_known_mode: str = "top"  # "top" (most common codes) | "random"
-    attr_k: int = 5  # neighbours voting
+    attr_k: int = 1  # neighbours voting (medGAN reports k = 1 and 10)
     attr_targets: int = 1_000  # member patients attacked
     # white-box canaries / loss attack
     canary_sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)

@@ -1,0 +1,250 @@
+"""White-box audit: canary patients, denoising-loss scores, and empirical epsilon lower bounds.
+
+Protocol (Steinke, Nasr & Jagielski 2023, one training run): m canary patients with rare,
+distinct code patterns; each is added to a site's training rows independently with probability
+1/2 (``insert_canaries``). After training, every canary is scored by the model's EDM denoising
+loss at a few fixed noise levels with fixed noise draws (``score_canaries``; a lower loss means
+"included"). ``canary_audit`` turns scores into lower bounds on epsilon:
+
+- one-run bound: guess "in" on the r/2 best-scored and "out" on the r/2 worst-scored canaries,
+  count correct guesses v, ``one_run_epsilon(m, r, v)``; several r, Bonferroni-corrected;
+- Clopper-Pearson bound (Jagielski et al. 2020): the threshold is chosen on a random half of the
+  canaries and applied to the other half.
+
+The reported eps_lb is the max of both, each run at alpha/2, so it holds with confidence
+1 - alpha. eps_lb > the accountant's epsilon means an accounting or implementation bug.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from privacy.audit.config import AuditConfig
+from privacy.audit.membership import roc_summary
+from privacy.bounds import clopper_pearson_epsilon, one_run_epsilon
+
+log = logging.getLogger(__name__)
+
+
+def make_canaries(X: np.ndarray, m: int, n_codes: int, seed: int) -> np.ndarray:
+    """m distinct canary rows, each n_codes codes drawn from the rarer half of the vocabulary."""
+    rng = np.random.default_rng(seed)
+    prevalence = np.asarray(X, dtype=np.float64).mean(axis=0) if len(X) else np.zeros(X.shape[1])
+    pool = np.flatnonzero(prevalence <= np.median(prevalence))
+    if len(pool) < 2 * n_codes:
+        pool = np.argsort(prevalence, kind="stable")[: max(2 * n_codes, X.shape[1] // 2)]
+    n_codes = min(n_codes, len(pool))
+    rows: set[tuple[int, ...]] = set()
+    canaries = np.zeros((m, X.shape[1]), dtype=np.uint8)
+    i = 0
+    while i < m:
+        codes = tuple(sorted(rng.choice(pool, n_codes, replace=False).tolist()))
+        if codes in rows:
+            continue
+        rows.add(codes)
+        canaries[i, list(codes)] = 1
+        i += 1
+    return canaries
+
+
+def insert_canaries(
+    X: np.ndarray, m: int, seed: int, n_codes: int = AuditConfig.canary_codes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X_with, canaries, included_mask): each of m canaries joins X with probability 1/2.
+
+    The included canaries are appended after X's rows (training samples rows at random, so the
+    position carries nothing); ``canaries`` (m, n_codes) and the boolean ``included_mask`` (m,)
+    stay with the auditor."""
+    X = np.asarray(X, dtype=np.uint8)
+    canaries = make_canaries(X, m, n_codes, seed)
+    included = np.random.default_rng([seed, 1]).random(m) < 0.5
+    return np.vstack([X, canaries[included]]), canaries, included
+
+
+def torch_module(model: Any) -> nn.Module:
+    """The EDM-preconditioned torch module D(x, sigma) inside a Generator (or the module itself)."""
+    if isinstance(model, nn.Module):
+        return model
+    for name in ("model", "module", "net", "denoiser", "precond"):
+        inner = getattr(model, name, None)
+        if isinstance(inner, nn.Module):
+            return inner
+    raise TypeError(f"cannot find the torch module inside {type(model).__name__}")
+
+
+def model_sigma_data(model: Any, module: nn.Module) -> float:
+    if hasattr(module, "sigma_data"):
+        return float(module.sigma_data)
+    for name in ("config", "model_cfg", "cfg", "model_config"):
+        cfg = getattr(model, name, None)
+        if cfg is not None and hasattr(cfg, "sigma_data"):
+            return float(cfg.sigma_data)
+    return 0.14
+
+
+@torch.no_grad()
+def denoising_losses(
+    model: Any, X: np.ndarray, sigmas: tuple[float, ...], draws: int = 8, seed: int = 0
+) -> np.ndarray:
+    """(n, len(sigmas)) EDM loss lambda(s) |D(x + s n; s) - x|^2 / n_codes, mean over ``draws``
+    fixed noise draws (the same draws for every row, so rows are compared like for like)."""
+    module = torch_module(model)
+    sd = model_sigma_data(model, module)
+    param = next(module.parameters())
+    was_training = module.training
+    module.eval()
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn((draws, X.shape[1]), generator=gen).to(param.device, param.dtype)
+    out = np.zeros((len(X), len(sigmas)), dtype=np.float64)
+    try:
+        for start in range(0, len(X), 256):
+            x = torch.as_tensor(np.asarray(X[start : start + 256]), dtype=param.dtype)
+            x = x.to(param.device)
+            x0 = x.unsqueeze(1).expand(-1, draws, -1)
+            for j, s in enumerate(sigmas):
+                sig = torch.full((x.shape[0], draws, 1), float(s), dtype=param.dtype,
+                                 device=param.device)
+                err = (module(x0 + noise * s, sig) - x0) ** 2
+                weight = (s**2 + sd**2) / (s * sd) ** 2
+                out[start : start + x.shape[0], j] = (weight * err.mean(dim=(1, 2))).cpu().numpy()
+    finally:
+        module.train(was_training)
+    return out
+
+
+def score_canaries(
+    model: Any,
+    canaries: np.ndarray,
+    sigmas: tuple[float, ...] = AuditConfig.canary_sigmas,
+    draws: int = AuditConfig.canary_draws,
+    seed: int = 0,
+) -> np.ndarray:
+    """Membership score per canary (higher = more likely included): minus the mean over sigmas
+    of the log denoising loss (logs put every noise level on one scale)."""
+    losses = denoising_losses(model, canaries, tuple(sigmas), draws, seed)
+    return -np.log(np.maximum(losses, 1e-12)).mean(axis=1)
+
+
+def one_run_bound(
+    scores: np.ndarray, included: np.ndarray, fractions: tuple[float, ...], alpha: float,
+    delta: float = 0.0,
+) -> dict:
+    """Best one-run bound over r = fraction * m guesses, each tested at alpha / len(fractions)."""
+    m = len(scores)
+    order = np.argsort(-scores, kind="stable")
+    a = alpha / len(fractions)
+    rows = []
+    for f in fractions:
+        half = max(1, int(round(f * m / 2)))
+        half = min(half, m // 2)
+        guess_in, guess_out = order[:half], order[m - half :]
+        v = int(included[guess_in].sum() + (~included[guess_out]).sum())
+        eps = one_run_epsilon(m, 2 * half, v, a, delta)
+        rows.append({"r": 2 * half, "correct": v, "eps_lb": eps})
+    best = max(rows, key=lambda row: row["eps_lb"])
+    return {"eps_lb": best["eps_lb"], "alpha": alpha, "m": m, "best": best, "by_r": rows}
+
+
+def split_threshold_bound(
+    scores: np.ndarray, included: np.ndarray, alpha: float, delta: float = 0.0, seed: int = 0
+) -> dict:
+    """Clopper-Pearson bound with the threshold chosen on one random half, applied to the other."""
+    rng = np.random.default_rng([seed, 2])
+    perm = rng.permutation(len(scores))
+    pick, test = perm[: len(perm) // 2], perm[len(perm) // 2 :]
+    best_t, best_eps = math.inf, -1.0
+    for t in np.unique(scores[pick]):
+        c = _confusion(scores[pick], included[pick], t)
+        eps = clopper_pearson_epsilon(*c, alpha=alpha, delta=delta)
+        if eps > best_eps:
+            best_t, best_eps = float(t), eps
+    tp, fn, fp, tn = _confusion(scores[test], included[test], best_t)
+    eps_lb = clopper_pearson_epsilon(tp, fn, fp, tn, alpha=alpha, delta=delta)
+    return {"eps_lb": eps_lb, "alpha": alpha, "threshold": best_t,
+            "tp": tp, "fn": fn, "fp": fp, "tn": tn}
+
+
+def _confusion(scores: np.ndarray, included: np.ndarray, t: float) -> tuple[int, int, int, int]:
+    guess = scores >= t
+    tp = int((guess & included).sum())
+    fp = int((guess & ~included).sum())
+    return tp, int(included.sum()) - tp, fp, int((~included).sum()) - fp
+
+
+def canary_audit(
+    scores: np.ndarray,
+    included: np.ndarray,
+    eps_accountant: float | None = None,
+    delta: float = 0.0,
+    cfg: AuditConfig | None = None,
+) -> dict:
+    """eps_lb (confidence 1 - alpha) from canary scores, next to the accountant's epsilon.
+
+    ``passed`` is False when eps_lb > eps_accountant: the privacy claim is refuted."""
+    cfg = cfg or AuditConfig()
+    scores = np.asarray(scores, dtype=np.float64)
+    included = np.asarray(included, dtype=bool)
+    if scores.shape != included.shape or len(scores) < 4:
+        raise ValueError("need one score per canary and at least 4 canaries")
+    one_run = one_run_bound(scores, included, cfg.one_run_guess_fractions, cfg.alpha / 2, delta)
+    cp = split_threshold_bound(scores, included, cfg.alpha / 2, delta, cfg.seed)
+    eps_lb = max(one_run["eps_lb"], cp["eps_lb"])
+    passed = eps_accountant is None or eps_lb <= eps_accountant
+    if not passed:
+        log.error("AUDIT FAILED: eps_lb %.3f > accountant epsilon %.3f", eps_lb, eps_accountant)
+    return {
+        "kind": "canaries",
+        "m": int(len(scores)),
+        "included": int(included.sum()),
+        "eps_lb": eps_lb,
+        "confidence": 1 - cfg.alpha,
+        "eps_accountant": eps_accountant,
+        "delta": delta,
+        "passed": passed,
+        "one_run": one_run,
+        "clopper_pearson": cp,
+        "roc": roc_summary(scores[included], scores[~included], cfg.roc_points),
+    }
+
+
+def loss_attack(
+    model: Any,
+    members: np.ndarray,
+    non_members: np.ndarray,
+    eps_accountant: float | None = None,
+    delta: float = 0.0,
+    cfg: AuditConfig | None = None,
+) -> dict:
+    """White-box loss attack on real members vs held-out patients (no canaries needed).
+
+    A Clopper-Pearson bound (split threshold) is valid only if membership was decided at random
+    (e.g. a random holdout split); it is far from tight on typical patients."""
+    cfg = cfg or AuditConfig()
+    rng = np.random.default_rng(cfg.seed)
+    n = min(len(members), len(non_members), cfg.max_eval // 2)
+    mi = rng.choice(len(members), n, replace=False)
+    ni = rng.choice(len(non_members), n, replace=False)
+    rows = np.vstack([members[mi], non_members[ni]])
+    included = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    scores = score_canaries(model, rows, cfg.canary_sigmas, cfg.canary_draws, cfg.seed)
+    cp = split_threshold_bound(scores, included, cfg.alpha, delta, cfg.seed)
+    passed = eps_accountant is None or cp["eps_lb"] <= eps_accountant
+    if not passed:
+        log.error("AUDIT FAILED: eps_lb %.3f > accountant eps %.3f", cp["eps_lb"], eps_accountant)
+    return {
+        "kind": "loss_attack",
+        "m": int(2 * n),
+        "eps_lb": cp["eps_lb"],
+        "confidence": 1 - cfg.alpha,
+        "eps_accountant": eps_accountant,
+        "delta": delta,
+        "passed": passed,
+        "clopper_pearson": cp,
+        "roc": roc_summary(scores[included], scores[~included], cfg.roc_points),
+    }

@@ -1,0 +1,106 @@
+"""ehr-audit: audit a trained generator against its members and held-out patients.
+
+    ehr-audit --model MODEL_DIR --members A.csv --non-members B.csv [--format F] [--out DIR]
+              [--privacy PRIVACY_JSON]
+
+Writes DIR/audit.json and DIR/audit.html. Exit 1 when the audit fails (empirical lower bound
+above the accountant's epsilon), 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from common.errors import InputError, cli_errors
+from privacy.audit.config import AuditConfig
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ehr-audit", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="model directory (ehr-train / ehr-simulate)")
+    p.add_argument("--members", required=True, help="patients the model was trained on")
+    p.add_argument("--non-members", required=True, help="held-out patients, same population")
+    p.add_argument("--format", default="auto", help="auto|mimic|diabetes130|long|matrix")
+    p.add_argument("--out", default="audit", help="output directory (default: ./audit)")
+    p.add_argument("--privacy", help="privacy report JSON (epsilon, delta, accountant, history)")
+    p.add_argument("--n-synth", type=int, default=AuditConfig.n_synth,
+                   help="synthetic records drawn for the attacks")
+    p.add_argument("--alpha", type=float, default=AuditConfig.alpha,
+                   help="1 - confidence of the epsilon lower bound")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="auto|cpu|cuda")
+    p.add_argument("--no-white-box", action="store_true", help="skip the loss attack")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def read_privacy(path: str | None, extra: dict[str, Any]) -> dict[str, Any] | None:
+    """The privacy report from --privacy, else from the model directory's config, else None."""
+    if path is None:
+        found = extra.get("privacy") if isinstance(extra, dict) else None
+        return found if isinstance(found, dict) and "epsilon" in found else None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(path, f"not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "a privacy report must be a JSON object")
+    if "epsilon" not in data and "sites" not in data:
+        found = data.get("privacy")
+        if isinstance(found, dict) and "epsilon" in found:
+            return found
+        raise InputError(path, "no 'epsilon' key", "Pass the privacy report written by training")
+    return data
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from rich.console import Console
+
+    from common.data import load_codes
+    from common.model.store import load_model
+    from privacy.audit.run import run_audit
+
+    console = Console(stderr=True)
+    if args.n_synth < 10:
+        raise InputError("--n-synth", f"must be at least 10, got {args.n_synth}")
+    if not 0 < args.alpha < 1:
+        raise InputError("--alpha", f"must be in (0, 1), got {args.alpha}")
+    generator = load_model(args.model, device=args.device)
+    privacy = read_privacy(args.privacy, getattr(generator, "extra", {}))
+    members = load_codes(args.members, args.format, vocab=generator.vocab)
+    non_members = load_codes(args.non_members, args.format, vocab=generator.vocab)
+    for name, m in ((args.members, members), (args.non_members, non_members)):
+        if m.X.shape[0] < 2:
+            raise InputError(name, f"needs at least 2 patients, found {m.X.shape[0]}")
+    cfg = AuditConfig(n_synth=args.n_synth, alpha=args.alpha, seed=args.seed)
+    with console.status("auditing: sampling, attacks, white-box scores ..."):
+        audit = run_audit(generator, members.X, non_members.X, args.out, privacy, cfg,
+                          white_box=not args.no_white_box)
+    out = Path(args.out)
+    verdict = audit["verdict"]
+    console.print(f"[bold]{verdict['status'].upper()}[/bold]: {verdict['text']}")
+    console.print(f"wrote {out / 'audit.json'} and {out / 'audit.html'}")
+    if verdict["status"] == "fail":
+        return 1
+    return 0
+
+
+def entry() -> None:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

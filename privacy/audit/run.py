@@ -1,0 +1,265 @@
+"""Audit orchestration: one site's audit (aggregate figures only), the merge, the verdict, files.
+
+- ``audit_site(generator, members, non_members, ...)``: runs at a site, against its own members
+  and held-out patients; returns a dict of aggregate figures (no rows, no identifiers).
+- ``merge_site_audits({site: audit}, privacy, round_log)``: the coordinator's side-by-side view.
+- ``run_audit(...)`` / ``write_audit(out_dir, audit)``: audit.json + audit.html, atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.atomic import atomic_open, write_json
+from privacy.audit.attribute import attribute_disclosure
+from privacy.audit.canaries import canary_audit, loss_attack, score_canaries, torch_module
+from privacy.audit.config import AuditConfig
+from privacy.audit.membership import membership_attacks
+
+log = logging.getLogger(__name__)
+
+ATTACKS = ("dcr_hamming", "dcr_jaccard", "domias")
+THREAT_MODEL = (
+    "Black-box attacks: the attacker sees only synthetic records drawn from the released "
+    "generator, plus real records of the patients under attack (members: patients a site trained "
+    "on; non-members: held-out patients of the same site) and, for the density-ratio and "
+    "attribute baselines, other real patients of the same population. White-box audit: the "
+    "auditor holds the model weights and canary patients that were each added to a site's "
+    "training data with probability 1/2 (or, for a model trained elsewhere, real members vs "
+    "held-out patients); it scores them by the model's denoising loss. The empirical epsilon is a "
+    "lower bound holding with the stated confidence; the accountant's epsilon is an upper bound "
+    "proved for the code as written. A lower bound above the upper bound refutes the claim."
+)
+
+
+def audit_site(
+    generator: Any,
+    members: np.ndarray,
+    non_members: np.ndarray,
+    cfg: AuditConfig | None = None,
+    synth: np.ndarray | None = None,
+    canaries: np.ndarray | None = None,
+    included: np.ndarray | None = None,
+    privacy: Mapping[str, Any] | None = None,
+    site: str | None = None,
+    white_box: bool = True,
+) -> dict[str, Any]:
+    """Every attack for one site; returns aggregate figures only (safe to send to the server).
+
+    generator: has ``.sample(n, seed)`` and holds the torch module (white-box parts);
+    canaries/included: from ``insert_canaries`` when the site trained with canaries;
+    privacy: the site's privacy report (epsilon, delta, ...) or None for a non-private model."""
+    cfg = cfg or AuditConfig()
+    members = np.asarray(members, dtype=np.uint8)
+    non_members = np.asarray(non_members, dtype=np.uint8)
+    if synth is None:
+        synth = np.asarray(generator.sample(cfg.n_synth, seed=cfg.seed), dtype=np.uint8)
+    eps = None if not privacy or privacy.get("epsilon") is None else float(privacy["epsilon"])
+    delta = float(privacy.get("delta") or 0.0) if privacy else 0.0
+    out: dict[str, Any] = {
+        "site": site,
+        "n_members": int(len(members)),
+        "n_non_members": int(len(non_members)),
+        "n_synth": int(len(synth)),
+        "epsilon": eps,
+        "delta": delta,
+        "membership": membership_attacks(synth, members, non_members, cfg=cfg),
+        "attribute": attribute_disclosure(synth, members, non_members, cfg),
+        "prevalence": {
+            "members": _rounded(members.mean(axis=0)),
+            "synthetic": _rounded(synth.mean(axis=0)),
+        },
+    }
+    if canaries is not None and included is not None:
+        scores = score_canaries(generator, canaries, cfg.canary_sigmas, cfg.canary_draws, cfg.seed)
+        out["white_box"] = canary_audit(scores, included, eps, delta, cfg)
+    elif white_box and _has_module(generator):
+        out["white_box"] = loss_attack(generator, members, non_members, eps, delta, cfg)
+    out["eps_lb"] = out["white_box"]["eps_lb"] if "white_box" in out else None
+    out["passed"] = bool(out.get("white_box", {}).get("passed", True))
+    return out
+
+
+def _has_module(generator: Any) -> bool:
+    try:
+        torch_module(generator)
+    except TypeError:
+        return False
+    return True
+
+
+def _rounded(v: np.ndarray) -> list[float]:
+    return np.round(np.asarray(v, dtype=np.float64), 5).tolist()
+
+
+def site_reports(privacy: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Privacy reports per site from a site report, a release report ({"sites": [...]}) or a
+    mapping site -> report."""
+    if not privacy:
+        return {}
+    if "sites" in privacy and isinstance(privacy["sites"], list):
+        return {str(r.get("site") or i): dict(r) for i, r in enumerate(privacy["sites"])}
+    if "epsilon" in privacy:
+        return {str(privacy.get("site") or "all"): dict(privacy)}
+    return {str(k): dict(v) for k, v in privacy.items() if isinstance(v, Mapping)}
+
+
+def epsilon_by_round(
+    privacy: Mapping[str, Any] | None, round_log: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, list[tuple[int, float]]]:
+    """Epsilon spent after each round, per site: from a round log ({round, site, epsilon}) when
+    given, else recomputed from each report's history (one entry per round)."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    if round_log:
+        for row in round_log:
+            if row.get("epsilon") is None:
+                continue
+            site = str(row.get("site", "all"))
+            out.setdefault(site, []).append((int(row["round"]), float(row["epsilon"])))
+        return {k: sorted(v) for k, v in out.items()}
+    from privacy.accountant import Mechanism, epsilon
+
+    for site, rep in site_reports(privacy).items():
+        history = rep.get("history") or []
+        delta = rep.get("delta")
+        if not history or not delta or len(history) > 200:
+            continue
+        mechs = [Mechanism.from_dict(h) for h in history]
+        acc = str(rep.get("accountant", "prv"))
+        try:
+            out[site] = [(i + 1, epsilon(mechs[: i + 1], float(delta), acc))
+                         for i in range(len(mechs))]
+        except (ValueError, ArithmeticError) as err:
+            log.warning("cannot recompute epsilon per round for %s: %s", site, err)
+    return out
+
+
+def merge_site_audits(
+    audits: Mapping[str, Mapping[str, Any]],
+    privacy: Mapping[str, Any] | None = None,
+    round_log: Sequence[Mapping[str, Any]] | None = None,
+    cfg: AuditConfig | None = None,
+) -> dict[str, Any]:
+    """The server's report: every site side by side, the release epsilon, and the verdict."""
+    cfg = cfg or AuditConfig()
+    sites = {str(k): dict(v) for k, v in audits.items()}
+    reports = site_reports(privacy)
+    release_eps = privacy.get("epsilon") if privacy else None
+    release_delta = privacy.get("delta") if privacy else None
+    if release_eps is None and reports:
+        release_eps = max(float(r["epsilon"]) for r in reports.values())
+        release_delta = max(float(r.get("delta") or 0.0) for r in reports.values())
+    for name, audit in sites.items():
+        if audit.get("epsilon") is None and name in reports:
+            audit["epsilon"] = float(reports[name]["epsilon"])
+    summary = _summary(sites, release_eps)
+    return {
+        "threat_model": THREAT_MODEL,
+        "config": {k: v for k, v in vars(cfg).items()},
+        "epsilon": None if release_eps is None else float(release_eps),
+        "delta": release_delta,
+        "sites": sites,
+        "epsilon_by_round": {k: [list(p) for p in v]
+                             for k, v in epsilon_by_round(privacy, round_log).items()},
+        "summary": summary,
+        "verdict": verdict(summary),
+    }
+
+
+def _auroc_noise(n1: int, n2: int) -> float:
+    """Standard error of AUROC under no signal (Mann-Whitney): sqrt((n1 + n2 + 1) / (12 n1 n2))."""
+    return math.sqrt((n1 + n2 + 1) / (12.0 * max(n1, 1) * max(n2, 1)))
+
+
+def _summary(sites: Mapping[str, Mapping[str, Any]], release_eps: float | None) -> dict[str, Any]:
+    best_auroc, signal, eps_lbs, failures = 0.5, False, [], []
+    for name, audit in sites.items():
+        for attack in ATTACKS:
+            res = audit["membership"][attack]
+            se = _auroc_noise(res["n_members"], res["n_non_members"])
+            best_auroc = max(best_auroc, res["auroc"])
+            signal |= res["auroc"] > 0.5 + max(0.02, 3 * se)
+        if audit.get("eps_lb") is not None:
+            eps_lbs.append(float(audit["eps_lb"]))
+            site_eps = audit["epsilon"] if audit.get("epsilon") is not None else release_eps
+            if site_eps is not None and audit["eps_lb"] > float(site_eps):
+                failures.append(name)
+    return {
+        "max_membership_auroc": best_auroc,
+        "membership_signal": bool(signal),
+        "eps_lb": max(eps_lbs) if eps_lbs else None,
+        "eps_accountant": release_eps,
+        "failed_sites": failures,
+        "passed": not failures,
+    }
+
+
+def verdict(summary: Mapping[str, Any]) -> dict[str, str]:
+    """A status (fail | risk | pass) and a plain-language sentence."""
+    eps, lb, auroc = summary["eps_accountant"], summary["eps_lb"], summary["max_membership_auroc"]
+    lb_txt = "not measured" if lb is None else f"{lb:.2f}"
+    if summary["failed_sites"]:
+        return {"status": "fail", "text": (
+            f"AUDIT FAILED: the measured lower bound on epsilon ({lb_txt}) exceeds the "
+            f"accountant's epsilon ({eps:.2f}) at site(s) {', '.join(summary['failed_sites'])}. "
+            "The privacy claim is refuted: look for an accounting or implementation bug before "
+            "releasing anything.")}
+    if eps is None and (summary["membership_signal"] or (lb is not None and lb > 0)):
+        return {"status": "risk", "text": (
+            f"HIGH RISK: this model has no differential-privacy guarantee and leaks membership "
+            f"(best membership AUROC {auroc:.3f}, empirical epsilon lower bound {lb_txt}). "
+            "Do not release it or its synthetic data as anonymous.")}
+    if eps is None:
+        return {"status": "risk", "text": (
+            f"No differential-privacy guarantee; the attacks found no clear membership signal "
+            f"(best AUROC {auroc:.3f}, epsilon lower bound {lb_txt}). Absence of a detected "
+            "attack is not a guarantee.")}
+    note = (" The black-box attacks see some membership signal, which a DP model may show "
+            "within its epsilon.") if summary["membership_signal"] else ""
+    return {"status": "pass", "text": (
+        f"PASS: the accountant's epsilon is {eps:.2f}; the audit's lower bound ({lb_txt}) does not "
+        f"exceed it, and the best membership AUROC is {auroc:.3f}.{note} The audit can refute "
+        "a privacy claim, never prove it: the guarantee rests on the accountant.")}
+
+
+def write_audit(out_dir: str | Path, audit: Mapping[str, Any]) -> tuple[Path, Path]:
+    """DIR/audit.json and the self-contained DIR/audit.html, each written atomically."""
+    from privacy.audit.report import render_html
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "audit.json", audit)
+    with atomic_open(out / "audit.html", "w", encoding="utf-8") as fh:
+        fh.write(render_html(audit))
+    return out / "audit.json", out / "audit.html"
+
+
+def run_audit(
+    generator: Any,
+    members: np.ndarray,
+    non_members: np.ndarray,
+    out_dir: str | Path | None = None,
+    privacy: Mapping[str, Any] | None = None,
+    cfg: AuditConfig | None = None,
+    canaries: np.ndarray | None = None,
+    included: np.ndarray | None = None,
+    round_log: Sequence[Mapping[str, Any]] | None = None,
+    site: str = "all",
+    white_box: bool = True,
+) -> dict[str, Any]:
+    """Audit one (centralized or already-merged) model; write the files when out_dir is given."""
+    cfg = cfg or AuditConfig()
+    reports = site_reports(privacy)
+    site_priv = reports.get(site) or (dict(privacy) if privacy and "epsilon" in privacy else None)
+    one = audit_site(generator, members, non_members, cfg, canaries=canaries, included=included,
+                     privacy=site_priv, site=site, white_box=white_box)
+    audit = merge_site_audits({site: one}, privacy, round_log, cfg)
+    if out_dir is not None:
+        write_audit(out_dir, audit)
+    return audit
