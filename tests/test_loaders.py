@@ -289,6 +289,7 @@ def test_missing_columns_name_the_column_and_hint(tmp_path):
         (b"patient_id,c\xe9de\n1,401\n", "UTF-8"),
         (b"\x1f\x8b\x08\x00garbage", "gzip"),
         (b"foo,bar\nx,y\n", "cannot detect"),
+        (b"patient_id,code\n1,401\n2,250,9\n", "fields"),
     ],
 )
 def test_bad_files_give_one_line_errors(tmp_path, content, problem):

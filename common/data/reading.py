@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 import zlib
 from pathlib import Path
 
@@ -67,9 +68,10 @@ def _check_text(p: Path, head: bytes) -> str:
                 p, f"not UTF-8 text (byte 0x{head[err.start]:02x} at offset {err.start})",
                 "Save it as UTF-8 CSV",
             ) from None
+    text = text.lstrip("\ufeff")  # a file holding only a BOM is empty too
     if not text.strip():
         raise InputError(p, "file is empty")
-    first = text.lstrip("\ufeff").splitlines()[0]
+    first = text.splitlines()[0]
     return "\t" if "\t" in first and "," not in first else ","
 
 
@@ -91,14 +93,20 @@ def read_table(
                 df = df.head(nrows)
             return df.astype(str) if dtype is str else df
         sep = _check_text(p, head)
-        return pd.read_csv(
-            p, sep=sep, usecols=usecols, nrows=nrows, dtype=dtype, keep_default_na=False,
-            index_col=False,  # extra fields in a row must not become an index (shifts columns)
-            na_values=[], encoding="utf-8-sig", compression="gzip" if gz else None,
-            low_memory=False,
-        )
+        with warnings.catch_warnings():
+            # a row with more fields than the header: an error, never silently cut or shifted
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(
+                p, sep=sep, usecols=usecols, nrows=nrows, dtype=dtype, keep_default_na=False,
+                index_col=False, na_values=[], encoding="utf-8-sig",
+                compression="gzip" if gz else None, low_memory=False,
+            )
     except InputError:
         raise
+    except pd.errors.ParserWarning:
+        raise InputError(
+            p, "some rows have more fields than the header", "Check the delimiter and quoting"
+        ) from None
     except pd.errors.EmptyDataError:
         raise InputError(p, "file is empty") from None
     except UnicodeDecodeError as err:
