@@ -50,6 +50,8 @@ class SitePlan:
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
+        d["config"] = {sec: {k: v for k, v in vals.items() if v is not None}
+                       for sec, vals in d["config"].items()}
         return json.dumps(d)
 
     @classmethod

@@ -15,12 +15,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from common.atomic import write_json
 from server.aggregation import SiteUpdate
 from server.coordinator import Coordinator
 from server.settings import RunSettings
@@ -33,7 +35,12 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     logging.getLogger("flwr").setLevel(logging.INFO)
     settings = RunSettings.from_run_config(dict(context.run_config))
-    coord = Coordinator(settings)
+    try:
+        coord = Coordinator(settings)
+    except BaseException as err:
+        write_json(Path(settings.out_dir) / "status.json",
+                   {"status": "failed", "detail": f"{type(err).__name__}: {err}"})
+        raise
     try:
         run_federation(grid, coord)
     except BaseException as err:

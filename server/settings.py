@@ -16,6 +16,13 @@ from common.errors import InputError
 RUN_FILE = "run.json"
 
 
+def config_dict(cfg: Config) -> dict[str, Any]:
+    """``cfg.to_dict()`` without None values (None means "the default" and Config.from_dict
+    takes the default for a missing key)."""
+    return {section: {k: v for k, v in values.items() if v is not None}
+            for section, values in cfg.to_dict().items()}
+
+
 @dataclass
 class RunSettings:
     out_dir: str
@@ -32,7 +39,7 @@ class RunSettings:
     seed: int = 0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     mode: str = "deployment"  # deployment | simulation
-    config: dict[str, Any] = field(default_factory=lambda: Config().to_dict())
+    config: dict[str, Any] = field(default_factory=lambda: config_dict(Config()))
 
     def model_config(self) -> Config:
         return Config.from_dict(self.config, source="run settings")
@@ -64,4 +71,4 @@ class RunSettings:
         cfg.federation.rounds = int(run_config.get("num-server-rounds", cfg.federation.rounds))
         return cls(out_dir=str(Path("runs") / f"flwr-{run_id}"), rounds=cfg.federation.rounds,
                    min_sites=1, epsilon=float(run_config.get("epsilon", 3.0)), run_id=run_id,
-                   mode="simulation", config=cfg.to_dict())
+                   mode="simulation", config=config_dict(cfg))

@@ -71,6 +71,8 @@ def flower_env(flwr_home: str | Path, extra: Mapping[str, str] | None = None) ->
         RAY_TMPDIR=str(home / "ray"),
         PYTHONUNBUFFERED="1",
     )
+    # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name: this venv first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # The ServerApp/ClientApp subprocesses must import this project, whatever the cwd.
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
@@ -92,12 +94,23 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     return False
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): get SIGTERM when the parent dies, even by SIGKILL,
+    so a killed ``ehr-server``/``ehr-client`` leaves no orphan SuperLink/SuperNode."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class ProcessGroup:
     """Processes started for one command; ``stop_all`` ends every one of them."""
 
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
+    homes: set[str] = field(default_factory=set)  # FLWR_HOME of every process started
 
     def start(self, name: str, cmd: Sequence[str], env: Mapping[str, str],
               log_file: Path | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
@@ -110,8 +123,11 @@ class ProcessGroup:
         proc = subprocess.Popen(
             list(cmd), env=dict(env), stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.procs.append((name, proc))
+        if "FLWR_HOME" in env:
+            self.homes.add(str(env["FLWR_HOME"]))
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
@@ -131,10 +147,48 @@ class ProcessGroup:
             log.debug("stopping %s (pid %d)", name, proc.pid)
             self.stop(proc)
         self.procs.clear()
+        for home in self.homes:
+            sweep(home)
         for fh in self.logs:
             with contextlib.suppress(OSError):
                 fh.close()
         self.logs.clear()
+
+
+def _descendants_with_home(home: str) -> list[int]:
+    """PIDs of this user's processes whose environment has ``FLWR_HOME=home``: the detached
+    helpers Flower starts in their own sessions (SuperExec, ServerApp, simulation, Ray)."""
+    marker = f"FLWR_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    return found
+
+
+def sweep(home: str, grace: float = 3.0) -> None:
+    """Stop every leftover process started under ``home`` (SIGTERM, then SIGKILL)."""
+    pids = _descendants_with_home(home)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.2)
+        pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    return True
 
 
 @contextlib.contextmanager
@@ -316,6 +370,17 @@ def run_status(flwr_home: Path, run_id: int, name: str = CONNECTION) -> str:
         if str(run.get("run-id")) == str(run_id):
             return str(run.get("status", ""))
     return ""
+
+
+def save_run_log(flwr_home: Path, run_id: int, path: Path, name: str = CONNECTION) -> None:
+    """``flwr log RUN --show`` (the ServerApp's output) into ``path``."""
+    try:
+        res = _flwr(["log", str(run_id), name, "--show"], flwr_home, timeout=60)
+    except (subprocess.TimeoutExpired, OSError) as err:
+        log.debug("no run log: %s", err)
+        return
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(res.stdout + res.stderr)
 
 
 def stop_run(flwr_home: Path, run_id: int, name: str = CONNECTION) -> None:

@@ -1,0 +1,114 @@
+"""``ehr-client``: a hospital joins the federation. Starts a Flower SuperNode with the site's
+node config; the site's data, ledger and budget stay local and are enforced here.
+
+    ehr-client --site A --data sites/a.csv --server 127.0.0.1:9092 --state-dir state/a \\
+        --epsilon-budget 3 --insecure
+    ehr-client budget --site A --state-dir state/a          # the site's privacy ledger
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+from common.errors import InputError, cli_errors
+
+log = logging.getLogger("ehr-client")
+_SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ehr-client", description=__doc__.split("\n\n")[0])
+    p.add_argument("--site", required=True, help="site name (letters, digits, _ . -)")
+    p.add_argument("--data", required=True, type=Path, help="the site's patients")
+    p.add_argument("--format", default="auto",
+                   help="auto|mimic|diabetes130|long|matrix (default auto)")
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="the SuperLink")
+    p.add_argument("--state-dir", required=True, type=Path,
+                   help="the site's private state: privacy ledger, Flower home, logs")
+    p.add_argument("--epsilon-budget", required=True, type=float,
+                   help="the site's own lifetime epsilon budget (enforced by its ledger)")
+    p.add_argument("--holdout", type=float, default=0.2,
+                   help="share of patients held out for evaluation, never trained on")
+    p.add_argument("--device", default="cpu", help="cpu|cuda|auto")
+    p.add_argument("--no-check", action="store_true", help="skip loading the data at start")
+    tls = p.add_argument_group("transport security")
+    tls.add_argument("--insecure", action="store_true",
+                     help="plaintext, no authentication (tests and local trials only)")
+    tls.add_argument("--root-certificates", type=Path, help="the coordinator's CA certificate")
+    tls.add_argument("--auth-key", type=Path,
+                     help="the site's private key (from `ehr-certs enroll`)")
+    return p
+
+
+def _check(args: argparse.Namespace) -> list[str]:
+    if not _SITE.match(args.site):
+        raise InputError("--site", f"'{args.site}' is not a valid site name",
+                         "use letters, digits, '_', '.', '-' (at most 64)")
+    host, sep, port = args.server.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError("--server", f"'{args.server}' is not HOST:PORT")
+    if not args.data.exists():
+        raise InputError(args.data, "data file not found")
+    if not args.epsilon_budget > 0:
+        raise InputError("--epsilon-budget", f"must be positive (got {args.epsilon_budget})")
+    if not 0 < args.holdout < 1:
+        raise InputError("--holdout", f"must be in (0, 1) (got {args.holdout})")
+    if args.insecure:
+        log.warning("--insecure: plaintext connection, the server is not authenticated")
+        return []
+    if args.root_certificates is None:
+        raise InputError("ehr-client", "TLS is the default and needs --root-certificates CA",
+                         "get the coordinator's CA certificate, or pass --insecure locally")
+    tls = ["--root-certificates", str(args.root_certificates.resolve())]
+    if args.auth_key is not None:
+        tls += ["--auth-supernode-private-key", str(args.auth_key.resolve())]
+    for path in (args.root_certificates, args.auth_key):
+        if path is not None and not path.is_file():
+            raise InputError(path, "file not found")
+    return tls
+
+
+def run_client(args: argparse.Namespace, tls: list[str]) -> int:
+    """Start the SuperNode and wait for it (Ctrl-C stops it)."""
+    from simulations import flower_runtime as fr
+
+    state = args.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    if not args.no_check:
+        from client.site_training import load_site_data
+
+        data = load_site_data(args.data, args.format, args.holdout, 0, args.site)
+        log.info("site %s: %d training and %d held-out patients, %d codes", args.site,
+                 data.train.shape[0], data.holdout.shape[0], data.train.shape[1])
+    node_config = {
+        "site": args.site, "data-path": str(args.data.resolve()), "format": args.format,
+        "state-dir": str(state), "epsilon-budget": float(args.epsilon_budget),
+        "holdout": float(args.holdout), "device": args.device,
+    }
+    with fr.managed() as group:
+        proc = fr.start_supernode(group, superlink=args.server, node_config=node_config,
+                                  flwr_home=state / "flwr-home", insecure=args.insecure,
+                                  tls_args=tls, log_file=state / "logs" / "supernode.log")
+        log.info("site %s: SuperNode pid %d connecting to %s (log %s)", args.site, proc.pid,
+                 args.server, state / "logs" / "supernode.log")
+        return proc.wait()
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "budget":
+        from client.budget_cli import budget_main
+
+        return budget_main(argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    return run_client(args, _check(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

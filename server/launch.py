@@ -1,0 +1,108 @@
+"""Run one federation end to end from the coordinator's machine: start a SuperLink (deployment
+or simulation runtime) on 127.0.0.1/--host, submit the fedsynth app with ``flwr run``, follow
+its progress, and stop every process started (also on Ctrl-C / SIGTERM / parent death).
+
+The process helpers live in ``simulations.flower_runtime`` (no ``flwr`` import there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.progress import RoundProgress
+from server.settings import RUN_FILE, RunSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Launch:
+    settings: RunSettings
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    simulation: bool = False
+    insecure: bool = True
+    superlink_tls_args: Sequence[str] = ()
+    root_certificates: str | None = None
+    run_config: Mapping[str, Any] = field(default_factory=dict)
+    federation_config: Mapping[str, Any] | None = None
+    progress: bool = True
+    timeout: float | None = None
+    on_started: Callable[[int], None] | None = None  # called with the SuperLink pid
+
+
+def launch(job: Launch) -> dict[str, Any]:
+    """Run the federation; returns OUT/status.json's content (status completed|failed)."""
+    from simulations import flower_runtime as fr
+
+    out = Path(job.settings.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    home = out / "flwr-home"
+    run_file = job.settings.save(out / RUN_FILE)
+    status_file = out / "status.json"
+    status_file.unlink(missing_ok=True)
+    port = job.port or fr.free_port(job.host)
+    with fr.managed() as group:
+        link = fr.start_superlink(group, host=job.host, port=port, flwr_home=home,
+                                  simulation=job.simulation, insecure=job.insecure,
+                                  tls_args=job.superlink_tls_args,
+                                  log_file=out / "logs" / "superlink.log")
+        if job.on_started is not None:
+            job.on_started(link.pid)
+        log.info("SuperLink on %s:%d (pid %d); FLWR_HOME=%s", job.host, port, link.pid, home)
+        fr.write_connection(home, f"{job.host}:{port}", insecure=job.insecure,
+                            root_certificates=job.root_certificates)
+        run_config = {"run-file": str(run_file), **job.run_config}
+        run_id = fr.submit_run(home, run_config, job.federation_config)
+        log.info("submitted Flower run %d", run_id)
+        try:
+            with RoundProgress(out, job.settings.rounds, enabled=job.progress) as bar:
+                fr.wait_run(home, run_id, done=status_file.exists,
+                            alive=lambda: link.poll() is None, timeout=job.timeout,
+                            tick=bar.tick)
+        except KeyboardInterrupt:
+            fr.stop_run(home, run_id)
+            raise
+        finally:
+            if link.poll() is None:
+                fr.save_run_log(home, run_id, out / "logs" / "serverapp.log")
+    return read_status(out)
+
+
+def read_status(out: Path, wait: float = 2.0) -> dict[str, Any]:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return json.loads((out / "status.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                return {"status": "failed", "detail": "the ServerApp ended without a status; "
+                        f"see {out / 'logs'}"}
+            time.sleep(0.2)
+
+
+def summary(out: Path) -> str:
+    """A few lines for the end of a run."""
+    lines = [f"outputs in {out}"]
+    try:
+        priv = json.loads((out / "privacy.json").read_text(encoding="utf-8"))
+        per_site = ", ".join(f"{s} {r['epsilon']:.3f}" for s, r in priv["sites"].items())
+        lines.append(f"privacy: released epsilon {priv['epsilon']:.3f} (max over sites; "
+                     f"delta {priv['delta']:.3g}); per site: {per_site}")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        ev = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))["pooled"]
+        keys = [k for k in ("cooccurrence_r", "dimwise_auroc_ratio", "prevalence_r") if k in ev]
+        if keys:
+            lines.append("evaluation (pooled held-out): " + ", ".join(
+                f"{k} {ev[k]:.3f}" for k in keys))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""Command-line options shared by ``ehr-server`` and ``ehr-simulate``: the run plan and the
+model/training settings (``--config TOML`` first, then individual flags override it)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from common.config import Config
+from common.errors import InputError
+from server.settings import RunSettings, config_dict
+
+
+def add_plan_args(p: argparse.ArgumentParser, default_rounds: int | None = None) -> None:
+    g = p.add_argument_group("federation plan")
+    g.add_argument("--rounds", type=int, default=default_rounds,
+                   help="rounds (default: [federation] rounds of --config, else "
+                        f"{Config().federation.rounds})")
+    g.add_argument("--epsilon", type=float, default=3.0,
+                   help="target epsilon per site for the whole run (default 3)")
+    g.add_argument("--delta", type=float, default=None,
+                   help="delta per site (default min(1e-5, 1/(10 n_site)))")
+    g.add_argument("--samples", type=int, default=10_000,
+                   help="synthetic patients written to OUT/synthetic.csv (default 10000)")
+    g.add_argument("--round-timeout", type=float, default=None,
+                   help="seconds a round waits for sites before closing with those that "
+                        "answered")
+    g.add_argument("--config", type=Path, help="TOML with [model] [train] [privacy] [federation]")
+    g.add_argument("--local-epochs", type=float,
+                   help="expected passes over a site's data per round")
+    g.add_argument("--batch-size", type=int, help="expected Poisson batch size at a site")
+    g.add_argument("--lr", type=float, help="site learning rate")
+    g.add_argument("--strategy", choices=["fedavg", "fedavgm", "fedadam"])
+    g.add_argument("--server-lr", type=float)
+    g.add_argument("--server-momentum", type=float)
+    g.add_argument("--holdout", type=float, help="share of each site's patients held out")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    cfg = Config.from_toml(args.config) if args.config else Config()
+    fed, train = cfg.federation, cfg.train
+    if args.rounds is not None:
+        fed.rounds = args.rounds
+    for name, target, attr in [("local_epochs", fed, "local_epochs"),
+                               ("batch_size", train, "batch_size"), ("lr", train, "lr"),
+                               ("strategy", fed, "strategy"), ("server_lr", fed, "server_lr"),
+                               ("server_momentum", fed, "server_momentum"),
+                               ("holdout", fed, "holdout"), ("round_timeout", fed,
+                                                             "round_timeout")]:
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(target, attr, value)
+    train.seed = args.seed
+    _check(cfg, args)
+    return cfg
+
+
+def _check(cfg: Config, args: argparse.Namespace) -> None:
+    fed = cfg.federation
+    if fed.rounds < 1:
+        raise InputError("--rounds", f"must be at least 1 (got {fed.rounds})")
+    if not (args.epsilon > 0 and math.isfinite(args.epsilon)):
+        raise InputError("--epsilon", f"must be a positive number (got {args.epsilon})")
+    if args.delta is not None and not 0 < args.delta < 1:
+        raise InputError("--delta", f"must be in (0, 1) (got {args.delta})")
+    if not 0 < fed.holdout < 1:
+        raise InputError("--holdout", f"must be in (0, 1) (got {fed.holdout})")
+    if fed.local_epochs <= 0:
+        raise InputError("--local-epochs", f"must be positive (got {fed.local_epochs})")
+    if cfg.train.batch_size < 1:
+        raise InputError("--batch-size", f"must be at least 1 (got {cfg.train.batch_size})")
+    if args.samples < 1:
+        raise InputError("--samples", f"must be at least 1 (got {args.samples})")
+    if fed.round_timeout <= 0:
+        raise InputError("--round-timeout", f"must be positive (got {fed.round_timeout})")
+
+
+def settings_from_args(args: argparse.Namespace, cfg: Config, out: Path, min_sites: int,
+                       mode: str) -> RunSettings:
+    return RunSettings(
+        out_dir=str(out.resolve()), rounds=cfg.federation.rounds, min_sites=min_sites,
+        epsilon=float(args.epsilon), delta=args.delta, samples=int(args.samples),
+        round_timeout=float(cfg.federation.round_timeout), seed=int(args.seed), mode=mode,
+        config=config_dict(cfg),
+    )

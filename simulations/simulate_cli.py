@@ -1,0 +1,141 @@
+"""``ehr-simulate``: the same ServerApp and ClientApp under Flower's simulation engine, on one
+machine, with the data split into simulated sites. Same outputs as ``ehr-server``.
+
+    ehr-simulate --data demo --sites 3 --out runs/demo
+    ehr-simulate --data diabetic_data_dev.csv.gz --format diabetes130 --sites 5 \\
+        --partition dirichlet:0.5 --epsilon 3 --out runs/d5
+
+Each site keeps a held-out part of its patients (default 20%) that it never trains on; it is
+used for evaluation (and ``--audit``) at the site. Ray runs on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import InputError, cli_errors
+from server.options import add_plan_args, build_config, settings_from_args
+
+log = logging.getLogger("ehr-simulate")
+SIM_ROUND_TIMEOUT = 24 * 3600.0  # sites run one after another: no per-round deadline
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ehr-simulate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="PATH, or 'demo' for the built-in cohort")
+    p.add_argument("--format", default="auto")
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--partition", default=None,
+                   help="iid | dirichlet:ALPHA | column:NAME (default: column:site for demo, "
+                        "else iid)")
+    p.add_argument("--demo-patients", type=int, default=1000,
+                   help="patients per site of the demo cohort (default 1000)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--audit", action="store_true",
+                   help="run the privacy audit at every site after training")
+    p.add_argument("--no-progress", action="store_true")
+    add_plan_args(p)
+    return p
+
+
+def load_cohort(args: argparse.Namespace) -> Any:
+    """A CodeMatrix from --data (or the demo cohort with one site per simulated site)."""
+    from common.data import demo_cohort, load_codes
+
+    if args.data == "demo":
+        if args.demo_patients < 10:
+            raise InputError("--demo-patients", "must be at least 10")
+        return demo_cohort(n_sites=args.sites, patients_per_site=args.demo_patients,
+                           seed=args.seed)
+    return load_codes(Path(args.data), args.format)
+
+
+def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
+                folder: Path) -> list[dict[str, int]]:
+    """``site<k>.npz`` per simulated site: its train and held-out rows and the vocabulary."""
+    from common.atomic import atomic_path
+    from common.data import split_holdout
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = json.dumps({"name": matrix.vocab.name, "codes": list(matrix.vocab.codes)})
+    sizes = []
+    for k, idx in enumerate(parts):
+        train, hold = split_holdout(matrix.subset(idx), holdout, seed + k)
+        with atomic_path(folder / f"site{k}.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, train=train.X, holdout=hold.X, vocab=np.array(vocab))
+        sizes.append({"train": int(train.X.shape[0]), "holdout": int(hold.X.shape[0])})
+    return sizes
+
+
+def run_audit(out: Path, n_sites: int) -> None:
+    """Hook for the audit engineer's per-site audit (``privacy.audit.audit_site``)."""
+    try:
+        from privacy.audit import audit_site  # type: ignore[attr-defined]
+    except ImportError:
+        log.warning("--audit: privacy.audit.audit_site is not available in this version")
+        return
+    from common.atomic import write_json
+    from common.model.store import load_model
+
+    gen = load_model(out / "model")
+    results = {}
+    for k in range(n_sites):
+        with np.load(out / "sites" / f"site{k}.npz", allow_pickle=False) as d:
+            results[f"site{k}"] = audit_site(gen, d["train"], d["holdout"])
+    write_json(out / "audit.json", {"sites": results})
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from server.launch import Launch, launch, summary
+    from simulations.partition import parse_partition, partition
+
+    if args.sites < 1:
+        raise InputError("--sites", f"must be at least 1 (got {args.sites})")
+    cfg = build_config(args)
+    if args.round_timeout is None:
+        cfg.federation.round_timeout = SIM_ROUND_TIMEOUT
+    spec = parse_partition(args.partition or ("column:site" if args.data == "demo" else "iid"))
+    out: Path = args.out.resolve()
+    if (out / "checkpoint").exists():
+        raise InputError(out, "holds an earlier run", "choose a new --out")
+    matrix = load_cohort(args)
+    parts = partition(matrix.X, args.sites, spec, matrix.covariates, seed=args.seed)
+    sizes = write_sites(matrix, parts, cfg.federation.holdout, args.seed, out / "sites")
+    log.info("%d sites: %s", args.sites, ", ".join(f"site{k} {s['train']}+{s['holdout']}"
+                                                   for k, s in enumerate(sizes)))
+    settings = settings_from_args(args, cfg, out, min_sites=args.sites, mode="simulation")
+    settings.wait_sites_timeout = 600.0
+    run_config = {
+        "sim-data-dir": str(out / "sites"), "sim-state-dir": str(out / "state"),
+        "sim-epsilon-budget": float(args.epsilon), "holdout": cfg.federation.holdout,
+        "seed": int(args.seed),
+    }
+    federation_config = {"num-supernodes": args.sites, "client-resources-num-cpus": 2,
+                         "client-resources-num-gpus": 0.0}
+    status = launch(Launch(settings=settings, simulation=True, run_config=run_config,
+                           federation_config=federation_config, progress=not args.no_progress))
+    if status.get("status") == "completed" and args.audit:
+        run_audit(out, args.sites)
+    print(summary(out))
+    if status.get("status") != "completed":
+        print(f"simulation failed: {status.get('detail', '')}; logs in {out / 'logs'}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return simulate(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
