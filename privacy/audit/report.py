@@ -104,8 +104,10 @@ def _bounds_figure(audit: Mapping[str, Any]) -> str:
     ax.bar([i + 0.2 for i in x], [b or 0 for b in lbs], 0.4, label="audit eps_lb (lower)")
     for i, e in zip(x, eps, strict=False):
         if e is None:
-            ax.annotate("no DP", (i - 0.2, 0), ha="center", va="bottom", fontsize=8, color="#c00")
+            ax.annotate("no DP\nclaim", (i - 0.2, 0.02), ha="center", va="bottom", fontsize=8,
+                        color="#c00")
     ax.set_xticks(list(x), [f"site {s}" for s in names])
+    ax.set_ylim(0, max([1.0, *(e or 0 for e in eps), *(b or 0 for b in lbs)]) * 1.15)
     ax.set(ylabel="epsilon", title="accountant epsilon vs empirical lower bound")
     ax.legend(fontsize=8)
     return _png(fig)
