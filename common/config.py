@@ -64,9 +64,13 @@ class PrivacyConfig:
 class FederationConfig:
     """Rounds, sites and the aggregation strategy."""
 
-    rounds: int = 5
+    rounds: int = 6
     min_sites: int = 2
-    local_epochs: float = 1.0
+    local_epochs: float = 5.0
+    # Each site's Poisson sampling rate q_k (expected batch q_k * n_k); 0: train.batch_size / n_k
+    sample_rate: float = 1 / 28
+    # Site learning rate in federated rounds; 0: train.lr
+    lr: float = 2e-3
     holdout: float = 0.2
     round_timeout: float = 600.0
     strategy: str = "fedavg"
