@@ -17,6 +17,7 @@ ledger.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -105,14 +106,18 @@ def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: 
     return SiteData(site, matrix.X, matrix.X[:0], matrix.vocab)
 
 
-def sample_rate(n_train: int, batch_size: int) -> float:
-    """Poisson sampling rate q = expected batch / n (capped at 1)."""
-    return min(1.0, batch_size / max(1, n_train))
+def sample_rate(n_train: int, plan: SitePlan) -> float:
+    """Poisson sampling rate q_k: the federation's ``sample_rate`` when set, else
+    train.batch_size / n_k (capped at 1); the expected batch is q_k * n_k."""
+    q = plan.config.federation.sample_rate
+    if q > 0:
+        return min(1.0, q)
+    return min(1.0, plan.config.train.batch_size / max(1, n_train))
 
 
 def steps_per_round(n_train: int, plan: SitePlan) -> int:
     """ceil(local_epochs / q): local_epochs passes over the site's data in expectation."""
-    q = sample_rate(n_train, plan.config.train.batch_size)
+    q = sample_rate(n_train, plan)
     return max(1, math.ceil(plan.config.federation.local_epochs / q - 1e-9))
 
 
@@ -129,7 +134,7 @@ def plan_mechanism(n_train: int, plan: SitePlan, history: list[Mechanism], budge
                    delta: float) -> Mechanism:
     """This round's mechanism: sigma calibrated so that the site's whole history plus the rest
     of the plan (rounds left x local steps) reaches at most min(target, budget)."""
-    q = sample_rate(n_train, plan.config.train.batch_size)
+    q = sample_rate(n_train, plan)
     steps = steps_per_round(n_train, plan)
     remaining = (plan.rounds - plan.round + 1) * steps
     target = min(plan.target_epsilon, budget)
@@ -139,6 +144,12 @@ def plan_mechanism(n_train: int, plan: SitePlan, history: list[Mechanism], budge
     except ValueError as err:
         raise BudgetExceeded(f"cannot plan round {plan.round}: {err}") from None
     return Mechanism(sigma, q, steps)
+
+
+def _round_seed(seed: int, site: str, run_id: str, rnd: int) -> int:
+    """Distinct per site, run and round: sites must never draw the same batches or noise."""
+    digest = hashlib.sha256(f"{seed}:{site}:{run_id}:{rnd}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def _ema_decay(plan: SitePlan, steps: int) -> float:
@@ -179,8 +190,10 @@ def run_site_round(
              plan.target_epsilon, budget)
 
     cfg = plan.config
-    train_cfg = dataclasses.replace(cfg.train, ema_decay=_ema_decay(plan, mech.steps),
-                                    seed=cfg.train.seed * 1000 + plan.round)
+    train_cfg = dataclasses.replace(
+        cfg.train, ema_decay=_ema_decay(plan, mech.steps),
+        lr=cfg.federation.lr if cfg.federation.lr > 0 else cfg.train.lr,
+        seed=_round_seed(cfg.train.seed, data.site, plan.run_id, plan.round))
     dev = resolve_device(device)
     torch.manual_seed(train_cfg.seed)
     model = build_model(data.train.shape[1], cfg.model)
