@@ -55,7 +55,7 @@ def test_mimic3_demo_acceptance(mimic_path):
 def test_mimic3_header_case_quotes_and_line_endings(tmp_path, lower, quoted, crlf):
     f = tmp_path / "DIAGNOSES_ICD.csv"
     f.write_bytes(_mimic3_text(lower, quoted, crlf).encode())
-    for fmt in ("auto", "mimic"):
+    for fmt in ("auto", "mimic", "mimic3", "MIMIC4"):
         m = load_codes(f, format=fmt)
         assert list(m.patient_ids) == ["10006", "10011", "10013"]
         assert _cols(m, "10006") == {"401", "V45", "E888"}

