@@ -27,6 +27,8 @@ ICD9_CATEGORIES_NAME = "icd9cm-3digit"
 ICD10_CATEGORIES_NAME = "icd10cm-3char"
 
 _NUMERIC = re.compile(r"^\d+$")
+# a column name that is safe in CSV headers (no formula injection) and in file formats
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Vocabulary:
         titles = obj.get("titles") or {}
         if not isinstance(titles, dict):
             raise InputError(source, "vocabulary JSON 'titles' must be an object code -> title")
+        _check_codes([str(c).strip() for c in codes], source)
         try:
             return cls(
                 tuple(str(c).strip() for c in codes),
@@ -133,10 +136,21 @@ class Vocabulary:
                 titles[code] = row[1].strip()
         if not codes:
             raise InputError(p, "vocabulary file lists no codes")
+        _check_codes(codes, p)
         try:
             return cls(tuple(codes), titles, p.stem)
         except ValueError as err:
             raise InputError(p, str(err)) from None
+
+
+def _check_codes(codes: list[str], source: object) -> None:
+    """A distributed vocabulary file holds codes only: no formulas, spaces or control bytes."""
+    bad = next((c for c in codes if not _CODE.match(c)), None)
+    if bad is not None:
+        raise InputError(
+            source, f"{bad[:40]!r} is not a code",
+            "Codes are letters, digits and '.:_/-', start with a letter or digit, max 64 chars",
+        )
 
 
 def icd9_category(code: str) -> str:

@@ -117,6 +117,8 @@ def test_vocabulary_text_csv_and_json_list(tmp_path):
         (b'{"codes": []}', "codes"),
         (b"250\n250\n", "twice"),
         (b"\xff\xfe2\x005\x000\x00", "UTF-8"),
+        (b"250\n=cmd|' /C calc'!A0\n", "not a code"),
+        (b'{"codes": ["250", "40 1"]}', "not a code"),
     ],
 )
 def test_bad_vocabulary_files(tmp_path, content, problem):

@@ -91,7 +91,10 @@ def read_table(
             df = pd.read_parquet(p, columns=usecols)
             if nrows is not None:
                 df = df.head(nrows)
-            return df.astype(str) if dtype is str else df
+            if dtype is not str:
+                return df
+            # nulls become '' (missing), never NaN floats: pandas 3 keeps NA through astype(str)
+            return df.astype(object).where(df.notna(), "").astype(str)
         sep = _check_text(p, head)
         with warnings.catch_warnings():
             # a row with more fields than the header: an error, never silently cut or shifted

@@ -76,8 +76,13 @@ def _csv_rows(X: np.ndarray, ids: np.ndarray) -> bytes:
     return b"".join(f + body[i * step : (i + 1) * step] for i, f in enumerate(fields))
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP CSV injection: spreadsheet formulas
+
+
 def _csv_field(value: str) -> str:
     s = str(value)
+    if s.startswith(_FORMULA_START):  # '=cmd|...' must never reach a spreadsheet as a formula
+        s = "'" + s
     if any(ch in s for ch in ',"\n\r'):
         return '"' + s.replace('"', '""') + '"'
     return s
