@@ -365,3 +365,14 @@ def test_mimic_covariates_from_patients_table(tmp_path, mimic_path):
     assert list(cov["gender"][:2]) == ["F", "M"] and list(cov["age_band"][:2]) == [
         "[60-70)", "[20-30)"]
     assert cov["gender"].isna().iloc[2]  # subject 3 has no patients row
+
+
+def test_out_of_vocabulary_listing_is_capped_but_counts_every_row(tmp_path, monkeypatch):
+    import common.data.loaders as loaders
+
+    monkeypatch.setattr(loaders, "OOV_LISTED", 2)
+    f = tmp_path / "l.csv"
+    f.write_text("patient_id,code\n1,AAA\n1,AAA\n2,BBB\n2,CCC\n3,DDD\n3,250\n")
+    r = load_codes(f).report
+    assert r.out_of_vocabulary["AAA"] == 2 and len(r.out_of_vocabulary) == 3
+    assert r.out_of_vocabulary["(other codes)"] == 2 and r.out_of_vocabulary_rows == 5

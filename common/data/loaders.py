@@ -44,6 +44,8 @@ MISSING = frozenset({"", "?", "nan", "NaN", "NA", "None", "null", "NULL"})
 ID_COLUMNS = ("patient_id", "subject_id", "patient_nbr", "patient", "id", "")
 DIABETES_COVARIATES = {"race": "race", "gender": "gender", "age": "age_band"}
 _OOV_SHOWN = 10
+OOV_LISTED = 10_000  # distinct out-of-vocabulary codes listed in the report; the rest summed
+OOV_OTHER = "(other codes)"
 _BOOL_TEXT = {"True": "1", "False": "0", "true": "1", "false": "0"}
 
 
@@ -245,7 +247,7 @@ def _load_matrix(p, columns, detected, vocab, full_codes, icd10, report) -> Code
     for j in np.flatnonzero(~ok):
         name = names[j] if ":" in names[j] else key_fn(names[j])
         oov[name] = oov.get(name, 0) + int(values[:, j].sum())
-    report.out_of_vocabulary = {k: v for k, v in oov.items() if v > 0}
+    report.out_of_vocabulary = _capped({k: v for k, v in oov.items() if v > 0}, report)
     report.notes.extend(
         [f"{sum(1 for v in oov.values() if v == 0)} empty out-of-vocabulary columns ignored"]
         if any(v == 0 for v in oov.values()) else []
@@ -359,11 +361,24 @@ def _build(
     keys = codes[~missing].map(key_of)
     cols = keys.map(positions)
     oov = cols.isna()
-    report.out_of_vocabulary = {str(k): int(v) for k, v in keys[oov].value_counts().items()}
+    counts = keys[oov].value_counts()
+    report.out_of_vocabulary = _capped({str(k): int(v) for k, v in counts.items()}, report)
     X = np.zeros((len(uniq_ids), len(vocab)), dtype=np.uint8)
     ok_rows = row_of[(~missing).to_numpy()][(~oov).to_numpy()]
     X[ok_rows, cols[~oov].to_numpy(dtype=np.int64)] = 1
     return CodeMatrix(X, np.asarray(uniq_ids, dtype=str), vocab, str(p), report)
+
+
+def _capped(oov: dict[str, int], report: LoadReport) -> dict[str, int]:
+    """At most OOV_LISTED distinct codes by count; the rest summed under OOV_OTHER."""
+    if len(oov) <= OOV_LISTED:
+        return oov
+    ranked = sorted(oov.items(), key=lambda kv: -kv[1])
+    kept = dict(ranked[:OOV_LISTED])
+    kept[OOV_OTHER] = int(sum(v for _, v in ranked[OOV_LISTED:]))
+    report.notes.append(f"{len(ranked) - OOV_LISTED} more distinct out-of-vocabulary codes "
+                        f"counted under {OOV_OTHER!r}")
+    return kept
 
 
 def _attach_covariates(m: CodeMatrix, cov: pd.DataFrame | None) -> CodeMatrix:
@@ -386,7 +401,7 @@ def _finish_report(m: CodeMatrix) -> None:
         log.warning(
             "%s: %d rows with %d distinct codes outside vocabulary %s were not placed "
             "(most frequent: %s)", r.path, r.out_of_vocabulary_rows, len(r.out_of_vocabulary),
-            m.vocab.name, ", ".join(f"{k} x{v}" for k, v in top),
+            m.vocab.name, ", ".join(f"{k[:40]!r} x{v}" for k, v in top),
         )
     log.info("%s: %d patients, %d codes used, %.2f codes per patient", r.path, r.patients,
              r.codes_used, float(m.codes_per_patient().mean()) if m.n_patients else 0.0)
