@@ -11,6 +11,7 @@ import contextlib
 import csv
 import gzip
 import io
+import json
 import os
 import signal
 import string
@@ -179,15 +180,18 @@ _COLUMN = st.one_of(
 @FUZZ
 @given(header=st.lists(_COLUMN, min_size=1, max_size=7),
        rows=st.lists(st.lists(_CELL, min_size=0, max_size=8), max_size=12),
-       fmt=st.sampled_from(FORMATS), tab=st.booleans())
+       fmt=st.sampled_from(FORMATS), tab=st.booleans(), full_codes=st.booleans(),
+       icd10=st.sampled_from(["map", "keep"]))
 def test_random_tables(tmp_path_factory: pytest.TempPathFactory, header: list[str],
-                       rows: list[list[str]], fmt: str, tab: bool) -> None:
+                       rows: list[list[str]], fmt: str, tab: bool, full_codes: bool,
+                       icd10: str) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, delimiter="\t" if tab else ",", lineterminator="\n")
     w.writerow(header)
     w.writerows(rows)
     tmp = tmp_path_factory.mktemp("tab")
-    check_load(_write(tmp, "in.csv", buf.getvalue().encode("utf-8", "surrogatepass")), fmt)
+    check_load(_write(tmp, "in.csv", buf.getvalue().encode("utf-8", "surrogatepass")), fmt,
+               full_codes=full_codes, icd10=icd10)
 
 
 _PARQUET_COL = st.one_of(
@@ -341,3 +345,30 @@ def test_writer_failure_leaves_previous_output_intact(tmp_path: Path,
         write_matrix(out, np.ones((10_000, len(vocab)), dtype=np.uint8), vocab)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic.csv"]
+
+
+@FUZZ
+@given(data=st.one_of(
+    st.binary(max_size=500),
+    st.lists(_CELL, max_size=8).map(lambda xs: "\n".join(xs).encode("utf-8", "surrogatepass")),
+    st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8),
+                           st.sampled_from(INJECTIONS)),
+                 lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                         st.dictionaries(st.sampled_from(
+                                             ["codes", "titles", "name", "x"]), inner,
+                                             max_size=3)), max_leaves=8).map(
+        lambda obj: json.dumps(obj).encode())))
+def test_vocabulary_files(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    """A coordinator's --vocab file: a Vocabulary or an InputError, and then loading works."""
+    p = tmp_path_factory.mktemp("voc") / "vocab.json"
+    p.write_bytes(data)
+    try:
+        with no_hang():
+            vocab = Vocabulary.load(p)
+    except InputError as err:
+        assert "\n" not in str(err)
+        return
+    assert len(vocab) >= 1 and len(set(vocab.codes)) == len(vocab)
+    seed = _write(p.parent, "in.csv", SEEDS["long"])
+    check_load(seed, "long", vocab=vocab)
+    check_load(_write(p.parent, "m.csv", SEEDS["matrix"]), "auto", vocab=vocab)
