@@ -423,6 +423,16 @@ def status(cert_dir: str | Path) -> tuple[list[CertInfo], list[str]]:
     return certs, sites
 
 
+def loose_private_keys(cert_dir: str | Path) -> list[tuple[Path, int]]:
+    """Private keys (``*.key``) in ``cert_dir`` that group or others may read: (path, mode)."""
+    out = []
+    for key in sorted(Path(cert_dir).glob("*.key")):
+        mode = key.stat().st_mode & 0o777
+        if mode & 0o077:
+            out.append((key, mode))
+    return out
+
+
 # ---------------------------------------------------------------- Flower process arguments
 
 

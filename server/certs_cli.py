@@ -127,6 +127,9 @@ def _status(args: argparse.Namespace) -> int:
             print(f"warning: {i.path} expires in {i.days_left:.0f} days "
                   f"({i.not_after:%Y-%m-%d}); renew: ehr-certs init --out {args.dir} --host HOST",
                   file=sys.stderr)
+    for key, mode in certs.loose_private_keys(args.dir):
+        print(f"warning: {key} is readable by others (mode {mode:04o}); run: chmod 600 {key}",
+              file=sys.stderr)
     return 1 if expired else 0
 
 

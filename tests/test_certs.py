@@ -149,3 +149,14 @@ def test_flower_args(tmp_path: Path) -> None:
         "--auth-supernode-private-key", str(key.resolve())]
     toml = certs.flwr_connection_toml("127.0.0.1:9092", tmp_path / "ca.crt")
     assert 'root-certificates = "' in toml and "insecure" not in toml
+
+
+def test_status_warns_about_readable_private_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs.init_certs(tmp_path, ["127.0.0.1"])
+    assert main(["status", "--dir", str(tmp_path)]) == 0
+    assert "readable by others" not in capsys.readouterr().err
+    (tmp_path / "server.key").chmod(0o644)
+    assert main(["status", "--dir", str(tmp_path)]) == 0
+    assert "server.key is readable by others (mode 0644)" in capsys.readouterr().err
