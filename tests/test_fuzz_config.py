@@ -111,6 +111,7 @@ def test_valid_config_round_trips(tmp_path: Path) -> None:
     assert isinstance(cfg, Config)
     assert cfg.train.epochs == 3 and cfg.privacy.epsilon == 3.0 and cfg.model.hidden == (64, 64)
     assert Config.from_dict(cfg.to_dict()) == cfg
+    assert Config.from_dict(Config().to_dict()) == Config()  # epsilon=None (non-private) too
 
 
 def test_huge_and_missing_files(tmp_path: Path) -> None:
