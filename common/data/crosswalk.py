@@ -7,6 +7,7 @@ returns None and loaders keep ICD-10 rows under an ICD-10 vocabulary instead.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import functools
 import io
@@ -80,13 +81,21 @@ def map_icd10(code: str) -> tuple[str, ...]:
 
 
 @functools.cache
+def _sorted_keys() -> tuple[str, ...]:
+    return tuple(sorted(gem_table() or {}))
+
+
+@functools.cache
 def _children(prefix: str) -> tuple[str, ...]:
-    table = gem_table() or {}
-    if len(prefix) < 3:
-        return ()
     from common.vocabulary import icd9_category
 
-    targets = [t for k, v in table.items() if k.startswith(prefix) for t in v]
+    if len(prefix) < 3:
+        return ()
+    table = gem_table() or {}
+    keys = _sorted_keys()
+    lo = bisect.bisect_left(keys, prefix)
+    hi = bisect.bisect_left(keys, prefix + "\uffff")
+    targets = [t for k in keys[lo:hi] for t in table[k]]
     if not targets or len({icd9_category(t) for t in targets}) != 1:
         return ()
     return (targets[0],)

@@ -349,23 +349,30 @@ def _build(
     if (pids.isin(MISSING)).any():
         bad = int(pids.isin(MISSING).sum())
         raise InputError(p, f"{bad} rows have an empty patient id")
-    order = pids if patient_order is None else patient_order.astype(str)
-    uniq_ids = pd.unique(order)
+    if patient_order is None:
+        row_of, uniq_ids = pd.factorize(pids, sort=False)
+    else:
+        uniq_ids = pd.unique(patient_order.astype(str))
+        row_of = pd.Index(uniq_ids).get_indexer(pids)
     if len(uniq_ids) == 0:
         raise InputError(p, "no patients (the file has a header but no rows)")
-    row_of = pd.Index(uniq_ids).get_indexer(pids)
-    missing = codes.isin(MISSING)
-    report.missing_codes = int(missing.sum())
-    uniq = pd.unique(codes[~missing])
-    key_of = {c: (c if ":" in c else key_fn(c)) for c in uniq}  # 'icd10:'/'icd9:' are keys
-    keys = codes[~missing].map(key_of)
-    cols = keys.map(positions)
-    oov = cols.isna()
-    counts = keys[oov].value_counts()
-    report.out_of_vocabulary = _capped({str(k): int(v) for k, v in counts.items()}, report)
+    # work on distinct codes: key and column once per distinct code, then gather
+    code_of, uniq_codes = pd.factorize(codes, sort=False)
+    uniq_codes = [str(c) for c in uniq_codes]
+    is_missing = np.array([c in MISSING for c in uniq_codes], dtype=bool)
+    keys = [c if ":" in c else key_fn(c) for c in uniq_codes]  # 'icd10:'/'icd9:' are keys
+    col_of = np.array([positions.get(k, -1) for k in keys], dtype=np.int64)
+    col_of[is_missing] = -2
+    cols = col_of[code_of] if len(code_of) else np.zeros(0, dtype=np.int64)
+    report.missing_codes = int((cols == -2).sum())
+    per_code = np.bincount(code_of[cols == -1], minlength=len(uniq_codes))
+    oov: dict[str, int] = {}
+    for i in np.flatnonzero(per_code):
+        oov[keys[i]] = oov.get(keys[i], 0) + int(per_code[i])
+    report.out_of_vocabulary = _capped(dict(sorted(oov.items(), key=lambda kv: -kv[1])), report)
     X = np.zeros((len(uniq_ids), len(vocab)), dtype=np.uint8)
-    ok_rows = row_of[(~missing).to_numpy()][(~oov).to_numpy()]
-    X[ok_rows, cols[~oov].to_numpy(dtype=np.int64)] = 1
+    ok = cols >= 0
+    X[np.asarray(row_of)[ok], cols[ok]] = 1
     return CodeMatrix(X, np.asarray(uniq_ids, dtype=str), vocab, str(p), report)
 
 
