@@ -60,8 +60,9 @@ def _roc_figure(sites: Mapping[str, Mapping[str, Any]]) -> str:
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
     for ax, (name, audit) in zip(axes[0], sites.items(), strict=False):
         curves = {k: audit["membership"][k] for k in _ATTACK_NAMES}
-        if "white_box" in audit:
-            curves[f"white-box {audit['white_box']['kind']}"] = audit["white_box"]["roc"]
+        for key in ("white_box", "loss_attack"):
+            if key in audit:
+                curves[f"white-box {audit[key]['kind']}"] = audit[key]["roc"]
         for label, res in curves.items():
             roc = res["roc"]
             ax.plot(roc["fpr"], roc["tpr"], label=f"{_ATTACK_NAMES.get(label, label)} "
@@ -120,11 +121,11 @@ def _membership_rows(sites: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
             r = audit["membership"][key]
             rows.append([name, label, r["auroc"], r["tpr_at_fpr_1pct"], r["tpr_at_fpr_0.1pct"],
                          r["n_members"], r["n_non_members"]])
-        if "white_box" in audit:
-            r = audit["white_box"]["roc"]
-            rows.append([name, f"white-box {audit['white_box']['kind']}", r["auroc"],
-                         r["tpr_at_fpr_1pct"], r["tpr_at_fpr_0.1pct"], r["n_members"],
-                         r["n_non_members"]])
+        for wb in (audit.get("white_box"), audit.get("loss_attack")):
+            if wb:
+                r = wb["roc"]
+                rows.append([name, f"white-box {wb['kind']}", r["auroc"], r["tpr_at_fpr_1pct"],
+                             r["tpr_at_fpr_0.1pct"], r["n_members"], r["n_non_members"]])
     return rows
 
 

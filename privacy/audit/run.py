@@ -79,8 +79,11 @@ def audit_site(
     if canaries is not None and included is not None:
         scores = score_canaries(generator, canaries, cfg.canary_sigmas, cfg.canary_draws, cfg.seed)
         out["white_box"] = canary_audit(scores, included, eps, delta, cfg)
-    elif white_box and _has_module(generator):
-        out["white_box"] = loss_attack(generator, members, non_members, eps, delta, cfg)
+    if white_box and _has_module(generator):
+        # the loss attack on real patients: the bound when there are no canaries, else a
+        # membership figure (the canary bound stays the primary eps_lb)
+        res = loss_attack(generator, members, non_members, eps, delta, cfg)
+        out["loss_attack" if "white_box" in out else "white_box"] = res
     out["eps_lb"] = out["white_box"]["eps_lb"] if "white_box" in out else None
     out["passed"] = bool(out.get("white_box", {}).get("passed", True))
     return out
@@ -178,13 +181,19 @@ def _auroc_noise(n1: int, n2: int) -> float:
 
 
 def _summary(sites: Mapping[str, Mapping[str, Any]], release_eps: float | None) -> dict[str, Any]:
-    best_auroc, signal, eps_lbs, failures = 0.5, False, [], []
+    best_auroc, best_wb, signal, eps_lbs, failures = 0.5, None, False, [], []
     for name, audit in sites.items():
         for attack in ATTACKS:
             res = audit["membership"][attack]
             se = _auroc_noise(res["n_members"], res["n_non_members"])
             best_auroc = max(best_auroc, res["auroc"])
             signal |= res["auroc"] > 0.5 + max(0.02, 3 * se)
+        for key in ("white_box", "loss_attack"):
+            if audit.get(key, {}).get("kind") == "loss_attack":
+                res = audit[key]["roc"]
+                se = _auroc_noise(res["n_members"], res["n_non_members"])
+                best_wb = max(best_wb or 0.0, res["auroc"])
+                signal |= res["auroc"] > 0.5 + max(0.02, 3 * se)
         if audit.get("eps_lb") is not None:
             eps_lbs.append(float(audit["eps_lb"]))
             site_eps = audit["epsilon"] if audit.get("epsilon") is not None else release_eps
@@ -192,6 +201,7 @@ def _summary(sites: Mapping[str, Mapping[str, Any]], release_eps: float | None) 
                 failures.append(name)
     return {
         "max_membership_auroc": best_auroc,
+        "white_box_loss_auroc": best_wb,
         "membership_signal": bool(signal),
         "eps_lb": max(eps_lbs) if eps_lbs else None,
         "eps_accountant": release_eps,
@@ -202,7 +212,8 @@ def _summary(sites: Mapping[str, Mapping[str, Any]], release_eps: float | None) 
 
 def verdict(summary: Mapping[str, Any]) -> dict[str, str]:
     """A status (fail | risk | pass) and a plain-language sentence."""
-    eps, lb, auroc = summary["eps_accountant"], summary["eps_lb"], summary["max_membership_auroc"]
+    eps, lb = summary["eps_accountant"], summary["eps_lb"]
+    auroc = max(summary["max_membership_auroc"], summary.get("white_box_loss_auroc") or 0.0)
     lb_txt = "not measured" if lb is None else f"{lb:.2f}"
     if summary["failed_sites"]:
         return {"status": "fail", "text": (
