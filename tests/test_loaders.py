@@ -376,3 +376,36 @@ def test_out_of_vocabulary_listing_is_capped_but_counts_every_row(tmp_path, monk
     r = load_codes(f).report
     assert r.out_of_vocabulary["AAA"] == 2 and len(r.out_of_vocabulary) == 3
     assert r.out_of_vocabulary["(other codes)"] == 2 and r.out_of_vocabulary_rows == 5
+
+
+def test_matrix_fast_path_agrees_with_pandas(tmp_path):
+    """Our own output is parsed with numpy; irregular files fall back to pandas: same matrix."""
+    from common.data.fastmatrix import read_binary_csv
+
+    rng = np.random.default_rng(3)
+    vocab = Vocabulary(("250", "401", "V45", "E888", "038"), name="five")
+    X = (rng.random((300, 5)) < 0.3).astype(np.uint8)
+    ids = [f"p{i}" for i in range(300)]  # ids of different widths
+    write_matrix(tmp_path / "a.csv", X, vocab, ids)
+    fast = read_binary_csv(tmp_path / "a.csv", 5, True)
+    assert fast is not None
+    np.testing.assert_array_equal(fast[0], X)
+    assert fast[1] == ids
+    text = (tmp_path / "a.csv").read_text()
+    variants = {
+        "crlf.csv": text.replace("\n", "\r\n"),
+        "noid.csv": "\n".join(line.split(",", 1)[1] for line in text.splitlines()) + "\n",
+        "quoted.csv": text.replace("p1,", '"p1",', 1),
+        "spaces.csv": text.replace(",1", ", 1", 1),
+        "nofinalnewline.csv": text.rstrip("\n"),
+    }
+    for name, body in variants.items():
+        (tmp_path / name).write_text(body, newline="")
+        m = load_codes(tmp_path / name, vocab=vocab, format="matrix")
+        np.testing.assert_array_equal(m.X, X, err_msg=name)
+    assert read_binary_csv(tmp_path / "crlf.csv", 5, True) is not None
+    assert read_binary_csv(tmp_path / "noid.csv", 5, False) is not None
+    assert read_binary_csv(tmp_path / "quoted.csv", 5, True) is None
+    (tmp_path / "two.csv").write_text(text.replace("p0,0", "p0,2", 1).replace("p0,1", "p0,2", 1))
+    with pytest.raises(InputError, match="non-0/1"):
+        load_codes(tmp_path / "two.csv", vocab=vocab)

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from common.data import crosswalk
+from common.data.fastmatrix import read_binary_csv
 from common.data.matrix import CodeMatrix, LoadReport
-from common.data.reading import lower_map, read_header, read_table, resolve_input
+from common.data.reading import is_parquet, lower_map, read_header, read_table, resolve_input
 from common.data.titles import icd9_full_codes, title_source
 from common.errors import InputError
 from common.vocabulary import (
@@ -223,22 +224,31 @@ def _load_matrix(p, columns, detected, vocab, full_codes, icd10, report) -> Code
     code_cols = [c for c in columns if c != id_col]
     if not code_cols:
         raise InputError(p, "matrix has no code columns", "Use --format long?")
-    dtype = {id_col: str} if id_col is not None else None
-    df = read_table(p, dtype=dtype)
-    report.rows_read = len(df)
-    if len(df) == 0:
-        raise InputError(p, "no patients (the file has a header but no rows)")
-    values = _binary_values(p, df[code_cols])
-    if id_col is not None:
-        pids = df[id_col].astype(str).str.strip().to_numpy()
+    fast = None if is_parquet(p) else read_binary_csv(p, len(code_cols), id_col is not None)
+    if fast is not None:  # our own output format: parsed with numpy
+        values, ids = fast
+        n_rows = len(values)
     else:
-        pids = np.array([f"row-{i + 1:06d}" for i in range(len(df))])
+        dtype = {id_col: str} if id_col is not None else None
+        df = read_table(p, dtype=dtype)
+        n_rows = len(df)
+        if n_rows == 0:
+            raise InputError(p, "no patients (the file has a header but no rows)")
+        values = _binary_values(p, df[code_cols])
+        ids = df[id_col].astype(str).str.strip().tolist() if id_col is not None else []
+    report.rows_read = n_rows
+    if id_col is not None:
+        pids = np.asarray(ids, dtype=str)
+    else:
+        pids = np.array([f"row-{i + 1:06d}" for i in range(n_rows)])
     vocab, key_fn, positions = _vocabulary(vocab, full_codes, uses_icd10=False)
-    X = np.zeros((len(df), len(vocab)), dtype=np.uint8)
+    X = np.zeros((n_rows, len(vocab)), dtype=np.uint8)
     names = [str(c).strip() for c in code_cols]
     targets = np.array([positions.get(c, positions.get(key_fn(c), -1)) for c in names])
     ok = targets >= 0
-    if len(np.unique(targets[ok])) == ok.sum():
+    if ok.all() and len(targets) == len(vocab) and (targets == np.arange(len(vocab))).all():
+        X = values  # the columns are the vocabulary, in order (our own output)
+    elif len(np.unique(targets[ok])) == ok.sum():
         X[:, targets[ok]] = values[:, ok]
     else:  # several columns fall in one category (e.g. full codes read as categories): OR
         for j in np.flatnonzero(ok):

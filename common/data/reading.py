@@ -129,11 +129,11 @@ def read_table(
 
 def read_header(path: str | Path) -> list[str]:
     """The column names of a table (reads only the first rows)."""
-    df = read_table(path, nrows=0) if not _is_parquet(path) else _parquet_columns(path)
+    df = read_table(path, nrows=0) if not is_parquet(path) else _parquet_columns(path)
     return [str(c) for c in df.columns] if isinstance(df, pd.DataFrame) else df
 
 
-def _is_parquet(path: str | Path) -> bool:
+def is_parquet(path: str | Path) -> bool:
     with open(path, "rb") as fh:
         return fh.read(4) == _PARQUET_MAGIC
 
@@ -155,4 +155,4 @@ def lower_map(columns: list[str]) -> dict[str, str]:
     return out
 
 
-__all__ = ["lower_map", "read_header", "read_table", "resolve_input"]
+__all__ = ["is_parquet", "lower_map", "read_header", "read_table", "resolve_input"]
