@@ -145,3 +145,22 @@ def test_run_audit_flags_a_copying_generator(tmp_path: Path) -> None:
     assert audit["summary"]["membership_signal"] and audit["verdict"]["status"] == "risk"
     assert audit["sites"]["all"]["membership"]["dcr_hamming"]["auroc"] > 0.8
     assert (tmp_path / "audit.html").exists() and (tmp_path / "audit.json").exists()
+
+
+def test_reads_ehr_server_outputs(tmp_path: Path) -> None:
+    """privacy.json with a {site: report} mapping and rounds.jsonl rows with epsilon_spent."""
+    history = [Mechanism(1.2, 0.05, 50)] * 2
+    reports = {s: site_report(s, history, 1e-5, cross_check=False) for s in ("site0", "site1")}
+    (tmp_path / "privacy.json").write_text(json.dumps(
+        {"epsilon": reports["site0"]["epsilon"], "delta": 1e-5, "sites": reports}))
+    rows = [{"round": r, "epsilon_spent": {"site0": 0.5 * r, "site1": 0.4 * r}} for r in (1, 2)]
+    (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    from privacy.audit import audit_federation, read_run_outputs
+
+    privacy, rounds = read_run_outputs(tmp_path)
+    sites = {s: (_rows(60, i), _rows(60, 5 + i)) for i, s in enumerate(("site0", "site1"))}
+    audit = audit_federation(_generator(), sites, tmp_path, privacy, rounds, CFG)
+    assert audit["epsilon_by_round"]["site1"] == [[1, 0.4], [2, 0.8]]
+    assert audit["sites"]["site0"]["epsilon"] == pytest.approx(reports["site0"]["epsilon"])
+    assert audit["verdict"]["status"] in ("pass", "fail")
+    assert (tmp_path / "audit.html").exists()

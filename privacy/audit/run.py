@@ -106,8 +106,10 @@ def site_reports(privacy: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]
     mapping site -> report."""
     if not privacy:
         return {}
-    if "sites" in privacy and isinstance(privacy["sites"], list):
+    if isinstance(privacy.get("sites"), list):
         return {str(r.get("site") or i): dict(r) for i, r in enumerate(privacy["sites"])}
+    if isinstance(privacy.get("sites"), Mapping):  # ehr-server's privacy.json
+        return {str(k): dict(v) for k, v in privacy["sites"].items() if isinstance(v, Mapping)}
     if "epsilon" in privacy:
         return {str(privacy.get("site") or "all"): dict(privacy)}
     return {str(k): dict(v) for k, v in privacy.items() if isinstance(v, Mapping)}
@@ -116,16 +118,22 @@ def site_reports(privacy: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]
 def epsilon_by_round(
     privacy: Mapping[str, Any] | None, round_log: Sequence[Mapping[str, Any]] | None = None
 ) -> dict[str, list[tuple[int, float]]]:
-    """Epsilon spent after each round, per site: from a round log ({round, site, epsilon}) when
-    given, else recomputed from each report's history (one entry per round)."""
+    """Epsilon spent after each round, per site: from a round log when given (rows
+    {round, site, epsilon}, or ehr-server's rounds.jsonl rows {round, epsilon_spent: {site: eps}}),
+    else recomputed from each report's history (one entry per round)."""
     out: dict[str, list[tuple[int, float]]] = {}
     if round_log:
         for row in round_log:
-            if row.get("epsilon") is None:
-                continue
-            site = str(row.get("site", "all"))
-            out.setdefault(site, []).append((int(row["round"]), float(row["epsilon"])))
-        return {k: sorted(v) for k, v in out.items()}
+            spent = row.get("epsilon_spent")
+            if isinstance(spent, Mapping):
+                for site, eps in spent.items():
+                    if eps is not None:
+                        out.setdefault(str(site), []).append((int(row["round"]), float(eps)))
+            elif row.get("epsilon") is not None:
+                site = str(row.get("site", "all"))
+                out.setdefault(site, []).append((int(row["round"]), float(row["epsilon"])))
+        if out:
+            return {k: sorted(v) for k, v in out.items()}
     from privacy.accountant import Mechanism, epsilon
 
     for site, rep in site_reports(privacy).items():
@@ -274,3 +282,46 @@ def run_audit(
     if out_dir is not None:
         write_audit(out_dir, audit)
     return audit
+
+
+def audit_federation(
+    generator: Any,
+    sites: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    out_dir: str | Path | None = None,
+    privacy: Mapping[str, Any] | None = None,
+    round_log: Sequence[Mapping[str, Any]] | None = None,
+    cfg: AuditConfig | None = None,
+    canaries: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """``audit_site`` for every site {name: (members, held_out)} (in a deployment each site runs
+    its own and sends the dict), then the merge; writes DIR/audit.json + audit.html when given.
+    canaries: {name: (canaries, included_mask)} for sites that trained with canaries."""
+    cfg = cfg or AuditConfig()
+    reports = site_reports(privacy)
+    synth = np.asarray(generator.sample(cfg.n_synth, seed=cfg.seed), dtype=np.uint8)
+    audits = {}
+    for name, (members, held_out) in sites.items():
+        can, inc = (canaries or {}).get(name, (None, None))
+        audits[name] = audit_site(generator, members, held_out, cfg, synth=synth, canaries=can,
+                                  included=inc, privacy=reports.get(name), site=name)
+    audit = merge_site_audits(audits, privacy, round_log, cfg)
+    if out_dir is not None:
+        write_audit(out_dir, audit)
+    return audit
+
+
+def read_run_outputs(run_dir: str | Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(privacy.json, rounds.jsonl rows) of an ehr-server / ehr-simulate output folder, when
+    present."""
+    import json
+
+    d = Path(run_dir)
+    privacy = None
+    if (d / "privacy.json").exists():
+        privacy = json.loads((d / "privacy.json").read_text(encoding="utf-8"))
+    rounds: list[dict[str, Any]] = []
+    if (d / "rounds.jsonl").exists():
+        for line in (d / "rounds.jsonl").read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rounds.append(json.loads(line))
+    return privacy, rounds
