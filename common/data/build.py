@@ -85,6 +85,7 @@ def _icd10_full(code: str) -> str:
 
 def build_with_icd10(p, pids, codes, is10, vocab, full_codes, icd10, report) -> CodeMatrix:
     """Map or keep the ICD-10 rows (never drop them), then build the matrix."""
+    is10 = is10 & ~is_missing(codes)  # an empty ICD-10 cell is a missing code, not a code
     n10 = int(is10.sum())
     report.icd10_rows = n10
     if n10 == 0:
