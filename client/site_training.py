@@ -242,7 +242,12 @@ def evaluate_site(synthetic: np.ndarray, data: SiteData, seed: int = 0) -> dict[
     if data.holdout.shape[0] < 10:
         return {"site": data.site, "n_holdout": int(data.holdout.shape[0]),
                 "skipped": "fewer than 10 held-out patients"}
-    out = fidelity(data.holdout, synthetic, real_train=data.train, seed=seed)
+    try:
+        out = fidelity(data.holdout, synthetic, real_train=data.train, seed=seed)
+    except ValueError as err:  # e.g. too few patients for a metric's classifier
+        log.warning("site %s: evaluation failed: %s", data.site, err)
+        return {"site": data.site, "n_holdout": int(data.holdout.shape[0]),
+                "skipped": f"evaluation failed: {err}"}
     flat = {k: v for k, v in out.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     flat.update(site=data.site, n_holdout=int(data.holdout.shape[0]))
     return flat

@@ -67,11 +67,14 @@ def launch(job: Launch) -> dict[str, Any]:
                             alive=lambda: link.poll() is None, timeout=job.timeout,
                             tick=bar.tick)
         except KeyboardInterrupt:
-            fr.stop_run(home, run_id)
+            log.warning("interrupted: stopping the run and every process it started")
             raise
-        finally:
+        except BaseException:
             if link.poll() is None:
                 fr.save_run_log(home, run_id, out / "logs" / "serverapp.log")
+            raise
+        if link.poll() is None:
+            fr.save_run_log(home, run_id, out / "logs" / "serverapp.log")
     return read_status(out)
 
 
