@@ -7,6 +7,8 @@ unknown keys are an input error (a typo must not silently fall back to a default
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,8 @@ class ModelConfig:
     sigma_max: float = 80.0
     rho: float = 7.0
     sample_steps: int = 32
-    threshold: float = 0.5
+    threshold: float = 0.5  # scalar output step (EHRDiff: 0.5), used when output_step="threshold"
+    output_step: str = "per_code"  # "per_code": thresholds matched to training prevalence
 
 
 @dataclass
@@ -46,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     num_threads: int = 0  # 0: torch default
+    lr_schedule: str = "constant"  # or "cosine" (decay to 0 over the run)
 
 
 @dataclass
@@ -58,6 +62,14 @@ class PrivacyConfig:
     noise_multiplicity: int = 4
     accountant: str = "prv"
     grad_sample_mode: str = "ghost"
+    # Centralized private training (ehr-train --epsilon; client/private_train.py) only:
+    epochs: int = 25  # expected passes over the data (DP-SGD steps = epochs / q)
+    batch_size: int = 2048  # expected Poisson batch: q = batch_size / n
+    lr: float = 2e-3
+    ema_decay: float = 0.995
+    hidden: tuple[int, ...] = (512, 256, 256, 512)  # denoiser widths under DP
+    count_epsilon_share: float = 0.1  # epsilon share of the private code counts (0: none)
+    count_clip: float = 4.0  # L2 bound of a patient's row in the counts (sqrt of 16 codes)
 
 
 @dataclass
@@ -93,12 +105,14 @@ class Config:
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError(source, f"unknown config section(s): {', '.join(sorted(unknown))}")
-        return cls(
+        config = cls(
             model=_build(ModelConfig, data.get("model", {}), source),
             train=_build(TrainConfig, data.get("train", {}), source),
             privacy=_build(PrivacyConfig, data.get("privacy", {}), source),
             federation=_build(FederationConfig, data.get("federation", {}), source),
         )
+        _check_values(config, source)
+        return config
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:
@@ -107,6 +121,8 @@ class Config:
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise InputError(path, "file not found") from None
+        except OSError as err:  # a directory, no permission, ...
+            raise InputError(path, f"cannot read ({err.strerror or err})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise InputError(path, f"not valid TOML ({err})") from None
         return cls.from_dict(data, source=path)
@@ -128,6 +144,8 @@ def _build(cls: type[T], values: Any, source: object) -> T:
 
 
 def _coerce(value: Any, expected: Any, name: str, source: object) -> Any:
+    if value is None and expected is None:  # optional field left unset (to_dict round trip)
+        return None
     if isinstance(expected, tuple):
         if not isinstance(value, list | tuple) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
@@ -140,9 +158,77 @@ def _coerce(value: Any, expected: Any, name: str, source: object) -> Any:
         return value
     if isinstance(expected, int) and not isinstance(value, bool) and isinstance(value, int):
         return value
-    if isinstance(expected, float) or expected is None:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+    if (isinstance(expected, float) or expected is None) and (
+        isinstance(value, int | float) and not isinstance(value, bool)
+    ):
+        return float(value)
     if isinstance(expected, str) and isinstance(value, str):
         return value
     raise InputError(source, f"{name} has the wrong type ({type(value).__name__})")
+
+
+# (section, field) -> (test, what a valid value is). Checked after types, so a typo'd value is a
+# one-line InputError here rather than a NaN loss or a crash deep in training.
+_RULES: dict[tuple[str, str], tuple[Any, str]] = {
+    ("model", "hidden"): (lambda v: len(v) >= 1, "a non-empty list"),
+    ("model", "time_dim"): (lambda v: v >= 1, ">= 1"),
+    ("model", "sigma_data"): (lambda v: v > 0, "> 0"),
+    ("model", "p_std"): (lambda v: v > 0, "> 0"),
+    ("model", "sigma_min"): (lambda v: v > 0, "> 0"),
+    ("model", "sigma_max"): (lambda v: v > 0, "> 0"),
+    ("model", "rho"): (lambda v: v > 0, "> 0"),
+    ("model", "sample_steps"): (lambda v: v >= 1, ">= 1"),
+    ("model", "threshold"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("train", "epochs"): (lambda v: v >= 0, ">= 0"),
+    ("train", "batch_size"): (lambda v: v >= 1, ">= 1"),
+    ("train", "lr"): (lambda v: v > 0, "> 0"),
+    ("train", "weight_decay"): (lambda v: v >= 0, ">= 0"),
+    ("train", "ema_decay"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("train", "noise_multiplicity"): (lambda v: v >= 1, ">= 1"),
+    ("train", "seed"): (lambda v: v >= 0, ">= 0"),
+    ("train", "device"): (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v), "auto|cpu|cuda"),
+    ("train", "num_threads"): (lambda v: v >= 0, ">= 0"),
+    ("privacy", "epsilon"): (lambda v: v is None or v > 0, "> 0"),
+    ("privacy", "delta"): (lambda v: v is None or 0 < v < 1, "in (0, 1)"),
+    ("privacy", "max_grad_norm"): (lambda v: v > 0, "> 0"),
+    ("privacy", "noise_multiplicity"): (lambda v: v >= 1, ">= 1"),
+    ("privacy", "accountant"): (lambda v: v in ("prv", "rdp"), "prv or rdp"),
+    ("privacy", "grad_sample_mode"): (
+        lambda v: v in ("ghost", "hooks", "functorch", "ew"), "ghost|hooks|functorch|ew"),
+    ("model", "output_step"): (lambda v: v in ("per_code", "threshold"), "per_code|threshold"),
+    ("train", "lr_schedule"): (lambda v: v in ("constant", "cosine"), "constant|cosine"),
+    ("privacy", "epochs"): (lambda v: v >= 0, ">= 0"),
+    ("privacy", "batch_size"): (lambda v: v >= 1, ">= 1"),
+    ("privacy", "lr"): (lambda v: v > 0, "> 0"),
+    ("privacy", "ema_decay"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("privacy", "hidden"): (lambda v: len(v) >= 1, "a non-empty list"),
+    ("privacy", "count_epsilon_share"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("privacy", "count_clip"): (lambda v: v > 0, "> 0"),
+    ("federation", "sample_rate"): (lambda v: 0 <= v <= 1, "in [0, 1] (0: from batch_size)"),
+    ("federation", "lr"): (lambda v: v >= 0, ">= 0 (0: train.lr)"),
+    ("federation", "rounds"): (lambda v: v >= 1, ">= 1"),
+    ("federation", "min_sites"): (lambda v: v >= 1, ">= 1"),
+    ("federation", "local_epochs"): (lambda v: v > 0, "> 0"),
+    ("federation", "holdout"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("federation", "round_timeout"): (lambda v: v > 0, "> 0"),
+    ("federation", "strategy"): (
+        lambda v: v in ("fedavg", "fedavgm", "fedadam"), "fedavg|fedavgm|fedadam"),
+    ("federation", "server_lr"): (lambda v: v > 0, "> 0"),
+    ("federation", "server_momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def _check_values(config: Config, source: object) -> None:
+    """Every float finite; every value in its valid range (``_RULES``)."""
+    for section in dataclasses.fields(config):
+        part = getattr(config, section.name)
+        for f in dataclasses.fields(part):
+            value = getattr(part, f.name)
+            name = f"{type(part).__name__}.{f.name}"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(source, f"{name} must be a finite number, got {value}")
+            rule = _RULES.get((section.name, f.name))
+            if rule is not None and not rule[0](value):
+                raise InputError(source, f"{name} must be {rule[1]}, got {value!r}")
+    if config.model.sigma_min >= config.model.sigma_max:
+        raise InputError(source, "ModelConfig.sigma_min must be below sigma_max")

@@ -1,0 +1,81 @@
+"""ehr-train: train the generator on one data set (non-private, or DP with --epsilon)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from common.config import Config
+from common.data import load_codes
+from common.errors import InputError, cli_errors
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="ehr-train", description=__doc__)
+    ap.add_argument("--data", required=True, help="input file (MIMIC, diabetes130, long, matrix)")
+    ap.add_argument("--format", default="auto", help="auto|mimic|diabetes130|long|matrix")
+    ap.add_argument("--out", required=True, help="model directory to write")
+    ap.add_argument("--config", help="TOML file with [model] / [train] / [privacy] tables")
+    ap.add_argument("--epochs", type=int, help="override train.epochs")
+    ap.add_argument("--device", help="auto|cpu|cuda (override train.device)")
+    ap.add_argument("--seed", type=int, help="override train.seed")
+    ap.add_argument("--epsilon", type=float, help="train with DP-SGD to this epsilon")
+    ap.add_argument("--delta", type=float, help="DP delta (default min(1e-5, 1/(10 n)))")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    config = Config.from_toml(args.config) if args.config else Config()
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise InputError("--epochs", "must be at least 1")
+        config.train.epochs = args.epochs
+    if args.device:
+        config.train.device = args.device
+    if args.seed is not None:
+        config.train.seed = args.seed
+    if args.epsilon is not None:
+        if args.epsilon <= 0:
+            raise InputError("--epsilon", "must be positive")
+        config.privacy.epsilon = args.epsilon
+    if args.delta is not None:
+        if not 0 < args.delta < 1:
+            raise InputError("--delta", "must be in (0, 1)")
+        config.privacy.delta = args.delta
+    return config
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    config = build_config(args)
+    try:
+        from common.device import resolve_device
+
+        resolve_device(config.train.device)
+    except ValueError as err:
+        raise InputError("--device", str(err)) from None
+    matrix = load_codes(args.data, format=args.format)
+    if matrix.n_patients < 2:
+        raise InputError(args.data, f"only {matrix.n_patients} patient(s): nothing to train on")
+    out = Path(args.out)
+    if config.privacy.epsilon is not None:
+        from client.private_train import train_centralized_private  # lazy: pulls in opacus
+
+        report = train_centralized_private(matrix, config, out)
+    else:
+        from common.model.central import train_centralized
+
+        report = train_centralized(matrix.X, matrix.vocab, config, out, progress=not args.quiet,
+                                   extra={"data": matrix.report.to_dict()})
+    json.dump({"model_dir": str(out), **(report or {})}, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

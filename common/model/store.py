@@ -1,0 +1,164 @@
+"""Model directories and the ``Generator`` that samples from them.
+
+A model directory holds:
+
+- ``model.pt``: the EDM model's ``state_dict`` (EMA weights), loaded with ``weights_only=True``;
+- ``config.json``: ``{"format": "fedsynth-edm/1", "n_codes": D, "model": ModelConfig fields,
+  "extra": {...}}`` (``extra``: training report, privacy figures, anything the trainer adds);
+- ``vocabulary.json``: the code vocabulary (column order of every sample);
+- ``output_step.json``: how continuous samples become 0/1 codes (see ``common.model.output``):
+  ``{"kind": "threshold", "threshold": t}`` or ``{"kind": "per_code", "thresholds": [...]}``
+  plus ``info`` saying how it was chosen. Missing file -> scalar ``ModelConfig.threshold``.
+  A private trainer overwrites it with ``set_output_step(dir, step)`` from private estimates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.atomic import atomic_path, write_json
+from common.config import ModelConfig
+from common.device import resolve_device
+from common.errors import InputError
+from common.model.ema import EMA, _unwrap
+from common.model.output import OutputStep
+from common.model.sampler import edm_sigmas, heun_sample
+from common.model.train import ProgressBar, build_model
+from common.vocabulary import Vocabulary
+
+log = logging.getLogger(__name__)
+
+FORMAT = "fedsynth-edm/1"
+WEIGHTS = "model.pt"
+CONFIG = "config.json"
+VOCAB = "vocabulary.json"
+OUTPUT = "output_step.json"
+NOISE_CHUNK = 1000
+
+
+def save_model(
+    directory: str | Path,
+    model_or_state: nn.Module | EMA | dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    vocab: Vocabulary,
+    extra: dict[str, Any] | None = None,
+    output_step: OutputStep | None = None,
+) -> Path:
+    """Write weights, config, vocabulary (and the output step when given) into ``directory``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(model_or_state, EMA):
+        state = model_or_state.state_dict()
+    elif isinstance(model_or_state, nn.Module):
+        state = _unwrap(model_or_state).state_dict()
+    else:
+        state = model_or_state
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    n_codes = int(state["net.out.weight"].shape[0])
+    if n_codes != len(vocab):
+        raise ValueError(f"model has {n_codes} codes, vocabulary {len(vocab)}")
+    with atomic_path(out / WEIGHTS) as tmp:
+        torch.save(state, tmp)
+    write_json(out / CONFIG, {"format": FORMAT, "n_codes": n_codes,
+                              "model": dataclasses.asdict(cfg), "extra": extra or {}})
+    vocab.save(out / VOCAB)
+    if output_step is not None:
+        set_output_step(out, output_step)
+    return out
+
+
+def set_output_step(directory: str | Path, step: OutputStep) -> None:
+    """(Re)write the output step of a model directory."""
+    write_json(Path(directory) / OUTPUT, step.to_dict())
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        hint = "Is this a model directory written by ehr-train?"
+        raise InputError(path, "not found", hint) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(path, f"not valid JSON ({err})") from None
+
+
+def load_model(directory: str | Path, device: str = "auto") -> Generator:
+    """Read a model directory written by ``save_model``; returns a ``Generator``."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise InputError(d, "model directory not found")
+    conf = _read_json(d / CONFIG)
+    if not isinstance(conf, dict) or conf.get("format") != FORMAT:
+        raise InputError(d / CONFIG, f"not a {FORMAT} model config")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    mc = {k: v for k, v in conf["model"].items() if k in fields}
+    if "hidden" in mc:
+        mc["hidden"] = tuple(mc["hidden"])
+    cfg = ModelConfig(**mc)
+    vocab = Vocabulary.load(d / VOCAB)
+    try:
+        state = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(d / WEIGHTS, "weights file not found") from None
+    except Exception as err:  # corrupted or foreign pickle
+        raise InputError(d / WEIGHTS, f"cannot load weights ({type(err).__name__})") from None
+    model = build_model(int(conf["n_codes"]), cfg)
+    model.load_state_dict(state)
+    if (d / OUTPUT).exists():
+        step = OutputStep.from_dict(_read_json(d / OUTPUT))
+    else:
+        step = OutputStep("threshold", cfg.threshold, info={"source": "ModelConfig.threshold"})
+    return Generator(model, cfg, vocab, step, resolve_device(device), conf.get("extra", {}))
+
+
+class Generator:
+    """Samples synthetic patients from a trained EDM model (deterministic Heun + output step)."""
+
+    def __init__(self, model: nn.Module, cfg: ModelConfig, vocab: Vocabulary,
+                 output_step: OutputStep, device: torch.device | str = "cpu",
+                 extra: dict[str, Any] | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = _unwrap(model).to(self.device).eval()
+        self.cfg, self.vocab, self.output_step = cfg, vocab, output_step
+        self.extra = extra or {}
+
+    @property
+    def n_codes(self) -> int:
+        return len(self.vocab)
+
+    def sample_continuous(self, n: int, seed: int = 0, batch: int = 1000,
+                          steps: int | None = None, progress: bool = False) -> np.ndarray:
+        """(n, n_codes) float32 sampler outputs before the output step; batch-size independent
+        for a given seed (each batch draws its noise from its own seeded generator)."""
+        steps = int(steps or self.cfg.sample_steps)
+        sigmas = edm_sigmas(steps, self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.rho)
+        out = np.empty((n, self.n_codes), dtype=np.float32)
+        chunk = NOISE_CHUNK  # noise is drawn per chunk, so results don't depend on ``batch``
+        batch = max(chunk, int(batch) // chunk * chunk)
+        with ProgressBar(progress, n, "sampling") as advance, torch.inference_mode():
+            for start in range(0, n, batch):
+                stop = min(n, start + batch)
+                z = torch.cat([self._noise(seed, c, min(stop, c + chunk) - c)
+                               for c in range(start, stop, chunk)])
+                x = heun_sample(self.model, z.to(self.device), sigmas)
+                out[start:stop] = x.float().cpu().numpy()
+                advance(stop - start)
+        return out
+
+    def _noise(self, seed: int, chunk_start: int, rows: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + chunk_start)
+        return torch.randn(rows, self.n_codes, generator=g)
+
+    def sample(
+        self, n: int, seed: int = 0, batch: int = 1000, progress: bool = False
+    ) -> np.ndarray:
+        """(n, n_codes) uint8 0/1 synthetic patients."""
+        return self.output_step.apply(self.sample_continuous(n, seed, batch, progress=progress))
