@@ -319,8 +319,10 @@ def register_public_key(
 ) -> bool:
     """Register one public key with a running SuperLink via ``flwr supernode register``.
 
-    Returns True when registered now or already registered; False when the SuperLink cannot be
-    reached. Uses a throwaway FLWR_HOME so the user's own Flower config is never touched.
+    The node is registered under the site's name (the file's stem) so ``flwr supernode ls``
+    shows which hospital each node is. Returns True when registered now or already registered;
+    False when the SuperLink cannot be reached. Uses a throwaway FLWR_HOME so the user's own
+    Flower config is never touched.
     """
     load_public_key(pub)
     with tempfile.TemporaryDirectory(prefix="ehr-flwr-") as home:
@@ -330,7 +332,7 @@ def register_public_key(
         try:
             proc = subprocess.run(
                 [flwr_executable(), "supernode", "register", str(Path(pub).resolve()),
-                 "fedsynth", "--format", "json"],
+                 "fedsynth", "--name", check_site(Path(pub).stem), "--format", "json"],
                 env=env, capture_output=True, text=True, timeout=timeout, cwd=home,
             )
         except subprocess.TimeoutExpired:

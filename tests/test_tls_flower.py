@@ -8,6 +8,7 @@ and a plaintext client are all refused.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -198,6 +199,12 @@ def test_enrolled_sites_complete_a_round(fed: Federation) -> None:
     assert "Sampled 2 nodes" in out, out[-4000:]
     # FedAvg of the two sites' updates (0+1, 0+3 with equal weight) over TLS
     assert "TINY_RESULT [2.0, 2.0, 2.0]" in out, out[-4000:]
+    ls = subprocess.run([str(BIN / "flwr"), "supernode", "ls", "fedsynth", "--format", "json"],
+                        env=fed.env, capture_output=True, text=True, timeout=60, cwd=fed.root)
+    nodes = json.loads(ls.stdout[ls.stdout.find("{"):])["nodes"]
+    # exactly the enrolled keys A, B, C are known to the SuperLink; A and B are online
+    assert len(nodes) == 3, nodes
+    assert sum(n["status"] == "online" for n in nodes) >= 2, nodes
 
 
 def test_unregistered_key_is_refused(fed: Federation) -> None:
