@@ -119,10 +119,10 @@ def test_mimic4_undotted_and_dotted_icd9_agree(tmp_path):
 
 def test_missing_markers_in_any_case_are_missing_not_codes(tmp_path):
     f = tmp_path / "d.csv"
-    f.write_text("subject_id,icd_code\n1,NaN\n1,4019\n2,null\n3,E119\n")
+    f.write_text("subject_id,icd_code\n1,NaN\n1,4019\n2,null\n3,I10\n")
     m = load_codes(f, icd10="keep")
     assert m.report.missing_codes == 2 and m.report.out_of_vocabulary == {}
-    assert m.report.icd10_rows == 1 and _cols(m, "3") == {"icd10:E11"}
+    assert m.report.icd10_rows == 1 and _cols(m, "3") == {"icd10:I10"}
     assert m.n_patients == 3
 
 
