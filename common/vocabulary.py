@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,35 +39,36 @@ class Vocabulary:
     codes: tuple[str, ...]
     titles: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     name: str = "custom"
+    _positions: dict[str, int] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         codes = tuple(str(c) for c in self.codes)
         object.__setattr__(self, "codes", codes)
-        if len(set(codes)) != len(codes):
-            seen: set[str] = set()
-            dup = next(c for c in codes if c in seen or seen.add(c))  # type: ignore[func-returns-value]
+        positions = {c: i for i, c in enumerate(codes)}
+        if len(positions) != len(codes):
+            dup = next(c for i, c in enumerate(codes) if positions[c] != i)
             raise ValueError(f"vocabulary {self.name!r} lists code {dup!r} twice")
-        object.__setattr__(self, "_positions", {c: i for i, c in enumerate(codes)})
+        object.__setattr__(self, "_positions", positions)
 
     def __len__(self) -> int:
         return len(self.codes)
 
     def __contains__(self, code: object) -> bool:
-        return code in self._positions  # type: ignore[attr-defined]
+        return code in self._positions
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self.codes)
 
     def index(self, code: str) -> int:
         """Column of ``code``; KeyError if it is not in the vocabulary."""
         try:
-            return self._positions[code]  # type: ignore[attr-defined]
+            return self._positions[code]
         except KeyError:
             raise KeyError(f"code {code!r} is not in vocabulary {self.name!r}") from None
 
     def positions(self) -> dict[str, int]:
         """A copy of the code -> column mapping (for vectorised look-ups)."""
-        return dict(self._positions)  # type: ignore[attr-defined]
+        return dict(self._positions)
 
     def title(self, code: str) -> str:
         return self.titles.get(code, "")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from common.data import crosswalk
 from common.data.matrix import CodeMatrix, LoadReport
+from common.data.reading import SHAPE_HINT
 from common.data.titles import icd9_full_codes
 from common.errors import InputError
 from common.vocabulary import (
@@ -131,14 +132,14 @@ def build(
     codes = codes.reset_index(drop=True).astype(str).str.strip()
     if is_missing(pids).any():
         bad = int(is_missing(pids).sum())
-        raise InputError(p, f"{bad} rows have an empty patient id")
+        raise InputError(p, f"{bad} rows have an empty patient id", "Every row needs its patient")
     if patient_order is None:
         row_of, uniq_ids = pd.factorize(pids, sort=False)
     else:
         uniq_ids = pd.unique(patient_order.astype(str))
         row_of = pd.Index(uniq_ids).get_indexer(pids)
     if len(uniq_ids) == 0:
-        raise InputError(p, "no patients (the file has a header but no rows)")
+        raise InputError(p, "no patients (the file has a header but no rows)", SHAPE_HINT)
     # work on distinct codes: key and column once per distinct code, then gather
     code_of, uniq_codes = pd.factorize(codes, sort=False)
     uniq_codes = [str(c) for c in uniq_codes]

@@ -8,6 +8,7 @@ on clusters, and a Zipf-weighted long tail of rarer codes. About 3-5 codes per p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,6 +218,6 @@ def _categorical(W: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((cum < u[:, None]).sum(axis=1), W.shape[1] - 1)
 
 
-def _norm(w) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _norm(w: Sequence[float] | np.ndarray) -> np.ndarray:
     a = np.asarray(w, dtype=float)
     return a / a.sum()

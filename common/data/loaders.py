@@ -26,7 +26,14 @@ from common.data.build import (
 )
 from common.data.fastmatrix import read_binary_csv
 from common.data.matrix import CodeMatrix, LoadReport
-from common.data.reading import is_parquet, lower_map, read_header, read_table, resolve_input
+from common.data.reading import (
+    SHAPE_HINT,
+    is_parquet,
+    lower_map,
+    read_header,
+    read_table,
+    resolve_input,
+)
 from common.data.titles import title_source
 from common.errors import InputError
 from common.vocabulary import Vocabulary, icd9_categories, icd9_category
@@ -68,7 +75,7 @@ def load_codes(
     p = resolve_input(path)
     columns = read_header(p)
     if not [c for c in columns if str(c).strip()]:
-        raise InputError(p, "file has no header row")
+        raise InputError(p, "file has no header row", SHAPE_HINT)
     detected = detect_format(columns)
     if fmt == "auto":
         if detected is None:
@@ -226,7 +233,7 @@ def _load_matrix(p, columns, detected, vocab, full_codes, icd10, report) -> Code
         df = read_table(p, dtype=dtype)
         n_rows = len(df)
         if n_rows == 0:
-            raise InputError(p, "no patients (the file has a header but no rows)")
+            raise InputError(p, "no patients (the file has a header but no rows)", SHAPE_HINT)
         values = binary_values(p, df[code_cols])
         ids = df[id_col].astype(str).str.strip().tolist() if id_col is not None else []
     report.rows_read = n_rows

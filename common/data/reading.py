@@ -12,6 +12,8 @@ import pandas as pd
 from common.errors import InputError
 
 _SNIFF_BYTES = 1 << 16
+SHAPE_HINT = ("Expected a header row, then rows of SUBJECT_ID,ICD9_CODE (--format mimic), "
+              "patient_id,code (--format long) or a 0/1 matrix (--format matrix)")
 _GZIP_MAGIC = b"\x1f\x8b"
 _PARQUET_MAGIC = b"PAR1"
 
@@ -28,7 +30,7 @@ def resolve_input(path: str | Path) -> Path:
                 return p / rel
         raise InputError(p, "is a directory with no DIAGNOSES_ICD.csv or hosp/diagnoses_icd.csv")
     if not p.exists():
-        raise InputError(p, "file not found")
+        raise InputError(p, "file not found", f"Check the path (working folder: {Path.cwd()})")
     if not p.is_file():
         raise InputError(p, "not a regular file")
     return p
@@ -70,7 +72,7 @@ def _check_text(p: Path, head: bytes) -> str:
             ) from None
     text = text.lstrip("\ufeff")  # a file holding only a BOM is empty too
     if not text.strip():
-        raise InputError(p, "file is empty")
+        raise InputError(p, "file is empty", SHAPE_HINT)
     first = text.splitlines()[0]
     return "\t" if "\t" in first and "," not in first else ","
 
@@ -111,7 +113,7 @@ def read_table(
             p, "some rows have more fields than the header", "Check the delimiter and quoting"
         ) from None
     except pd.errors.EmptyDataError:
-        raise InputError(p, "file is empty") from None
+        raise InputError(p, "file is empty", SHAPE_HINT) from None
     except UnicodeDecodeError as err:
         raise InputError(p, f"not UTF-8 text ({err.reason})", "Save it as UTF-8 CSV") from None
     except pd.errors.ParserError as err:

@@ -13,8 +13,13 @@ from __future__ import annotations
 import functools
 import logging
 import string
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from common.data.crosswalk import _data_file, package_version
+
+if TYPE_CHECKING:
+    from common.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +81,7 @@ def _listed_title(children: dict[str, str], cat: str, shown: int = 3, width: int
     return "; ".join(distinct[:shown]) + ("; ..." if len(distinct) > shown else "")
 
 
-def _category_titles(full: dict[str, str], category) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _category_titles(full: dict[str, str], category: Callable[[str], str]) -> dict[str, str]:
     groups: dict[str, dict[str, str]] = {}
     for code, title in full.items():
         groups.setdefault(category(code), {})[code] = title
@@ -108,9 +113,9 @@ def icd10_category_list() -> tuple[tuple[str, ...], dict[str, str]]:
 
 
 @functools.cache
-def icd9_full_codes():  # type: ignore[no-untyped-def]
+def icd9_full_codes() -> Vocabulary | None:
     """Every billable ICD-9-CM diagnosis code (CMS v32, dotted: '401.9'), or None."""
-    from common.vocabulary import Vocabulary, icd9_full_code
+    from common.vocabulary import Vocabulary, icd9_full_code  # noqa: F811 (import cycle)
 
     full = _code_titles(_ICD9_DESC)
     if full is None:
@@ -119,7 +124,7 @@ def icd9_full_codes():  # type: ignore[no-untyped-def]
     return Vocabulary(tuple(titles), titles, "icd9cm-full-cms-v32")
 
 
-def title_source(vocab) -> str:  # type: ignore[no-untyped-def]
+def title_source(vocab: Vocabulary) -> str:
     """Where a vocabulary's titles come from, for the LoadReport."""
     if not vocab.titles:
         return "none (titles empty)"

@@ -7,6 +7,7 @@ CSV (header ``patient_id,001,002,...,V45,...,E888,...``) or Parquet when the pat
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ def synthetic_ids(n: int, prefix: str = "syn") -> np.ndarray:
     return np.array([f"{prefix}-{i:0{width}d}" for i in range(1, n + 1)])
 
 
-def _check(X: np.ndarray, vocab: Vocabulary, patient_ids) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+def _check(
+    X: np.ndarray, vocab: Vocabulary, patient_ids: Sequence[str] | np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[1] != len(vocab):
         raise ValueError(f"X has shape {X.shape}, vocabulary has {len(vocab)} codes")
@@ -38,7 +41,10 @@ def _check(X: np.ndarray, vocab: Vocabulary, patient_ids) -> tuple[np.ndarray, n
 
 
 def write_matrix(
-    path: str | os.PathLike[str], X: np.ndarray, vocab: Vocabulary, patient_ids=None  # type: ignore[no-untyped-def]
+    path: str | os.PathLike[str],
+    X: np.ndarray,
+    vocab: Vocabulary,
+    patient_ids: Sequence[str] | np.ndarray | None = None,
 ) -> Path:
     """Write a 0/1 patient x code matrix (CSV, or Parquet for '.parquet'), atomically."""
     X, ids = _check(X, vocab, patient_ids)
