@@ -144,17 +144,6 @@ class Federation:
         self.procs.append(proc)
         return proc
 
-    def refused(self, name: str, extra: list[str], superlink: str | None = None) -> str:
-        proc = self.supernode(name, extra, superlink=superlink, retries=True)
-        try:
-            rc = proc.wait(timeout=90)
-        finally:
-            _stop(proc)
-        log = (self.root / f"{name}.log").read_text(errors="replace")
-        assert rc != 0, log[-3000:]
-        assert "SuperNode ID:" not in log  # it never got a node id
-        return log
-
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
@@ -207,29 +196,48 @@ def test_enrolled_sites_complete_a_round(fed: Federation) -> None:
     assert sum(n["status"] == "online" for n in nodes) >= 2, nodes
 
 
-def test_unregistered_key_is_refused(fed: Federation) -> None:
-    log = fed.refused("U", certs.supernode_tls_args(fed.certs / "ca.crt",
-                                                    fed.root / "outsider" / "U.key"))
-    assert "Failed to activate SuperNode" in log
+@pytest.fixture(scope="module")
+def refused(fed: Federation) -> dict[str, str]:
+    """Start every refused SuperNode at once (they only wait on the network), collect logs."""
+    ca, c_key = fed.certs / "ca.crt", fed.certs / "C.key"
+    cases = {
+        "U": (certs.supernode_tls_args(ca, fed.root / "outsider" / "U.key"), None),
+        "noca": (["--auth-supernode-private-key", str(c_key)], None),
+        "wrongname": (certs.supernode_tls_args(ca, c_key), f"localhost:{fed.port}"),
+        # flower-supernode itself refuses a key over plaintext (exit 303); without a key the
+        # TLS SuperLink must refuse the plaintext connection
+        "insecure": (["--insecure"], None),
+    }
+    procs = {name: fed.supernode(name, extra, superlink=link, retries=True)
+             for name, (extra, link) in cases.items()}
+    logs = {}
+    for name, proc in procs.items():
+        try:
+            rc = proc.wait(timeout=120)
+        finally:
+            _stop(proc)
+        log = (fed.root / f"{name}.log").read_text(errors="replace")
+        assert rc != 0, log[-3000:]
+        assert "SuperNode ID:" not in log  # it never got a node id
+        logs[name] = log
+    return logs
+
+
+def test_unregistered_key_is_refused(fed: Federation, refused: dict[str, str]) -> None:
+    assert "Failed to activate SuperNode" in refused["U"]
     superlink_log = (fed.root / "superlink.log").read_text(errors="replace")
     assert '"POST /v1/fleet/activate-node HTTP/1.1" 412' in superlink_log
 
 
-def test_client_without_ca_cannot_connect(fed: Federation) -> None:
-    log = fed.refused("noca", ["--auth-supernode-private-key", str(fed.certs / "C.key")])
-    assert "CERTIFICATE_VERIFY_FAILED" in log
+def test_client_without_ca_cannot_connect(refused: dict[str, str]) -> None:
+    assert "CERTIFICATE_VERIFY_FAILED" in refused["noca"]
 
 
-def test_wrong_server_name_fails_tls(fed: Federation) -> None:
-    log = fed.refused("wrongname", certs.supernode_tls_args(fed.certs / "ca.crt",
-                                                            fed.certs / "C.key"),
-                      superlink=f"localhost:{fed.port}")
+def test_wrong_server_name_fails_tls(refused: dict[str, str]) -> None:
+    log = refused["wrongname"]
     assert "CERTIFICATE_VERIFY_FAILED" in log
     assert "Hostname mismatch" in log and "localhost" in log
 
 
-def test_plaintext_client_cannot_join(fed: Federation) -> None:
-    # flower-supernode itself refuses a key over plaintext (exit 303); without a key the TLS
-    # SuperLink must refuse the plaintext connection
-    log = fed.refused("insecure", ["--insecure"])
-    assert "could not establish a connection" in log
+def test_plaintext_client_cannot_join(refused: dict[str, str]) -> None:
+    assert "could not establish a connection" in refused["insecure"]
