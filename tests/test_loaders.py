@@ -201,6 +201,14 @@ def test_long_csv_and_parquet(tmp_path):
     assert load_codes(tmp_path / "l.csv", format="long").n_patients == 3
 
 
+def test_long_table_column_aliases(tmp_path):
+    f = tmp_path / "omop.csv"
+    f.write_text("person_id,Diagnosis,visit\n1,250.1,a\n1,401.9,b\n2,V45.81,c\n")
+    m = load_codes(f)
+    assert m.report.format == "long"
+    assert _cols(m, "1") == {"250", "401"} and _cols(m, "2") == {"V45"}
+
+
 def test_out_of_vocabulary_codes_are_counted_and_logged(tmp_path, caplog):
     f = tmp_path / "l.csv"
     f.write_text("patient_id,code\n1,250\n1,XYZ\n2,XYZ\n2,401\n3,J45\n")
@@ -283,7 +291,9 @@ def test_missing_columns_name_the_column_and_hint(tmp_path):
     g = tmp_path / "d.csv"
     g.write_text("subject_id,icd9_code\n1,4019\n")
     assert "Use --format mimic" in _err(g, format="diabetes130")
-    assert "'patient_id' not found" in _err(g, format="long")
+    h = tmp_path / "h.csv"
+    h.write_text("subject,icd\n1,4019\n")
+    assert "'patient_id' not found" in _err(h, format="long")
 
 
 @pytest.mark.parametrize(

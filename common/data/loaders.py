@@ -45,6 +45,10 @@ FORMAT_ALIASES = {"mimic3": "mimic", "mimic4": "mimic", "mimic-iii": "mimic", "m
                   "diabetes": "diabetes130", "uci-diabetes": "diabetes130", "wide": "matrix",
                   "csv": "auto", "parquet": "auto"}
 ICD10_MODES = ("map", "keep")
+# long tables: the first of these (case-insensitive) names the patient, resp. the code
+LONG_ID_COLUMNS = ("patient_id", "person_id", "subject_id", "patient_nbr", "patient", "pid")
+LONG_CODE_COLUMNS = ("code", "icd_code", "icd9_code", "icd9", "diagnosis", "diagnosis_code",
+                     "dx", "dx_code")
 ID_COLUMNS = ("patient_id", "subject_id", "patient_nbr", "patient", "id", "")
 DIABETES_COVARIATES = {"race": "race", "gender": "gender", "age": "age_band"}
 _OOV_SHOWN = 10
@@ -101,7 +105,7 @@ def detect_format(columns: list[str]) -> str | None:
         return "mimic"
     if "patient_nbr" in cols and "diag_1" in cols:
         return "diabetes130"
-    if {"patient_id", "code"} <= cols:
+    if _first(cols, LONG_ID_COLUMNS) and _first(cols, LONG_CODE_COLUMNS):
         return "long"
     return None
 
@@ -199,20 +203,22 @@ def _load_diabetes(p, columns, detected, vocab, full_codes, icd10, report) -> Co
 
 def _load_long(p, columns, detected, vocab, full_codes, icd10, report) -> CodeMatrix:
     low = lower_map(columns)
-    for need in ("patient_id", "code"):
-        if need not in low:
+    id_key, code_key = _first(low, LONG_ID_COLUMNS), _first(low, LONG_CODE_COLUMNS)
+    for need, key in (("patient_id", id_key), ("code", code_key)):
+        if key is None:
             raise _missing_column(p, need, columns, detected, "long")
+    id_col, code_col = low[id_key], low[code_key]  # type: ignore[index]
     df = read_table(p)
     report.rows_read = len(df)
-    pid = df[low["patient_id"]].astype(str).str.strip()
-    codes = df[low["code"]].astype(str).str.strip().str.upper()
+    pid = df[id_col].astype(str).str.strip()
+    codes = df[code_col].astype(str).str.strip().str.upper()
     version_col = low.get("icd_version")
     if version_col is not None:
         is10 = df[version_col].astype(str).str.strip().isin(["10", "10.0"])
         m = build_with_icd10(p, pid, codes, is10, vocab, full_codes, icd10, report)
     else:
         m = build(p, pid, codes, vocab, full_codes, report)
-    extra = [c for c in df.columns if c not in {low["patient_id"], low["code"], version_col}]
+    extra = [c for c in df.columns if c not in {id_col, code_col, version_col}]
     cov = None
     if extra:  # per-patient columns (e.g. site): the first row's value for each patient
         cov = df[extra].groupby(pid, sort=False).first()
@@ -299,6 +305,10 @@ def _looks_like_matrix(p: Path, columns: list[str], vocab: Vocabulary | None) ->
     sample = read_table(p, nrows=50)
     vals = set(pd.unique(sample[cols].astype(str).to_numpy().ravel()))
     return not sample.empty and vals <= {"0", "1", "0.0", "1.0", "True", "False", "true", "false"}
+
+
+def _first(names: set[str] | dict[str, str], candidates: tuple[str, ...]) -> str | None:
+    return next((c for c in candidates if c in names), None)
 
 
 def _is_id_column(name: str) -> bool:
