@@ -46,6 +46,7 @@ def test_mimic3_demo_acceptance(mimic_path):
     assert len(m.used_codes()) == 275
     assert m.X.shape == (100, 2090) and m.X.dtype == np.uint8
     assert m.report.rows_read == 1761
+    assert "100 patients, 275 codes used" in m.report.summary()
     assert set(np.unique(m.X)) <= {0, 1}
 
 

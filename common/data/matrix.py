@@ -31,6 +31,14 @@ class LoadReport:
     def out_of_vocabulary_rows(self) -> int:
         return int(sum(self.out_of_vocabulary.values()))
 
+    def summary(self) -> str:
+        """One line for a CLI: what was read and what happened to codes that did not fit."""
+        oov = (f"{self.out_of_vocabulary_rows} rows / {len(self.out_of_vocabulary)} codes outside "
+               "the vocabulary" if self.out_of_vocabulary else "no codes outside the vocabulary")
+        ten = f"; ICD-10: {self.icd10_handling}" if self.icd10_rows else ""
+        return (f"{self.path} ({self.format}): {self.rows_read} rows, {self.patients} patients, "
+                f"{self.codes_used} codes used of {self.vocabulary}; {oov}{ten}")
+
     def to_dict(self) -> dict[str, object]:
         return {
             "path": self.path,
