@@ -384,13 +384,16 @@ def enroll_site(
     If it is not, the public key stays in ``out/sites/`` and ``ehr-server`` (which calls
     :func:`register_enrolled`) registers it when it starts.
     """
-    key, pub = new_site_keys(site, out, force=force)
-    registered = False
-    if superlink:
-        ca = Path(out) / CA_CERT if ca is None else Path(ca)
+    check_site(site)
+    if superlink:  # find the CA before writing anything
+        if ca is None:  # the cert dir itself, or a site folder inside it
+            found = [d / CA_CERT for d in (Path(out), Path(out).resolve().parent)
+                     if (d / CA_CERT).exists()]
+            ca = found[0] if found else Path(out) / CA_CERT
         if not Path(ca).exists():
             raise InputError(ca, "CA certificate not found", "Pass --ca or run ehr-certs init")
-        registered = register_public_key(pub, superlink, ca)
+    key, pub = new_site_keys(site, out, force=force)
+    registered = register_public_key(pub, superlink, ca) if superlink else False
     return SiteKeys(private_key=key, public_key=pub, registered=registered)
 
 

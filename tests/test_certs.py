@@ -160,3 +160,13 @@ def test_status_warns_about_readable_private_keys(
     (tmp_path / "server.key").chmod(0o644)
     assert main(["status", "--dir", str(tmp_path)]) == 0
     assert "server.key is readable by others (mode 0644)" in capsys.readouterr().err
+
+
+def test_enroll_with_superlink_needs_the_ca_and_writes_nothing_without_it(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="CA certificate not found"):
+        certs.enroll_site("A", tmp_path / "site", superlink="127.0.0.1:9")
+    assert not (tmp_path / "site").exists()
+    # a site folder inside the cert dir finds the CA one level up; nothing listens: not registered
+    certs.init_certs(tmp_path, ["127.0.0.1"])
+    keys = certs.enroll_site("A", tmp_path / "site", superlink="127.0.0.1:9")
+    assert not keys.registered and keys.private_key.exists()
