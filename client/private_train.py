@@ -1,0 +1,280 @@
+"""Centralized DP training (``ehr-train --epsilon E``): one site, every data touch accounted.
+
+Two mechanisms touch the patients, both in the ledger and in ``privacy.json``'s history:
+
+1. Private code counts (Gaussian mechanism, Dwork & Roth 2014 App. A; accounted exactly as
+   the q = 1, steps = 1 case of the subsampled Gaussian): each patient's 0/1 row is scaled to L2
+   norm at most ``count_clip`` (sensitivity ``count_clip`` under add/remove of a patient) and
+   ``N(0, (z count_clip)^2)`` is added to each code's count. Everything derived from them is
+   post-processing: the codes the model is trained on (noisy count above 3 noise std; the
+   other codes are never emitted) and the per-code output thresholds (each code's synthetic
+   prevalence matched to its noisy prevalence).
+2. DP-SGD (``client.dp_training``) on those columns, sigma calibrated so that the site's whole
+   history (ledger prior + counts + this run) reaches at most the target epsilon.
+
+The noise multiplier of the counts is calibrated to ``count_epsilon_share`` of the target alone;
+composed with DP-SGD (PRV) it costs less than that share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.atomic import write_json
+from common.config import Config
+from common.data import CodeMatrix
+from common.errors import BudgetExceeded, InputError
+from common.model import Generator, OutputStep, build_model, fit_per_code_thresholds, save_model
+from common.model.output import NEVER
+from common.vocabulary import Vocabulary
+from privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
+from privacy.ledger import Ledger, LedgerCorrupted
+
+log = logging.getLogger(__name__)
+
+SITE = "central"
+KEEP_STD = 3.0  # a code is modelled when its noisy count exceeds this many noise std
+MIN_CODES = 2
+CALIBRATION_SAMPLES = 10000
+
+
+@dataclasses.dataclass
+class PrivatePlan:
+    n: int
+    delta: float
+    sample_rate: float
+    steps: int
+    count_noise: float | None  # noise multiplier of the counts mechanism (None: no counts)
+    noise_multiplier: float  # DP-SGD sigma
+    target_epsilon: float
+    prior: list[Mechanism]
+
+    @property
+    def mechanisms(self) -> list[Mechanism]:
+        counts = [Mechanism(self.count_noise, 1.0, 1)] if self.count_noise else []
+        return [*counts, Mechanism(self.noise_multiplier, self.sample_rate, self.steps)]
+
+
+def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
+    """Delta, q, steps and the two noise multipliers for ``config.privacy.epsilon``."""
+    pc = config.privacy
+    if pc.epsilon is None:
+        raise ValueError("privacy.epsilon is not set")
+    delta = pc.delta if pc.delta is not None else default_delta(n)
+    if delta >= 1.0 / n:
+        raise InputError("--delta", f"delta {delta:g} is not below 1/n = {1 / n:.3g} "
+                         f"for {n} patients")
+    q = min(1.0, pc.batch_size / n)
+    steps = max(1, math.ceil(pc.epochs / q - 1e-9))
+    count_noise = None
+    try:
+        if pc.count_epsilon_share > 0:
+            count_noise = calibrate_noise(pc.count_epsilon_share * pc.epsilon, delta, 1.0, 1,
+                                          pc.accountant)
+        prior_all = [*prior, *([Mechanism(count_noise, 1.0, 1)] if count_noise else [])]
+        sigma = calibrate_noise(pc.epsilon, delta, q, steps, pc.accountant,
+                                prior_history=prior_all)
+    except ValueError as err:
+        raise BudgetExceeded(f"cannot reach epsilon={pc.epsilon:g}: {err}") from None
+    return PrivatePlan(n, delta, q, steps, count_noise, sigma, pc.epsilon, list(prior))
+
+
+def private_counts(X: np.ndarray, clip: float, noise_multiplier: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Gaussian mechanism on per-code counts: rows scaled to L2 norm <= clip (sensitivity clip),
+    plus N(0, (noise_multiplier clip)^2) per code."""
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.sqrt(X.sum(axis=1))  # 0/1 rows: L2 norm = sqrt(number of codes)
+    scale = np.minimum(1.0, clip / np.maximum(norms, 1e-12))
+    counts = scale @ X
+    return counts + rng.normal(0.0, noise_multiplier * clip, size=counts.shape)
+
+
+def keep_codes(noisy: np.ndarray, noise_std: float) -> np.ndarray:
+    """Indices of the codes to model: noisy count > KEEP_STD noise std (at least MIN_CODES)."""
+    keep = np.flatnonzero(noisy > KEEP_STD * noise_std)
+    if len(keep) < MIN_CODES:
+        keep = np.sort(np.argsort(-noisy, kind="stable")[:MIN_CODES])
+    return keep
+
+
+def expand_codes(state: dict[str, torch.Tensor], kept: np.ndarray,
+                 n_codes: int) -> dict[str, torch.Tensor]:
+    """Embed a denoiser trained on columns ``kept`` into one over all ``n_codes`` columns: the
+    other codes get zero input and output weights (they never influence the modelled codes,
+    and their per-code threshold makes them never emitted)."""
+    idx = torch.as_tensor(kept, dtype=torch.long)
+    out = dict(state)
+    w_in = state["net.layers.0.weight"]
+    full_in = torch.zeros(w_in.shape[0], n_codes, dtype=w_in.dtype)
+    full_in[:, idx] = w_in
+    out["net.layers.0.weight"] = full_in
+    w_out, b_out = state["net.out.weight"], state["net.out.bias"]
+    full_out = torch.zeros(n_codes, w_out.shape[1], dtype=w_out.dtype)
+    full_out[idx] = w_out
+    full_b = torch.zeros(n_codes, dtype=b_out.dtype)
+    full_b[idx] = b_out
+    out["net.out.weight"], out["net.out.bias"] = full_out, full_b
+    return out
+
+
+def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str | Path,
+                              state_dir: str | Path | None = None,
+                              progress: bool = True) -> dict[str, Any]:
+    """DP training of the generator on all rows of ``matrix``; writes the model directory and
+    ``out_dir/privacy.json``. The spend goes into the ledger of site ``central`` in
+    ``state_dir`` (default ``out_dir/privacy-state``) before anything is written out."""
+    from client.dp_training import train_dp  # opacus
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    pc = config.privacy
+    state = Path(state_dir) if state_dir is not None else out / "privacy-state"
+    try:
+        ledger = Ledger.open(state, SITE)
+    except LedgerCorrupted as err:
+        raise InputError(None, str(err)) from None
+    X = matrix.X
+    n, n_codes = X.shape
+    plan = plan_private(n, config, ledger.history)
+    mechs = plan.mechanisms
+    would = _check_all(ledger, mechs, plan, pc.accountant)
+    log.info("DP plan: sigma=%.4f, q=%.5f, steps=%d, count-noise=%s, target eps=%g at "
+             "delta=%.3g (%s; n=%d; epsilon after this run %.4f)", plan.noise_multiplier,
+             plan.sample_rate, plan.steps,
+             "none" if plan.count_noise is None else f"{plan.count_noise:.3f}",
+             plan.target_epsilon, plan.delta, pc.accountant, n, would)
+
+    # 1. private code counts -> modelled codes and target prevalences (post-processing)
+    kept = np.arange(n_codes)
+    prevalence = None
+    if plan.count_noise is not None:
+        ledger.record(mechs[0], run_id=_run_id(), round=0, note="code counts (Gaussian)")
+        rng = np.random.default_rng(secrets.randbits(128))
+        noisy = private_counts(X, pc.count_clip, plan.count_noise, rng)
+        kept = keep_codes(noisy, plan.count_noise * pc.count_clip)
+        prevalence = np.zeros(n_codes)
+        prevalence[kept] = np.clip(noisy[kept] / n, 0.0, 1.0)
+        log.info("private counts: %d of %d codes modelled", len(kept), n_codes)
+
+    # 2. DP-SGD on those columns
+    model_cfg = dataclasses.replace(config.model, hidden=tuple(pc.hidden))
+    train_cfg = dataclasses.replace(config.train, lr=pc.lr, ema_decay=pc.ema_decay)
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+    device = _device(train_cfg.device)
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(len(kept), model_cfg)
+    with _Bar(progress, plan.steps) as advance:
+        res = train_dp(model, X[:, kept], model_cfg=model_cfg, train_cfg=train_cfg,
+                       privacy_cfg=pc, noise_multiplier=plan.noise_multiplier,
+                       sample_rate=plan.sample_rate, steps=plan.steps, device=device,
+                       progress=advance)
+    ledger.record(res.mechanism, run_id=_run_id(), round=1, note="DP-SGD")
+    train_seconds = time.perf_counter() - t0
+
+    # 3. the output step (sampled on the modelled codes: cheaper, and the embedding is exact)
+    # and the full-vocabulary model
+    step = OutputStep("threshold", model_cfg.threshold,
+                      info={"source": "ModelConfig.threshold (fixed in advance)"})
+    if prevalence is not None:
+        small = build_model(len(kept), model_cfg)
+        small.load_state_dict(res.ema_state)
+        sub_vocab = Vocabulary(tuple(matrix.vocab.codes[j] for j in kept), {}, "modelled")
+        cont = Generator(small, model_cfg, sub_vocab, step, device).sample_continuous(
+            CALIBRATION_SAMPLES, seed=10_007)
+        thresholds = np.full(n_codes, NEVER)
+        thresholds[kept] = fit_per_code_thresholds(cont, prevalence[kept])
+        step = OutputStep(
+            "per_code", thresholds=thresholds,
+            info={"method": "per-code quantile of model output matched to prevalence",
+                  "prevalence_source": "Gaussian-mechanism code counts (in privacy.json)",
+                  "calibration_samples": CALIBRATION_SAMPLES, "codes_modelled": int(len(kept))})
+    full = expand_codes({k: v.cpu() for k, v in res.ema_state.items()}, kept, n_codes)
+    gen_model = build_model(n_codes, model_cfg)
+    gen_model.load_state_dict(full)
+    report = ledger.report(plan.delta, pc.epsilon, pc.accountant)
+    report.update({
+        "n_patients": n,
+        "release": "centralized model (one site); the output step uses only the private counts",
+        "mechanisms": _describe(plan, res.mechanism, pc, len(kept), n_codes),
+        "this_run": [m.to_dict() for m in [*mechs[:-1], res.mechanism]],
+        "examples_per_s": round(res.examples_per_s, 1),
+        "train_seconds": round(train_seconds, 1),
+        "ledger": str(ledger.path),
+    })
+    training = {"train_seconds": round(train_seconds, 1), "steps": res.mechanism.steps,
+                "mean_loss": res.mean_loss, "examples_per_second": round(res.examples_per_s, 1),
+                "codes_modelled": int(len(kept)), "privacy_config": dataclasses.asdict(pc)}
+    save_model(out, gen_model, model_cfg, matrix.vocab,
+               extra={"training": training, "privacy": report}, output_step=step)
+    write_json(out / "privacy.json", report)
+    log.info("DP model written to %s: epsilon=%.4f (%s), delta=%.3g, %.0f s", out,
+             report["epsilon"], pc.accountant, plan.delta, time.perf_counter() - t0)
+    return {"privacy": report, "training": training}
+
+
+def _check_all(ledger: Ledger, mechs: list[Mechanism], plan: PrivatePlan,
+               accountant: str) -> float:
+    """Budget check of the whole run (counts + DP-SGD) on top of the ledger's history."""
+    total = epsilon([*ledger.history, *mechs], plan.delta, accountant)
+    if total > plan.target_epsilon:
+        raise BudgetExceeded(
+            f"site {SITE}: this run would reach epsilon={total:.3f} > {plan.target_epsilon:g} "
+            f"(ledger {ledger.path} already holds {len(ledger.entries)} entries)")
+    return total
+
+
+def _describe(plan: PrivatePlan, ran: Mechanism, pc: Any, kept: int, n_codes: int) -> list[dict]:
+    out = []
+    if plan.count_noise is not None:
+        out.append({"name": "code counts", "kind": "Gaussian mechanism (q=1, steps=1 entry)",
+                    "noise_multiplier": plan.count_noise, "l2_sensitivity": pc.count_clip,
+                    "use": f"{kept} of {n_codes} codes modelled (noisy count > {KEEP_STD} std) "
+                           "and per-code output thresholds matched to noisy prevalence"})
+    out.append({"name": "DP-SGD", "kind": "Poisson-subsampled Gaussian (Opacus, ghost clipping)",
+                **ran.to_dict(), "max_grad_norm": pc.max_grad_norm,
+                "noise_multiplicity": pc.noise_multiplicity, "epochs": pc.epochs,
+                "expected_batch": pc.batch_size})
+    return out
+
+
+def _run_id() -> str:
+    return time.strftime("ehr-train-%Y%m%dT%H%M%S")
+
+
+def _device(name: str) -> torch.device:
+    from common.device import resolve_device
+
+    return resolve_device(name)
+
+
+class _Bar:
+    """A rich progress bar over DP-SGD steps (or nothing)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total, self.progress = enabled, total, None
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.progress = Progress("DP-SGD", BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn())
+        self.progress.__enter__()
+        task = self.progress.add_task("DP-SGD", total=self.total)
+        return lambda k=1: self.progress.advance(task, k)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
