@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,18 +22,23 @@ from simulations.baselines.medgan import medgan_config
 BASELINES = ("medgan", "corgan", "dp_marginals")
 PRESETS = ("full", "quick", "smoke")
 
+# Epochs per preset. One medGAN step costs ~10M multiply-adds per example (D's 2V-wide input
+# with minibatch averaging dominates at V = 2,090), so epochs are what the budget buys:
+# ``full`` ~ the published shape at a CPU budget, ``quick`` minutes on 2 cores, ``smoke`` seconds.
+_SMOKE: dict[str, Any] = dict(ae_epochs=1, gan_epochs=1, dp_ae_epochs=0.5, dp_gan_epochs=0.5,
+                              batch_size=16, dp_batch_size=16)
 _GAN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "medgan": {
-        "full": dict(ae_epochs=20, gan_epochs=100, dp_ae_epochs=10, dp_gan_epochs=30),
-        "quick": dict(ae_epochs=10, gan_epochs=30, dp_ae_epochs=5, dp_gan_epochs=15),
-        "smoke": dict(ae_epochs=1, gan_epochs=1, dp_ae_epochs=0.5, dp_gan_epochs=0.5,
-                      batch_size=16, dp_batch_size=16),
+        "full": dict(ae_epochs=20, gan_epochs=50, dp_ae_epochs=5, dp_gan_epochs=20),
+        "quick": dict(ae_epochs=5, gan_epochs=8, dp_ae_epochs=3, dp_gan_epochs=8,
+                      dp_batch_size=256),
+        "smoke": _SMOKE,
     },
     "corgan": {
-        "full": dict(ae_epochs=20, gan_epochs=100, dp_ae_epochs=10, dp_gan_epochs=30),
-        "quick": dict(ae_epochs=10, gan_epochs=30, dp_ae_epochs=5, dp_gan_epochs=15),
-        "smoke": dict(ae_epochs=1, gan_epochs=1, dp_ae_epochs=0.5, dp_gan_epochs=0.5,
-                      batch_size=16, dp_batch_size=16),
+        "full": dict(ae_epochs=20, gan_epochs=50, dp_ae_epochs=5, dp_gan_epochs=20),
+        "quick": dict(ae_epochs=5, gan_epochs=8, dp_ae_epochs=3, dp_gan_epochs=8,
+                      dp_batch_size=256),
+        "smoke": _SMOKE,
     },
 }
 
@@ -50,6 +55,7 @@ class Fitted:
     sampler: Sampler
     privacy: dict[str, Any] | None  # epsilon, delta, accountant, history (None: non-private)
     train_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. a federated run's directory
 
 
 def gan_config(name: str, preset: str = "full", **overrides: Any) -> GANConfig:

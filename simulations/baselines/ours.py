@@ -1,0 +1,161 @@
+"""Our model as a benchmark entry, next to the baselines: same ``Fitted`` interface.
+
+- ``ours``: EHRDiff-style diffusion model trained centrally, non-private
+  (``common.model.central.train_centralized``) or with DP-SGD
+  (``client.private_train.train_centralized_private``, the private-training engineer's code);
+- ``ours_federated``: the same model trained by ``ehr-simulate`` (the real Flower simulation)
+  over ``sites`` non-IID sites (``--partition dirichlet:0.5``) at the same per-site epsilon; the
+  benchmark's training matrix is written to a temporary matrix file and passed with
+  ``--format matrix``. Federation is always DP: there is no non-private federated row.
+Presets shrink the epochs (``quick``, ``smoke``); ``full`` uses the project defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.config import Config
+from simulations.baselines.registry import Fitted
+
+log = logging.getLogger(__name__)
+
+OURS = ("ours", "ours_federated")
+
+_TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "quick": {"epochs": 30, "batch_size": 256},
+    "smoke": {"epochs": 1, "batch_size": 64},
+}
+_FED_PRESETS: dict[str, list[str]] = {
+    "full": [],
+    "quick": ["--rounds", "2", "--local-epochs", "2", "--batch-size", "256"],
+    "smoke": ["--rounds", "1", "--local-epochs", "1", "--batch-size", "64"],
+}
+
+
+@dataclass
+class FederatedOptions:
+    sites: int = 5
+    partition: str = "dirichlet:0.5"
+    holdout: float = 0.05  # each site's own held-out share (ehr-simulate needs one; keep small)
+    timeout: float = 3600.0
+
+
+def _config(preset: str, seed: int, device: str) -> Config:
+    cfg = Config()
+    for key, value in _TRAIN_PRESETS[preset].items():
+        setattr(cfg.train, key, value)
+    cfg.train.seed = seed
+    cfg.train.device = device
+    return cfg
+
+
+def fit_ours(
+    matrix: Any,
+    epsilon: float | None,
+    delta: float | None,
+    seed: int,
+    preset: str,
+    workdir: Path,
+    device: str = "cpu",
+) -> Fitted:
+    """Train our model centrally on ``matrix`` (a CodeMatrix); DP when ``epsilon`` is given."""
+    from common.model.store import load_model
+
+    out = workdir / f"ours-eps{epsilon or 'inf'}-seed{seed}"
+    cfg = _config(preset, seed, device)
+    start = time.perf_counter()
+    privacy = None
+    if epsilon is None:
+        from common.model.central import train_centralized
+
+        train_centralized(matrix.X, matrix.vocab, cfg, out, progress=False)
+    else:
+        from client.private_train import train_centralized_private  # privacy engineer
+
+        cfg.privacy.epsilon, cfg.privacy.delta = float(epsilon), delta
+        train_centralized_private(matrix, cfg, out)
+        privacy = json.loads((out / "privacy.json").read_text())
+    seconds = time.perf_counter() - start
+    return Fitted("ours", load_model(out, device=device), privacy, seconds)
+
+
+def fit_ours_federated(
+    matrix: Any,
+    epsilon: float | None,
+    delta: float | None,
+    seed: int,
+    preset: str,
+    workdir: Path,
+    options: FederatedOptions | None = None,
+) -> Fitted:
+    """Run ``ehr-simulate`` on ``matrix`` and load the global model it writes."""
+    if epsilon is None:
+        raise NotImplementedError("the federation always trains with DP-SGD")
+    from common.data import write_matrix
+    from common.model.store import load_model
+
+    opts = options or FederatedOptions()
+    out = workdir / f"federated-eps{epsilon}-seed{seed}"
+    data = workdir / "federated-train.csv"
+    if not data.exists():
+        write_matrix(data, matrix.X, matrix.vocab, matrix.patient_ids)
+    cmd = [sys.executable, "-m", "simulations.simulate_cli", "--data", str(data),
+           "--format", "matrix", "--sites", str(opts.sites), "--partition", opts.partition,
+           "--epsilon", str(epsilon), "--holdout", str(opts.holdout), "--seed", str(seed),
+           "--samples", "10", "--no-progress", "--out", str(out), *_FED_PRESETS[preset]]
+    if delta is not None:
+        cmd += ["--delta", str(delta)]
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as log_fh:
+        proc = subprocess.run(cmd, stdout=log_fh, stderr=subprocess.STDOUT, env=env,
+                              timeout=opts.timeout, check=False,
+                              cwd=Path(__file__).resolve().parents[2])
+        if proc.returncode != 0:
+            log_fh.seek(0)
+            tail = log_fh.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"ehr-simulate exited {proc.returncode}: {tail}")
+    seconds = time.perf_counter() - start
+    privacy = json.loads((out / "privacy.json").read_text())
+    gen = load_model(out / "model", device="cpu")
+    return Fitted("ours_federated", gen, privacy, seconds, {"run_dir": str(out)})
+
+
+def round_overhead(run_dir: str | Path) -> dict[str, Any] | None:
+    """Flower round overhead from a federated run's per-round log: round wall time minus the
+    slowest site's local training time (sites train one after another in simulation, so the
+    sum of site times is used there). None when the log lacks the timings."""
+    path = Path(run_dir) / "rounds.jsonl"
+    if not path.exists():
+        return None
+    rounds = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for r in rounds:
+        wall = r.get("seconds") or r.get("wall_seconds") or r.get("round_seconds")
+        sites = r.get("sites") or {}
+        local = [s.get("train_seconds") for s in (sites.values() if isinstance(sites, dict)
+                                                  else sites) if isinstance(s, dict)]
+        local = [x for x in local if isinstance(x, int | float)]
+        if wall is None or not local:
+            continue
+        rows.append({"round": r.get("round"), "round_seconds": float(wall),
+                     "local_train_seconds": float(np.sum(local))})
+    if not rows:
+        return None
+    wall = float(np.mean([r["round_seconds"] for r in rows]))
+    local = float(np.mean([r["local_train_seconds"] for r in rows]))
+    return {"rounds": rows, "mean_round_seconds": wall, "mean_local_train_seconds": local,
+            "mean_overhead_seconds": wall - local}
