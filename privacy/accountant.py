@@ -148,10 +148,14 @@ def calibrate_noise(
     def eps_at(sigma: float, acc: str) -> float:
         return epsilon([*prior, Mechanism(sigma, sample_rate, steps)], delta, acc)
 
-    # RDP is the faster accountant and (essentially) never below PRV: bracket with it first.
-    hi = _search(lambda s: eps_at(s, "rdp"), target_epsilon, 0.1, 1.0, rel_tol=0.02)
     if accountant == "rdp":
-        return _search(lambda s: eps_at(s, "rdp"), target_epsilon, hi * 0.98, hi, rel_tol)
+        return _search(lambda s: eps_at(s, "rdp"), target_epsilon, 0.1, 1.0, rel_tol)
+    # RDP is the faster accountant and (essentially) never below PRV: bracket with it first.
+    # Its conversion has a floor (about ln(1/delta)/(max order - 1)): below it, bracket with PRV.
+    try:
+        hi = _search(lambda s: eps_at(s, "rdp"), target_epsilon, 0.1, 1.0, rel_tol=0.02)
+    except ValueError:
+        hi = _search(lambda s: eps_at(s, "prv"), target_epsilon, 0.1, 1.0, rel_tol=0.1)
     return _search(lambda s: eps_at(s, "prv"), target_epsilon, hi * 0.7, hi * 1.05, rel_tol)
 
 

@@ -120,3 +120,9 @@ def test_mechanism_validation() -> None:
         Mechanism(1.0, 1.5, 10)
     m = Mechanism(1.1, 0.2, 3)
     assert Mechanism.from_dict(m.to_dict()) == m
+
+
+def test_calibration_below_the_rdp_conversion_floor() -> None:
+    """A single full-data Gaussian (q=1, 1 step) at eps=0.1: RDP cannot certify it, PRV can."""
+    sigma = calibrate_noise(0.1, 1e-5, 1.0, 1)
+    assert 0.099 <= epsilon([Mechanism(sigma, 1.0, 1)], 1e-5) <= 0.1
