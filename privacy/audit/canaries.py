@@ -31,6 +31,8 @@ from privacy.bounds import clopper_pearson_epsilon, one_run_epsilon
 
 log = logging.getLogger(__name__)
 
+MAX_THRESHOLDS = 200  # thresholds tried on the selection half
+
 
 def make_canaries(X: np.ndarray, m: int, n_codes: int, seed: int) -> np.ndarray:
     """m distinct canary rows, each n_codes codes drawn from the rarer half of the vocabulary."""
@@ -159,7 +161,10 @@ def split_threshold_bound(
     perm = rng.permutation(len(scores))
     pick, test = perm[: len(perm) // 2], perm[len(perm) // 2 :]
     best_t, best_eps = math.inf, -1.0
-    for t in np.unique(scores[pick]):
+    candidates = np.unique(scores[pick])
+    if len(candidates) > MAX_THRESHOLDS:  # quantiles keep the search linear in the rows
+        candidates = np.unique(np.quantile(scores[pick], np.linspace(0, 1, MAX_THRESHOLDS)))
+    for t in candidates:
         c = _confusion(scores[pick], included[pick], t)
         eps = clopper_pearson_epsilon(*c, alpha=alpha, delta=delta)
         if eps > best_eps:
@@ -227,7 +232,7 @@ def loss_attack(
     (e.g. a random holdout split); it is far from tight on typical patients."""
     cfg = cfg or AuditConfig()
     rng = np.random.default_rng(cfg.seed)
-    n = min(len(members), len(non_members), cfg.max_eval // 2)
+    n = min(len(members), len(non_members), cfg.white_box_rows)
     mi = rng.choice(len(members), n, replace=False)
     ni = rng.choice(len(non_members), n, replace=False)
     rows = np.vstack([members[mi], non_members[ni]])
