@@ -12,6 +12,7 @@ import argparse
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 
 from common.errors import InputError, cli_errors
@@ -35,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
                    help="share of patients held out for evaluation, never trained on")
     p.add_argument("--device", default="cpu", help="cpu|cuda|auto")
     p.add_argument("--no-check", action="store_true", help="skip loading the data at start")
+    p.add_argument("--once", action="store_true",
+                   help="exit when the SuperNode exits instead of reconnecting")
     tls = p.add_argument_group("transport security")
     tls.add_argument("--insecure", action="store_true",
                      help="plaintext, no authentication (tests and local trials only)")
@@ -89,13 +92,25 @@ def run_client(args: argparse.Namespace, tls: list[str]) -> int:
         "state-dir": str(state), "epsilon-budget": float(args.epsilon_budget),
         "holdout": float(args.holdout), "device": args.device,
     }
+    delay = 2.0
     with fr.managed() as group:
-        proc = fr.start_supernode(group, superlink=args.server, node_config=node_config,
-                                  flwr_home=state / "flwr-home", insecure=args.insecure,
-                                  tls_args=tls, log_file=state / "logs" / "supernode.log")
-        log.info("site %s: SuperNode pid %d connecting to %s (log %s)", args.site, proc.pid,
-                 args.server, state / "logs" / "supernode.log")
-        return proc.wait()
+        while True:
+            proc = fr.start_supernode(group, superlink=args.server, node_config=node_config,
+                                      flwr_home=state / "flwr-home", insecure=args.insecure,
+                                      tls_args=tls, log_file=state / "logs" / "supernode.log")
+            log.info("site %s: SuperNode pid %d connecting to %s (log %s)", args.site,
+                     proc.pid, args.server, state / "logs" / "supernode.log")
+            started = time.monotonic()
+            rc = proc.wait()
+            if args.once:
+                return rc
+            # The SuperNode gives up when the SuperLink restarts (a resumed coordinator does
+            # not know its node id): rejoin as a new node, with a growing pause.
+            delay = 2.0 if time.monotonic() - started > 60 else min(30.0, delay * 1.5)
+            log.warning("site %s: SuperNode exited (code %s); reconnecting in %.0f s",
+                        args.site, rc, delay)
+            group.stop(proc)
+            time.sleep(delay)
 
 
 @cli_errors

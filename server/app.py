@@ -89,14 +89,22 @@ def exchange(
     on_reply: Callable[[int, int], None] | None = None,
 ) -> list[Message]:
     """Push messages and pull replies until all are in or ``timeout`` seconds passed."""
-    pending = set(grid.push_messages(messages))
+    ids = list(grid.push_messages(messages))
+    node_of = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
+    pending = set(ids)
     total = len(pending)
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        got = list(grid.pull_messages(list(pending)))
-        for msg in got:
-            pending.discard(msg.metadata.reply_to_message_id)
+        got = []
+        for msg in grid.pull_messages(list(pending)):
+            mid = msg.metadata.reply_to_message_id
+            if mid not in pending:  # e.g. a second error for a message already closed
+                continue
+            pending.discard(mid)
+            if msg.has_error():
+                log.warning("node %s: %s", node_of.get(mid), msg.error.reason[:200])
+            got.append(msg)
         replies.extend(got)
         if got and on_reply is not None:
             on_reply(len(replies), total)

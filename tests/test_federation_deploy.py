@@ -161,7 +161,7 @@ def test_three_clients_two_rounds(sites, procs, tmp_path) -> None:
 def test_client_killed_in_round_one_run_completes(sites, procs, tmp_path) -> None:
     port, out = free_port(), tmp_path / "run"
     server = procs.start(server_cmd(out, port, sites, "--min-sites", "2",
-                                    "--round-timeout", "45"), tmp_path / "server.log")
+                                    "--round-timeout", "90"), tmp_path / "server.log")
     clients = {s: client(procs, s, sites, port, tmp_path) for s in "ABC"}
 
     def training_round_1() -> bool:
