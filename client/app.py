@@ -27,7 +27,14 @@ import pandas as pd
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site_training import SiteData, SitePlan, evaluate_site, load_site_data, run_site_round
+from client.site_training import (
+    SiteData,
+    SitePlan,
+    evaluate_site,
+    load_site_data,
+    run_site_round,
+    site_counts,
+)
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -95,17 +102,29 @@ def _threads() -> None:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
+    """The site's vocabulary (a public code list) and its private code counts."""
+    from privacy.ledger import Ledger
+
     cfg = site_config(context)
     data = load_data(cfg)
-    content = RecordDict({
+    plan = SitePlan.from_json(str(msg.content["plan"]["plan"]))
+    budget = cfg.epsilon_budget if cfg.epsilon_budget > 0 else plan.target_epsilon
+    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+    ledger = Ledger.open(cfg.state_dir, cfg.site)
+    res = site_counts(data, plan, ledger, budget, cfg.state_dir)
+    records: dict[str, Any] = {
         "site": ConfigRecord({
-            "site": cfg.site,
+            "site": cfg.site, "status": res.status, "reason": res.reason,
             "vocab": json.dumps({"name": data.vocab.name, "codes": list(data.vocab.codes)}),
+            "privacy": json.dumps(res.privacy),
         }),
         "metrics": MetricRecord({"n_train": int(data.train.shape[0]),
-                                 "n_holdout": int(data.holdout.shape[0])}),
-    })
-    return Message(content=content, reply_to=msg)
+                                 "n_holdout": int(data.holdout.shape[0]),
+                                 "count_noise_std": float(res.noise_std)}),
+    }
+    if res.counts is not None:
+        records["counts"] = ArrayRecord(numpy_ndarrays=[np.asarray(res.counts, np.float64)])
+    return Message(content=RecordDict(records), reply_to=msg)
 
 
 @app.train()

@@ -48,6 +48,7 @@ class SitePlan:
     config: Config
     delta: float | None = None  # None: the site's default_delta(n)
     seed: int = 0
+    kept: list[int] | None = None  # modelled code columns (from the private counts); None: all
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -196,11 +197,12 @@ def run_site_round(
         seed=_round_seed(cfg.train.seed, data.site, plan.run_id, plan.round))
     dev = resolve_device(device)
     torch.manual_seed(train_cfg.seed)
-    model = build_model(data.train.shape[1], cfg.model)
+    X = data.train[:, plan.kept] if plan.kept is not None else data.train
+    model = build_model(X.shape[1], cfg.model)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_state.items()})
     model.to(dev)
     t0 = time.perf_counter()
-    res = train_dp(model, data.train, model_cfg=cfg.model, train_cfg=train_cfg,
+    res = train_dp(model, X, model_cfg=cfg.model, train_cfg=train_cfg,
                    privacy_cfg=cfg.privacy, noise_multiplier=mech.noise_multiplier,
                    sample_rate=mech.sample_rate, steps=mech.steps, device=dev)
     ran: Mechanism = res.mechanism
@@ -232,6 +234,63 @@ def run_site_round(
     }
     return SiteUpdate(data.site, "ok", weights=weights, ema=ema, steps=ran.steps,
                       metrics=metrics, privacy=report)
+
+
+@dataclass
+class SiteCounts:
+    """A site's answer to the query: its noisy per-code counts (Gaussian mechanism)."""
+
+    site: str
+    status: str  # "ok" | "refused" | "off"
+    reason: str = ""
+    counts: np.ndarray | None = None
+    noise_std: float = 0.0
+    n_train: int = 0
+    privacy: dict[str, Any] = field(default_factory=dict)
+
+
+def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
+                state_dir: str | Path) -> SiteCounts:
+    """Private per-code counts for the coordinator (which codes to model, and the prevalences
+    the per-code output thresholds are matched to). Gaussian mechanism with each patient's row
+    scaled to L2 norm <= count_clip (client.private_train.private_counts), noise multiplier
+    calibrated to ``count_epsilon_share`` of the target; recorded in the ledger (round 0)
+    before the counts leave. Asked again in the same run (a resumed coordinator), the site
+    re-sends the counts it already released: post-processing, no new spend."""
+    import secrets
+
+    from client.private_train import private_counts
+
+    pc = plan.config.privacy
+    n = int(data.train.shape[0])
+    delta = site_delta(n, plan)
+    if pc.count_epsilon_share <= 0:
+        return SiteCounts(data.site, "off", n_train=n)
+    cache = Path(state_dir) / f"counts-{data.site}-{plan.run_id}.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as saved:
+            counts, std = saved["counts"], float(saved["noise_std"])
+        return SiteCounts(data.site, "ok", counts=counts, noise_std=std, n_train=n,
+                          privacy=ledger.report(delta, budget, pc.accountant))
+    target = min(plan.target_epsilon, budget)
+    try:
+        z = calibrate_noise(pc.count_epsilon_share * target, delta, 1.0, 1, pc.accountant,
+                            prior_history=())
+        mech = Mechanism(z, 1.0, 1)
+        ledger.check(mech, budget, delta, pc.accountant)
+    except (BudgetExceeded, ValueError) as err:
+        log.warning("site %s refuses the counts: %s", data.site, err)
+        return SiteCounts(data.site, "refused", reason=str(err), n_train=n,
+                          privacy=ledger.report(delta, budget, pc.accountant))
+    ledger.record(mech, plan.run_id, 0, note="code counts (Gaussian)")
+    counts = private_counts(data.train, pc.count_clip, z, np.random.default_rng(
+        secrets.randbits(128)))
+    from common.atomic import atomic_path
+
+    with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, counts=counts, noise_std=np.array(z * pc.count_clip))
+    return SiteCounts(data.site, "ok", counts=counts, noise_std=z * pc.count_clip, n_train=n,
+                      privacy=ledger.report(delta, budget, pc.accountant))
 
 
 def evaluate_site(synthetic: np.ndarray, data: SiteData, seed: int = 0) -> dict[str, Any]:

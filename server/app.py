@@ -53,7 +53,7 @@ def run_federation(grid: Grid, coord: Coordinator) -> None:
     s = coord.settings
     nodes = wait_for_nodes(grid, s.min_sites, s.wait_sites_timeout, coord)
     vocab = query_sites(grid, nodes, coord)
-    coord.start(vocab)
+    coord.start(vocab, coord.site_counts)
     rnd = coord.next_round
     attempts = 0
     while rnd <= s.rounds:
@@ -120,21 +120,34 @@ def _message(grid: Grid, node: int, mtype: str, content: RecordDict, ttl: float)
 def query_sites(grid: Grid, nodes: list[int], coord: Coordinator) -> dict[str, Any]:
     """Ask every site for its vocabulary (public code list) and counts; they must agree."""
     s = coord.settings
-    msgs = [_message(grid, n, "query", RecordDict({"config": ConfigRecord({"seed": s.seed})}),
-                     s.round_timeout) for n in nodes]
+    plan = ConfigRecord({"plan": coord.plan(0)})
+    msgs = [_message(grid, n, "query", RecordDict({"plan": plan}), s.round_timeout)
+            for n in nodes]
     replies = [r for r in exchange(grid, msgs, s.round_timeout) if not r.has_error()]
     if len(replies) < s.min_sites:
         raise RuntimeError(f"only {len(replies)} of {s.min_sites} sites answered the query")
     vocabs = {}
+    counts: list[tuple[np.ndarray, float, int]] = []
     for r in replies:
-        site = str(r.content["site"]["site"])
-        vocabs[site] = json.loads(str(r.content["site"]["vocab"]))
+        info = r.content["site"]
+        site = str(info["site"])
+        vocabs[site] = json.loads(str(info["vocab"]))
+        if info.get("privacy"):
+            coord.site_reports[site] = json.loads(str(info["privacy"]))
+        if str(info.get("status")) == "refused":
+            log.warning("site %s refused the counts: %s", site, info.get("reason"))
+        if "counts" in r.content:
+            arr = next(iter(r.content["counts"].values())).numpy()
+            m = r.content["metrics"]
+            counts.append((arr.astype(np.float64), float(m["count_noise_std"]),
+                           int(m["n_train"])))
     first = next(iter(vocabs.values()))
     for site, v in vocabs.items():
         if v["codes"] != first["codes"]:
             raise RuntimeError(f"site {site} uses another vocabulary ({v.get('name')}, "
                                f"{len(v['codes'])} codes) than {first.get('name')}")
     log.info("%d sites answered the query: %s", len(vocabs), ", ".join(sorted(vocabs)))
+    coord.site_counts = [c for c in counts if len(c[0]) == len(first["codes"])]
     return first
 
 

@@ -33,6 +33,39 @@ RELEASE_ASSUMPTION = (
 )
 
 
+KEEP_STD = 3.0  # a code is modelled when its summed noisy count exceeds this many noise std
+MIN_CODES = 2
+CALIBRATION_SAMPLES = 10_000
+
+
+def keep_codes(noisy: np.ndarray, noise_std: float) -> np.ndarray:
+    """Codes to model: noisy count > KEEP_STD noise std (at least MIN_CODES, the largest)."""
+    keep = np.flatnonzero(noisy > KEEP_STD * noise_std)
+    if len(keep) < MIN_CODES:
+        keep = np.sort(np.argsort(-noisy, kind="stable")[:MIN_CODES])
+    return keep
+
+
+def expand_codes(state: dict[str, Any], kept: np.ndarray, n_codes: int) -> dict[str, Any]:
+    """Embed a denoiser over columns ``kept`` into one over all ``n_codes`` columns (zero input
+    and output weights elsewhere; those codes' thresholds make them never emitted)."""
+    import torch
+
+    idx = torch.as_tensor(kept, dtype=torch.long)
+    out = dict(state)
+    w_in = state["net.layers.0.weight"]
+    full_in = torch.zeros(w_in.shape[0], n_codes, dtype=w_in.dtype)
+    full_in[:, idx] = w_in
+    w_out, b_out = state["net.out.weight"], state["net.out.bias"]
+    full_out = torch.zeros(n_codes, w_out.shape[1], dtype=w_out.dtype)
+    full_out[idx] = w_out
+    full_b = torch.zeros(n_codes, dtype=b_out.dtype)
+    full_b[idx] = b_out
+    out["net.layers.0.weight"], out["net.out.weight"], out["net.out.bias"] = (
+        full_in, full_out, full_b)
+    return out
+
+
 @dataclass
 class Coordinator:
     settings: RunSettings
@@ -43,6 +76,9 @@ class Coordinator:
     site_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     rounds_log: list[dict[str, Any]] = field(default_factory=list)
     rejections: dict[str, int] = field(default_factory=dict)
+    kept: list[int] | None = None
+    prevalence: list[float] | None = None
+    site_counts: list[tuple[np.ndarray, float, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.out = Path(self.settings.out_dir)
@@ -59,8 +95,14 @@ class Coordinator:
     def ckpt_dir(self) -> Path:
         return self.out / "checkpoint"
 
-    def start(self, vocab: dict[str, Any]) -> None:
-        """Initialise the global model, or load the last checkpoint when resuming."""
+    def start(self, vocab: dict[str, Any],
+              counts: list[tuple[np.ndarray, float, int]] | None = None) -> None:
+        """Initialise the global model, or load the last checkpoint when resuming.
+
+        ``counts``: each site's (noisy per-code counts, their noise std, n_train). Their sum
+        (noise std sqrt(sum std_k^2)) decides the modelled codes (noisy count above
+        ``KEEP_STD`` std) and the prevalences the output thresholds are matched to; both are
+        post-processing of the sites' Gaussian-mechanism releases."""
         if self.settings.resume and checkpoint.exists(self.ckpt_dir):
             ck = checkpoint.load(self.ckpt_dir)
             if ck.meta.get("vocab", {}).get("codes") != vocab.get("codes"):
@@ -73,15 +115,28 @@ class Coordinator:
             self.rejections = ck.meta.get("rejections", {})
             self.settings.run_id = ck.run_id
             self.vocab = vocab
+            self.kept = ck.meta.get("kept")
+            self.prevalence = ck.meta.get("prevalence")
             log.info("resuming run %s after round %d", ck.run_id, ck.round)
             return
+        self.kept, self.prevalence = None, None
+        if counts:
+            total = np.sum([c for c, _, _ in counts], axis=0)
+            std = float(np.sqrt(sum(s * s for _, s, _ in counts)))
+            n = sum(k for _, _, k in counts)
+            kept = keep_codes(total, std)
+            self.kept = [int(j) for j in kept]
+            self.prevalence = [float(p) for p in np.clip(total / max(1, n), 0.0, 1.0)]
+            log.info("private counts of %d sites: %d of %d codes modelled", len(counts),
+                     len(kept), len(total))
         import torch
 
         from common.model.train import build_model
 
         cfg = self.settings.model_config()
         torch.manual_seed(self.settings.seed)
-        model = build_model(len(vocab["codes"]), cfg.model)
+        n_model = len(self.kept) if self.kept is not None else len(vocab["codes"])
+        model = build_model(n_model, cfg.model)
         self.weights = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
         self.ema = {k: v.copy() for k, v in self.weights.items()}
         self.vocab = vocab
@@ -93,6 +148,7 @@ class Coordinator:
         return json.dumps({
             "round": rnd, "rounds": s.rounds, "run_id": s.run_id,
             "target_epsilon": s.epsilon, "config": s.config, "delta": s.delta, "seed": s.seed,
+            "kept": self.kept,
         })
 
     # ------------------------------------------------------------------ rounds
@@ -156,6 +212,8 @@ class Coordinator:
             "site_reports": self.site_reports,
             "rounds_log": self.rounds_log,
             "rejections": self.rejections,
+            "kept": self.kept,
+            "prevalence": self.prevalence,
         }
         checkpoint.save(self.ckpt_dir, checkpoint.Checkpoint(
             rnd, self.settings.run_id, self.weights, self.ema, self.optimizer.state, meta))
@@ -179,17 +237,40 @@ class Coordinator:
         """The global model (EMA weights) to OUT/model and OUT/synthetic.csv; returns the sample."""
         import torch
 
+        from common.model import Generator, OutputStep, build_model, fit_per_code_thresholds
+        from common.model.output import NEVER
         from common.model.store import load_model, save_model
         from common.vocabulary import Vocabulary
 
         cfg = self.settings.model_config()
-        vocab = Vocabulary(tuple(self.vocab["codes"]), name=str(self.vocab.get("name", "custom")))
+        codes = tuple(self.vocab["codes"])
+        vocab = Vocabulary(codes, name=str(self.vocab.get("name", "custom")))
         state = {k: torch.from_numpy(np.array(v)) for k, v in self.final_state().items()}
+        step = OutputStep("threshold", cfg.model.threshold,
+                          info={"source": "ModelConfig.threshold (fixed in advance)"})
+        if self.kept is not None:
+            kept = np.asarray(self.kept, dtype=np.int64)
+            small = build_model(len(kept), cfg.model)
+            small.load_state_dict(state)
+            if self.prevalence is not None:
+                sub = Vocabulary(tuple(codes[j] for j in kept), {}, "modelled")
+                cont = Generator(small, cfg.model, sub, step, torch.device("cpu")
+                                 ).sample_continuous(CALIBRATION_SAMPLES, seed=10_007)
+                thresholds = np.full(len(codes), NEVER)
+                thresholds[kept] = fit_per_code_thresholds(
+                    cont, np.asarray(self.prevalence)[kept])
+                step = OutputStep("per_code", thresholds=thresholds, info={
+                    "method": "per-code quantile of model output matched to prevalence",
+                    "prevalence_source": "sum of the sites' Gaussian-mechanism code counts",
+                    "codes_modelled": int(len(kept))})
+            state = expand_codes(state, kept, len(codes))
         model_dir = self.out / "model"
         save_model(model_dir, state, cfg.model, vocab, extra={
             "federated": True, "run_id": self.settings.run_id,
-            "rounds": self.next_round - 1, "privacy": "see ../privacy.json"})
-        synth = load_model(model_dir).sample(self.settings.samples, seed=self.settings.seed)
+            "rounds": self.next_round - 1, "privacy": "see ../privacy.json"},
+            output_step=step)
+        synth = load_model(model_dir, device="cpu").sample(self.settings.samples,
+                                                           seed=self.settings.seed)
         from common.data import write_matrix
 
         write_matrix(self.out / "synthetic.csv", synth, vocab)

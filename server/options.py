@@ -21,7 +21,7 @@ def add_plan_args(p: argparse.ArgumentParser, default_rounds: int | None = None)
                    help="target epsilon per site for the whole run (default 3)")
     g.add_argument("--delta", type=float, default=None,
                    help="delta per site (default min(1e-5, 1/(10 n_site)))")
-    g.add_argument("--samples", type=int, default=10_000,
+    g.add_argument("--samples", type=int, default=None,
                    help="synthetic patients written to OUT/synthetic.csv (default 10000)")
     g.add_argument("--round-timeout", type=float, default=None,
                    help="seconds a round waits for sites before closing with those that "
@@ -71,14 +71,24 @@ def _check(cfg: Config, args: argparse.Namespace) -> None:
         raise InputError("--local-epochs", f"must be positive (got {fed.local_epochs})")
     if cfg.train.batch_size < 1:
         raise InputError("--batch-size", f"must be at least 1 (got {cfg.train.batch_size})")
+    if args.samples is None:
+        args.samples = 10_000
     if args.samples < 1:
         raise InputError("--samples", f"must be at least 1 (got {args.samples})")
     if fed.round_timeout <= 0:
         raise InputError("--round-timeout", f"must be positive (got {fed.round_timeout})")
 
 
+def federated_config(cfg: Config) -> Config:
+    """The effective config of a federated DP run: the denoiser widths of the private path
+    (``[privacy] hidden``), as for centralized DP training."""
+    cfg.model.hidden = tuple(cfg.privacy.hidden)
+    return cfg
+
+
 def settings_from_args(args: argparse.Namespace, cfg: Config, out: Path, min_sites: int,
                        mode: str) -> RunSettings:
+    cfg = federated_config(cfg)
     return RunSettings(
         out_dir=str(out.resolve()), rounds=cfg.federation.rounds, min_sites=min_sites,
         epsilon=float(args.epsilon), delta=args.delta, samples=int(args.samples),

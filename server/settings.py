@@ -68,6 +68,7 @@ class RunSettings:
             return cls.load(run_file)
         run_id = uuid.uuid4().hex[:12]
         cfg = Config()
+        cfg.model.hidden = tuple(cfg.privacy.hidden)
         cfg.federation.rounds = int(run_config.get("num-server-rounds", cfg.federation.rounds))
         return cls(out_dir=str(Path("runs") / f"flwr-{run_id}"), rounds=cfg.federation.rounds,
                    min_sites=1, epsilon=float(run_config.get("epsilon", 3.0)), run_id=run_id,

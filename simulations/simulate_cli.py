@@ -25,6 +25,7 @@ from server.options import add_plan_args, build_config, settings_from_args
 
 log = logging.getLogger("ehr-simulate")
 SIM_ROUND_TIMEOUT = 24 * 3600.0  # sites run one after another: no per-round deadline
+DEMO = {"rounds": 3, "local_epochs": 2.0, "samples": 2000}  # --data demo unless flags say
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,8 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", default=None,
                    help="iid | dirichlet:ALPHA | column:NAME (default: column:site for demo, "
                         "else iid)")
-    p.add_argument("--demo-patients", type=int, default=1000,
-                   help="patients per site of the demo cohort (default 1000)")
+    p.add_argument("--demo-patients", type=int, default=600,
+                   help="patients per site of the demo cohort (default 600)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--audit", action="store_true",
                    help="run the privacy audit at every site after training")
@@ -77,19 +78,20 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
 def run_audit(out: Path, n_sites: int) -> None:
     """Hook for the audit engineer's per-site audit (``privacy.audit.audit_site``)."""
     try:
-        from privacy.audit import audit_site  # type: ignore[attr-defined]
+        from privacy.audit import audit_federation, read_run_outputs
     except ImportError:
-        log.warning("--audit: privacy.audit.audit_site is not available in this version")
+        log.warning("--audit: privacy.audit.audit_federation is not available in this version")
         return
-    from common.atomic import write_json
     from common.model.store import load_model
 
     gen = load_model(out / "model")
-    results = {}
+    sites = {}
     for k in range(n_sites):
         with np.load(out / "sites" / f"site{k}.npz", allow_pickle=False) as d:
-            results[f"site{k}"] = audit_site(gen, d["train"], d["holdout"])
-    write_json(out / "audit.json", {"sites": results})
+            sites[f"site{k}"] = (d["train"], d["holdout"])
+    privacy, rounds = read_run_outputs(out)  # privacy.json + rounds.jsonl: eps and eps per round
+    audit = audit_federation(gen, sites, out, privacy, rounds)  # DIR/audit.json + audit.html
+    log.info("audit: %s", audit["verdict"]["text"])
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -98,6 +100,10 @@ def simulate(args: argparse.Namespace) -> int:
 
     if args.sites < 1:
         raise InputError("--sites", f"must be at least 1 (got {args.sites})")
+    if args.data == "demo" and args.config is None:  # quick preset: minutes on 2 cores
+        args.rounds = args.rounds if args.rounds is not None else DEMO["rounds"]
+        args.local_epochs = args.local_epochs or DEMO["local_epochs"]
+        args.samples = args.samples or DEMO["samples"]
     cfg = build_config(args)
     if args.round_timeout is None:
         cfg.federation.round_timeout = SIM_ROUND_TIMEOUT

@@ -27,11 +27,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 TINY = """
 [model]
-hidden = [32, 32]
 time_dim = 16
 sample_steps = 4
 
 [privacy]
+hidden = [32, 32]
 noise_multiplicity = 1
 
 [federation]
