@@ -76,11 +76,11 @@ class PrivacyConfig:
 class FederationConfig:
     """Rounds, sites and the aggregation strategy."""
 
-    rounds: int = 6
+    rounds: int = 5
     min_sites: int = 2
-    local_epochs: float = 5.0
+    local_epochs: float = 4.0
     # Each site's Poisson sampling rate q_k (expected batch q_k * n_k); 0: train.batch_size / n_k
-    sample_rate: float = 1 / 28
+    sample_rate: float = 0.07
     # Site learning rate in federated rounds; 0: train.lr
     lr: float = 2e-3
     holdout: float = 0.2
