@@ -154,10 +154,10 @@ def _round_seed(seed: int, site: str, run_id: str, rnd: int) -> int:
 
 
 def _ema_decay(plan: SitePlan, steps: int) -> float:
-    """EMA decay for the whole run: at most the configured one, and such that the initial
-    weights weigh less than e^-8 at the end of the plan."""
+    """EMA decay for the whole run: at most the private path's, and such that the initial
+    weights weigh less than e^-3 at the end of the plan."""
     total = max(1, plan.rounds * steps)
-    return float(min(plan.config.train.ema_decay, max(0.0, 1.0 - 8.0 / total)))
+    return float(min(plan.config.privacy.ema_decay, max(0.0, 1.0 - 3.0 / total)))
 
 
 def run_site_round(
