@@ -34,6 +34,7 @@ class ModelConfig:
     sample_steps: int = 32
     threshold: float = 0.5  # scalar output step (EHRDiff: 0.5), used when output_step="threshold"
     output_step: str = "per_code"  # "per_code": thresholds matched to training prevalence
+    sample_precision: str = "auto"  # "auto" | "fp32" | "bf16" (inner net at sampling, CPU only)
 
 
 @dataclass
