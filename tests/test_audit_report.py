@@ -129,7 +129,7 @@ def test_verdict_fails_loudly_when_the_bound_exceeds_epsilon() -> None:
     summary = {"eps_accountant": 1.0, "eps_lb": 2.3, "max_membership_auroc": 0.6,
                "membership_signal": True, "failed_sites": ["A"], "passed": False}
     v = verdict(summary)
-    assert v["status"] == "fail" and "AUDIT FAILED" in v["text"]
+    assert v["status"] == "fail" and v["headline"] == "AUDIT FAILED" and "2.30" in v["text"]
     none = dict(summary, eps_accountant=None, failed_sites=[], passed=True)
     assert verdict(none)["status"] == "risk"
 

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                           white_box=not args.no_white_box)
     out = Path(args.out)
     verdict = audit["verdict"]
-    console.print(f"[bold]{verdict['status'].upper()}[/bold]: {verdict['text']}")
+    console.print(f"[bold]{verdict['headline']}[/bold]: {verdict['text']}")
     console.print(f"wrote {out / 'audit.json'} and {out / 'audit.html'}")
     if verdict["status"] == "fail":
         return 1

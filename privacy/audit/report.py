@@ -154,7 +154,12 @@ def _bounds_rows(audit: Mapping[str, Any]) -> list[list[Any]]:
     rows = []
     for name, s in audit["sites"].items():
         wb = s.get("white_box") or {}
-        status = "no white-box audit" if not wb else ("PASS" if wb.get("passed") else "FAIL")
+        if not wb:
+            status = "no white-box audit"
+        elif not wb.get("passed"):
+            status = "FAIL: eps_lb > epsilon"
+        else:
+            status = "consistent" if s.get("epsilon") is not None else "no DP claim"
         rows.append([name, s.get("epsilon"), s.get("delta"), s.get("eps_lb"),
                      wb.get("confidence"), wb.get("kind"), wb.get("m"), status])
     return rows
@@ -169,7 +174,8 @@ def render_html(audit: Mapping[str, Any]) -> str:
         "<title>fedsynth privacy audit</title>", f"<style>{_CSS}</style></head><body>",
         "<h1>Privacy audit of the synthetic-data generator</h1>",
         f"<section id='verdict'><h2>Verdict</h2><div class='verdict {escape(v['status'])}'>"
-        f"<b>{escape(v['status'].upper())}</b>: {escape(v['text'])}</div></section>",
+        f"<b>{escape(v.get('headline', v['status'].upper()))}</b>: {escape(v['text'])}</div>"
+        "</section>",
         f"<section id='threat-model'><h2>Threat model</h2><p>{escape(audit['threat_model'])}"
         "</p></section>",
         "<section id='epsilon-bounds'><h2>Accountant epsilon vs empirical lower bound</h2>",

@@ -219,30 +219,30 @@ def _summary(sites: Mapping[str, Mapping[str, Any]], release_eps: float | None) 
 
 
 def verdict(summary: Mapping[str, Any]) -> dict[str, str]:
-    """A status (fail | risk | pass) and a plain-language sentence."""
+    """A status (fail | risk | pass), a headline and a plain-language sentence."""
     eps, lb = summary["eps_accountant"], summary["eps_lb"]
     auroc = max(summary["max_membership_auroc"], summary.get("white_box_loss_auroc") or 0.0)
     lb_txt = "not measured" if lb is None else f"{lb:.2f}"
     if summary["failed_sites"]:
-        return {"status": "fail", "text": (
-            f"AUDIT FAILED: the measured lower bound on epsilon ({lb_txt}) exceeds the "
+        return {"status": "fail", "headline": "AUDIT FAILED", "text": (
+            f"The measured lower bound on epsilon ({lb_txt}) exceeds the "
             f"accountant's epsilon ({eps:.2f}) at site(s) {', '.join(summary['failed_sites'])}. "
             "The privacy claim is refuted: look for an accounting or implementation bug before "
             "releasing anything.")}
     if eps is None and (summary["membership_signal"] or (lb is not None and lb > 0)):
-        return {"status": "risk", "text": (
-            f"HIGH RISK: this model has no differential-privacy guarantee and leaks membership "
+        return {"status": "risk", "headline": "HIGH RISK", "text": (
+            f"This model has no differential-privacy guarantee and leaks membership "
             f"(best membership AUROC {auroc:.3f}, empirical epsilon lower bound {lb_txt}). "
             "Do not release it or its synthetic data as anonymous.")}
     if eps is None:
-        return {"status": "risk", "text": (
+        return {"status": "risk", "headline": "NO DP GUARANTEE", "text": (
             f"No differential-privacy guarantee; the attacks found no clear membership signal "
             f"(best AUROC {auroc:.3f}, epsilon lower bound {lb_txt}). Absence of a detected "
             "attack is not a guarantee.")}
     note = (" The black-box attacks see some membership signal, which a DP model may show "
             "within its epsilon.") if summary["membership_signal"] else ""
-    return {"status": "pass", "text": (
-        f"PASS: the accountant's epsilon is {eps:.2f}; the audit's lower bound ({lb_txt}) does not "
+    return {"status": "pass", "headline": "PASS", "text": (
+        f"The accountant's epsilon is {eps:.2f}; the audit's lower bound ({lb_txt}) does not "
         f"exceed it, and the best membership AUROC is {auroc:.3f}.{note} The audit can refute "
         "a privacy claim, never prove it: the guarantee rests on the accountant.")}
 
