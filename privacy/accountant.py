@@ -73,10 +73,20 @@ def default_delta(n_site: int) -> float:
     return min(1e-5, 1.0 / (10.0 * n_site))
 
 
+def as_mechanism(item: Mechanism | dict | Sequence[float]) -> Mechanism:
+    """A Mechanism from itself, a report dict or a (noise_multiplier, sample_rate, steps) tuple."""
+    if isinstance(item, Mechanism):
+        return item
+    if isinstance(item, dict):
+        return Mechanism.from_dict(item)
+    sigma, q, steps = item
+    return Mechanism(float(sigma), float(q), int(steps))
+
+
 def _merged(history: Iterable[Mechanism]) -> list[tuple[float, float, int]]:
     """History as Opacus tuples, zero-step entries dropped and equal neighbours merged."""
     out: list[tuple[float, float, int]] = []
-    for m in history:
+    for m in map(as_mechanism, history):
         if m.steps == 0:
             continue
         if out and out[-1][0] == m.noise_multiplier and out[-1][1] == m.sample_rate:
@@ -137,7 +147,7 @@ def calibrate_noise(
     """
     if target_epsilon <= 0:
         raise ValueError(f"target epsilon must be positive, got {target_epsilon}")
-    prior = list(prior_history)
+    prior = [as_mechanism(m) for m in prior_history]
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
     if prior and epsilon(prior, delta, accountant) >= target_epsilon:
