@@ -215,6 +215,9 @@ def train_dp(
         ema.update(parts.module)
         if progress is not None:
             progress(1)
+        if taken % max(1, int(steps) // 10) == 0:
+            log.info("DP-SGD step %d/%d: mean loss %.4f, %.0f examples/s", taken, steps,
+                     total / max(seen, 1), seen / max(time.perf_counter() - t0, 1e-9))
     seconds = time.perf_counter() - t0
     mech = Mechanism(noise_multiplier, sample_rate, taken)
     _check_accountant(parts, mech)
