@@ -94,3 +94,15 @@ def test_bad_input_is_one_line_exit_2(
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_cli_finds_privacy_json_next_to_the_model(files: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(files / "model", run / "model")
+    shutil.copy(files / "privacy.json", run / "privacy.json")  # ehr-simulate's OUT layout
+    args = _args(files, tmp_path / "out")
+    args[args.index("--model") + 1] = str(run / "model")
+    assert cli.main(args) == 0
+    assert json.loads((tmp_path / "out" / "audit.json").read_text())["epsilon"] == 3.0

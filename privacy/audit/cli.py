@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--non-members", required=True, help="held-out patients, same population")
     p.add_argument("--format", default="auto", help="auto|mimic|diabetes130|long|matrix")
     p.add_argument("--out", default="audit", help="output directory (default: ./audit)")
-    p.add_argument("--privacy", help="privacy report JSON (epsilon, delta, accountant, history)")
+    p.add_argument("--privacy", help="privacy report JSON (epsilon, delta, accountant, history); "
+                   "default: privacy.json in or next to the model directory")
     p.add_argument("--n-synth", type=int, default=AuditConfig.n_synth,
                    help="synthetic records drawn for the attacks")
     p.add_argument("--alpha", type=float, default=AuditConfig.alpha,
@@ -41,8 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_privacy(path: str | None, extra: dict[str, Any]) -> dict[str, Any] | None:
-    """The privacy report from --privacy, else from the model directory's config, else None."""
+def read_privacy(
+    path: str | None, extra: dict[str, Any], model_dir: str | Path | None = None
+) -> dict[str, Any] | None:
+    """The privacy report from --privacy, else privacy.json in the model directory (ehr-train)
+    or next to it (ehr-server / ehr-simulate OUT/model), else the model config, else None."""
+    if path is None and model_dir is not None:
+        for cand in (Path(model_dir) / "privacy.json", Path(model_dir).parent / "privacy.json"):
+            if cand.is_file():
+                log.info("privacy report: %s", cand)
+                return read_privacy(str(cand), extra)
     if path is None:
         found = extra.get("privacy") if isinstance(extra, dict) else None
         return found if isinstance(found, dict) and "epsilon" in found else None
@@ -79,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.alpha < 1:
         raise InputError("--alpha", f"must be in (0, 1), got {args.alpha}")
     generator = load_model(args.model, device=args.device)
-    privacy = read_privacy(args.privacy, getattr(generator, "extra", {}))
+    privacy = read_privacy(args.privacy, getattr(generator, "extra", {}), args.model)
     members = load_codes(args.members, args.format, vocab=generator.vocab)
     non_members = load_codes(args.non_members, args.format, vocab=generator.vocab)
     for name, m in ((args.members, members), (args.non_members, non_members)):
