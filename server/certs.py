@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -361,18 +362,18 @@ def _json_reply(stdout: str) -> dict[str, object]:
 
 
 def register_enrolled(
-    cert_dir: str | Path, address: str, ca: str | Path | None = None
+    cert_dir: str | Path, address: str, ca: str | Path | None = None, workers: int = 4
 ) -> list[str]:
     """Register every ``cert_dir/sites/*.pub`` with the SuperLink at ``address``.
 
-    ``ehr-server`` calls this right after starting its SuperLink. Returns the sites registered.
+    ``ehr-server`` calls this right after starting its SuperLink. Returns the sites registered
+    (sorted). Each registration is one ``flwr`` CLI process; a few run at once.
     """
     ca = Path(cert_dir) / CA_CERT if ca is None else ca
-    done = []
-    for pub in sorted(enrolled_dir(cert_dir).glob("*.pub")):
-        if register_public_key(pub, address, ca):
-            done.append(pub.stem)
-    return done
+    pubs = sorted(enrolled_dir(cert_dir).glob("*.pub"))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        ok = list(pool.map(lambda pub: register_public_key(pub, address, ca), pubs))
+    return [pub.stem for pub, good in zip(pubs, ok, strict=True) if good]
 
 
 def enroll_site(
