@@ -106,3 +106,19 @@ def test_cli_finds_privacy_json_next_to_the_model(files: Path, tmp_path: Path) -
     args[args.index("--model") + 1] = str(run / "model")
     assert cli.main(args) == 0
     assert json.loads((tmp_path / "out" / "audit.json").read_text())["epsilon"] == 3.0
+
+
+def test_cli_canary_file_gives_the_canary_bound(files: Path, tmp_path: Path) -> None:
+    from privacy.audit.canaries import insert_canaries, save_canaries
+
+    _, canaries, included = insert_canaries(np.zeros((50, V), np.uint8), 40, seed=0, n_codes=4)
+    save_canaries(tmp_path / "canaries.npz", canaries, included)
+    args = _args(files, tmp_path / "out", "--canaries", str(tmp_path / "canaries.npz"))
+    assert cli.main(args) == 0
+    site = json.loads((tmp_path / "out" / "audit.json").read_text())["sites"]["all"]
+    assert site["white_box"]["kind"] == "canaries" and site["white_box"]["m"] == 40
+    assert site["loss_attack"]["kind"] == "loss_attack"
+    (tmp_path / "wrong.npz").write_bytes(b"not a zip")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(_args(files, tmp_path / "out", "--canaries", str(tmp_path / "wrong.npz")))
+    assert exc.value.code == 2

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from common.atomic import atomic_path
+from common.errors import InputError
 from privacy.audit.config import AuditConfig
 from privacy.audit.membership import roc_summary
 from privacy.bounds import clopper_pearson_epsilon, one_run_epsilon
@@ -67,6 +70,27 @@ def insert_canaries(
     canaries = make_canaries(X, m, n_codes, seed)
     included = np.random.default_rng([seed, 1]).random(m) < 0.5
     return np.vstack([X, canaries[included]]), canaries, included
+
+
+def save_canaries(path: str | Path, canaries: np.ndarray, included: np.ndarray) -> None:
+    """canaries + inclusion mask as .npz (atomic), for ``ehr-audit --canaries``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, canaries=np.asarray(canaries, np.uint8), included=np.asarray(included, bool))
+
+
+def load_canaries(path: str | Path, n_codes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(canaries, included) from ``save_canaries``; InputError when unreadable or mismatched."""
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            canaries, included = d["canaries"].astype(np.uint8), d["included"].astype(bool)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (KeyError, ValueError, OSError) as err:
+        raise InputError(path, f"not a canary .npz ('canaries', 'included'): {err}") from None
+    if canaries.ndim != 2 or canaries.shape[1] != n_codes or included.shape != (len(canaries),):
+        raise InputError(path, f"canaries {canaries.shape} / mask {included.shape} do not match "
+                               f"the model's {n_codes} codes")
+    return canaries, included
 
 
 def torch_module(model: Any) -> nn.Module:

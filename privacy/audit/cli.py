@@ -1,7 +1,7 @@
 """ehr-audit: audit a trained generator against its members and held-out patients.
 
     ehr-audit --model MODEL_DIR --members A.csv --non-members B.csv [--format F] [--out DIR]
-              [--privacy PRIVACY_JSON]
+              [--privacy PRIVACY_JSON] [--canaries CANARIES_NPZ]
 
 Writes DIR/audit.json and DIR/audit.html. Exit 1 when the audit fails (empirical lower bound
 above the accountant's epsilon), 2 on bad input.
@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="audit", help="output directory (default: ./audit)")
     p.add_argument("--privacy", help="privacy report JSON (epsilon, delta, accountant, history); "
                    "default: privacy.json in or next to the model directory")
+    p.add_argument("--canaries", help=".npz with 'canaries' and 'included' (save_canaries) when "
+                   "the model was trained with canaries: gives the canary epsilon lower bound")
     p.add_argument("--n-synth", type=int, default=AuditConfig.n_synth,
                    help="synthetic records drawn for the attacks")
     p.add_argument("--alpha", type=float, default=AuditConfig.alpha,
@@ -94,10 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, m in ((args.members, members), (args.non_members, non_members)):
         if m.X.shape[0] < 2:
             raise InputError(name, f"needs at least 2 patients, found {m.X.shape[0]}")
+    canaries = included = None
+    if args.canaries:
+        from privacy.audit.canaries import load_canaries
+
+        canaries, included = load_canaries(args.canaries, members.X.shape[1])
     cfg = AuditConfig(n_synth=args.n_synth, alpha=args.alpha, seed=args.seed)
     with console.status("auditing: sampling, attacks, white-box scores ..."):
         audit = run_audit(generator, members.X, non_members.X, args.out, privacy, cfg,
-                          white_box=not args.no_white_box)
+                          canaries=canaries, included=included, white_box=not args.no_white_box)
     out = Path(args.out)
     verdict = audit["verdict"]
     console.print(f"[bold]{verdict['headline']}[/bold]: {verdict['text']}")
