@@ -21,9 +21,15 @@ T = TypeVar("T")
 
 @dataclass
 class ModelConfig:
-    """EHRDiff-style EDM diffusion model over a binary code vector."""
+    """EHRDiff-style EDM diffusion model over a binary code vector.
 
-    hidden: tuple[int, ...] = (1024, 384, 384, 384, 1024)
+    Defaults (see simulations/bench_central.py): EHRDiff's MIMIC widths 1024-384-384-384-1024 and
+    32 Heun steps sample ~190 patients/s on 2 cores; 512-256-256-512 (3.0M parameters; the
+    2,090-wide input/output layers dominate) with 5 Heun steps (9 network calls) samples
+    thousands per second, and per-code output thresholds fix the codes-per-patient deficit.
+    """
+
+    hidden: tuple[int, ...] = (512, 256, 256, 512)
     time_dim: int = 256
     sigma_data: float = 0.14
     p_mean: float = -1.2
@@ -31,7 +37,7 @@ class ModelConfig:
     sigma_min: float = 0.02
     sigma_max: float = 80.0
     rho: float = 7.0
-    sample_steps: int = 32
+    sample_steps: int = 5
     threshold: float = 0.5  # scalar output step (EHRDiff: 0.5), used when output_step="threshold"
     output_step: str = "per_code"  # "per_code": thresholds matched to training prevalence
     sample_precision: str = "auto"  # "auto" | "fp32" | "bf16" (inner net at sampling, CPU only)
@@ -41,8 +47,8 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation of the denoiser (centralized or at one site)."""
 
-    epochs: int = 100
-    batch_size: int = 1024
+    epochs: int = 20
+    batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.0
     ema_decay: float = 0.999
