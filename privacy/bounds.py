@@ -106,8 +106,10 @@ def gdp_epsilon_estimate(fpr: float, fnr: float, delta: float = 1e-5) -> float:
 
     if gap(0.0) <= 0:
         return 0.0
+    if gap(_EPS_MAX) > 0:  # (near-)perfect separation: beyond the range we report
+        return _EPS_MAX
     hi = 1.0
-    while gap(hi) > 0 and hi < _EPS_MAX:
+    while gap(hi) > 0:
         hi *= 2
     return float(optimize.brentq(gap, 0.0, min(hi, _EPS_MAX)))
 

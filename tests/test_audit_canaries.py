@@ -93,3 +93,14 @@ def test_denoising_loss_matches_the_edm_formula() -> None:
                 total += float(((den - x[i]) ** 2).mean())
             weight = (s**2 + 0.14**2) / (s * 0.14) ** 2
             assert abs(got[i, j] - weight * total / 3) < 1e-4 * max(1.0, got[i, j])
+
+
+def test_split_threshold_gdp_estimate_is_reported_apart_from_the_bound() -> None:
+    from privacy.audit.canaries import split_threshold_bound
+
+    rng = np.random.default_rng(0)
+    included = rng.random(400) < 0.5
+    scores = included + rng.normal(scale=0.8, size=400)
+    res = split_threshold_bound(scores, included, alpha=0.05)
+    assert 0 < res["eps_lb"] < res["gdp_estimate_not_a_bound"]
+    assert res["tp"] + res["fn"] + res["fp"] + res["tn"] == 200

@@ -102,6 +102,7 @@ def test_gdp_estimate_inverts_the_gaussian_tradeoff() -> None:
     delta = stats.norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2)
     assert delta == pytest.approx(1e-5, rel=1e-3)
     assert gdp_epsilon_estimate(0.5, 0.5) == 0.0
+    assert gdp_epsilon_estimate(0.0, 0.0) == 50.0  # perfect separation: capped, no crash
 
 
 def test_bad_arguments() -> None:
