@@ -94,6 +94,11 @@ def test_site_audit_sends_no_rows() -> None:
     # no patient row (as a 0/1 vector) appears anywhere in the site's message
     for row in members[:20]:
         assert json.dumps(row.tolist()) not in blob
+    # small-cell suppression: a code only 1-4 members hold is shared as 0
+    counts = members.sum(axis=0)
+    prev = np.asarray(res["prevalence"]["members"])
+    assert (prev[(counts > 0) & (counts < 5)] == 0).all()
+    assert np.allclose(prev[counts >= 5], np.round(counts[counts >= 5] / len(members), 5))
 
 
 def test_html_is_self_contained_with_every_section(written: Path) -> None:

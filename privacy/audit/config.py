@@ -17,6 +17,7 @@ class AuditConfig:
     presence_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)  # medGAN: share of records held
     presence_max_distance: int = 10  # Hamming thresholds h = 0..max
     roc_points: int = 200  # ROC curves are downsampled to this many points
+    min_cell: int = 5  # real-data code counts below this are suppressed in shared figures
     max_eval: int = 20_000  # members / non-members scored at most (random subsample)
     # attribute disclosure (medGAN)
     attr_known: int = 16  # s: codes the attacker knows

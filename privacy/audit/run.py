@@ -71,9 +71,10 @@ def audit_site(
         "delta": delta,
         "membership": membership_attacks(synth, members, non_members, cfg=cfg),
         "attribute": attribute_disclosure(synth, members, non_members, cfg),
-        "prevalence": {
-            "members": _rounded(members.mean(axis=0)),
+        "prevalence": {  # per-code shares; member codes seen < min_cell times are suppressed
+            "members": _suppressed_prevalence(members, cfg.min_cell),
             "synthetic": _rounded(synth.mean(axis=0)),
+            "min_cell": cfg.min_cell,
         },
     }
     if canaries is not None and included is not None:
@@ -95,6 +96,13 @@ def _has_module(generator: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _suppressed_prevalence(X: np.ndarray, min_cell: int) -> list[float]:
+    """Code prevalence of real rows with small-cell suppression: a code held by fewer than
+    ``min_cell`` patients is reported as 0, so the figure never singles out a rare patient."""
+    counts = X.sum(axis=0)
+    return _rounded(np.where(counts >= min_cell, counts, 0) / max(len(X), 1))
 
 
 def _rounded(v: np.ndarray) -> list[float]:
