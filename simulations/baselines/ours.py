@@ -34,12 +34,17 @@ OURS = ("ours", "ours_federated")
 
 _TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
-    "quick": {"epochs": 30, "batch_size": 256},
+    "quick": {"epochs": 20, "batch_size": 256},
+    "smoke": {"epochs": 1, "batch_size": 64},
+}
+_PRIVATE_PRESETS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "quick": {"epochs": 10, "batch_size": 512},
     "smoke": {"epochs": 1, "batch_size": 64},
 }
 _FED_PRESETS: dict[str, list[str]] = {
     "full": [],
-    "quick": ["--rounds", "2", "--local-epochs", "2", "--batch-size", "256"],
+    "quick": ["--rounds", "2", "--local-epochs", "1", "--batch-size", "256"],
     "smoke": ["--rounds", "1", "--local-epochs", "1", "--batch-size", "64"],
 }
 
@@ -56,6 +61,8 @@ def _config(preset: str, seed: int, device: str) -> Config:
     cfg = Config()
     for key, value in _TRAIN_PRESETS[preset].items():
         setattr(cfg.train, key, value)
+    for key, value in _PRIVATE_PRESETS[preset].items():
+        setattr(cfg.privacy, key, value)
     cfg.train.seed = seed
     cfg.train.device = device
     return cfg
@@ -85,7 +92,7 @@ def fit_ours(
         from client.private_train import train_centralized_private  # privacy engineer
 
         cfg.privacy.epsilon, cfg.privacy.delta = float(epsilon), delta
-        train_centralized_private(matrix, cfg, out)
+        train_centralized_private(matrix, cfg, out, progress=False)
         privacy = json.loads((out / "privacy.json").read_text())
     seconds = time.perf_counter() - start
     return Fitted("ours", load_model(out, device=device), privacy, seconds)

@@ -30,13 +30,13 @@ _SMOKE: dict[str, Any] = dict(ae_epochs=1, gan_epochs=1, dp_ae_epochs=0.5, dp_ga
 _GAN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "medgan": {
         "full": dict(ae_epochs=20, gan_epochs=50, dp_ae_epochs=5, dp_gan_epochs=20),
-        "quick": dict(ae_epochs=5, gan_epochs=8, dp_ae_epochs=3, dp_gan_epochs=8,
+        "quick": dict(ae_epochs=3, gan_epochs=5, dp_ae_epochs=2, dp_gan_epochs=5,
                       dp_batch_size=256),
         "smoke": _SMOKE,
     },
     "corgan": {
         "full": dict(ae_epochs=20, gan_epochs=50, dp_ae_epochs=5, dp_gan_epochs=20),
-        "quick": dict(ae_epochs=5, gan_epochs=8, dp_ae_epochs=3, dp_gan_epochs=8,
+        "quick": dict(ae_epochs=3, gan_epochs=5, dp_ae_epochs=2, dp_gan_epochs=5,
                       dp_batch_size=256),
         "smoke": _SMOKE,
     },
