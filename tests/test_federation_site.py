@@ -1,0 +1,116 @@
+"""The site's plain functions (no Flower): budget refusals train nothing, spend is recorded
+before the update is returned, the plan never exceeds the target, evaluation is aggregate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client.site_training import (
+    SiteData,
+    SitePlan,
+    evaluate_site,
+    plan_mechanism,
+    run_site_round,
+    site_counts,
+    steps_per_round,
+)
+from common.config import Config
+from common.model.train import build_model
+from privacy.accountant import epsilon
+from privacy.ledger import Ledger
+
+
+def _config() -> Config:
+    cfg = Config()
+    cfg.model.hidden = (16, 16)
+    cfg.model.time_dim = 8
+    cfg.privacy.noise_multiplicity = 1
+    cfg.federation.sample_rate = 0.25
+    cfg.federation.local_epochs = 0.5
+    return cfg
+
+
+def _data(n: int = 120, v: int = 12, seed: int = 0) -> SiteData:
+    rng = np.random.default_rng(seed)
+    X = (rng.random((n, v)) < np.linspace(0.5, 0.05, v)).astype(np.uint8)
+
+    class Vocab:
+        name, codes = "t", tuple(f"c{i}" for i in range(v))
+
+    return SiteData("A", X[: n * 3 // 4], X[n * 3 // 4:], Vocab())
+
+
+def _plan(rnd: int, rounds: int = 2, eps: float = 3.0, kept: list[int] | None = None) -> SitePlan:
+    return SitePlan(round=rnd, rounds=rounds, run_id="r1", target_epsilon=eps, config=_config(),
+                    kept=kept)
+
+
+def _global(n_codes: int) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy()
+            for k, v in build_model(n_codes, _config().model).state_dict().items()}
+
+
+def test_plan_reaches_at_most_the_target_over_all_rounds() -> None:
+    plan = _plan(1, rounds=3)
+    n = 400
+    steps = steps_per_round(n, plan)
+    assert steps == 2  # ceil(0.5 / 0.25)
+    history = []
+    for rnd in (1, 2, 3):
+        mech = plan_mechanism(n, _plan(rnd, rounds=3), history, budget=10.0, delta=1e-4)
+        history.append(mech)
+    assert epsilon(history, 1e-4) <= 3.0 + 1e-6
+    assert epsilon(history, 1e-4) > 2.9  # the plan spends what it may
+
+
+def test_round_records_spend_before_returning_and_respects_budget(tmp_path) -> None:
+    data = _data()
+    ledger = Ledger.open(tmp_path, "A")
+    g = _global(data.train.shape[1])
+    upd = run_site_round(g, g, data, _plan(1), ledger, budget=3.0)
+    assert upd.status == "ok" and upd.steps == 2
+    assert len(Ledger.open(tmp_path, "A").history) == 1  # durable, reopened from disk
+    assert upd.privacy["epsilon"] == pytest.approx(Ledger.open(tmp_path, "A").epsilon(
+        upd.privacy["delta"]))
+    assert set(upd.weights) == set(g) and all(upd.weights[k].shape == g[k].shape for k in g)
+    upd2 = run_site_round(g, g, data, _plan(2), ledger, budget=3.0)
+    assert upd2.status == "ok"
+    assert upd2.privacy["epsilon"] <= 3.0 + 1e-6
+
+
+def test_site_refuses_and_trains_nothing_when_budget_is_spent(tmp_path) -> None:
+    data = _data()
+    ledger = Ledger.open(tmp_path, "A")
+    g = _global(data.train.shape[1])
+    run_site_round(g, g, data, _plan(1, rounds=1, eps=3.0), ledger, budget=3.0)
+    before = list(ledger.history)
+    # a new run asks for another eps 3 from a site whose lifetime budget is 3
+    plan = SitePlan(round=1, rounds=1, run_id="r2", target_epsilon=3.0, config=_config())
+    upd = run_site_round(g, g, data, plan, ledger, budget=3.0)
+    assert upd.status == "refused" and upd.weights is None and "spent" in upd.reason
+    assert Ledger.open(tmp_path, "A").history == before  # nothing recorded
+
+
+def test_counts_are_recorded_once_per_run_and_resent(tmp_path) -> None:
+    data = _data()
+    ledger = Ledger.open(tmp_path, "A")
+    first = site_counts(data, _plan(0), ledger, 3.0, tmp_path)
+    again = site_counts(data, _plan(0), Ledger.open(tmp_path, "A"), 3.0, tmp_path)
+    assert first.status == "ok" and first.counts.shape == (data.train.shape[1],)
+    np.testing.assert_array_equal(first.counts, again.counts)
+    assert len(Ledger.open(tmp_path, "A").history) == 1  # one release, one entry
+    # the DP-SGD plan then accounts for the counts: total stays within the target
+    g = _global(4)
+    upd = run_site_round(g, g, data, _plan(1, rounds=1, kept=[0, 1, 2, 3]), ledger, 3.0)
+    assert upd.status == "ok" and upd.privacy["epsilon"] <= 3.0 + 1e-6
+    assert len(upd.privacy["history"]) == 2
+
+
+def test_evaluation_returns_only_aggregate_numbers() -> None:
+    data = _data(n=400)
+    rng = np.random.default_rng(1)
+    synth = (rng.random((200, 12)) < 0.2).astype(np.uint8)
+    out = evaluate_site(synth, data)
+    assert out["site"] == "A" and out["n_holdout"] == 100
+    assert all(np.isscalar(v) for v in out.values())
