@@ -48,6 +48,9 @@ def launch(job: Launch) -> dict[str, Any]:
     status_file = out / "status.json"
     status_file.unlink(missing_ok=True)
     port = job.port or fr.free_port(job.host)
+    # A crashed coordinator's detached helpers (SuperExec, ServerApp) may still run and would
+    # grab the new run from the new SuperLink: stop them first (found by this FLWR_HOME).
+    fr.sweep(str(home.resolve()))
     with fr.managed() as group:
         link = fr.start_superlink(group, host=job.host, port=port, flwr_home=home,
                                   simulation=job.simulation, insecure=job.insecure,
