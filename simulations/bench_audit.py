@@ -192,7 +192,7 @@ def _print(result: dict) -> None:
     for row in result["results"].values():
         table.add_row(*[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
                         for c in cols])
-    console = Console()
+    console = Console(width=160)
     console.print(table)
     for e in result["expectations"]:
         console.print(("[green]OK[/green] " if e["ok"] else "[red]UNEXPECTED[/red] ") + e["check"])
