@@ -1,0 +1,124 @@
+"""Federation benchmark: run ``ehr-simulate`` (or summarise finished runs) and tabulate wall time
+per round, bytes sent/received per round, peak memory of the whole process tree, the privacy
+release and the pooled held-out figures.
+
+    python -m simulations.bench_federated --data ../shared/data/diabetes130/diabetic_data_dev.csv.gz \\
+        --format diabetes130 --sites 5 --partition dirichlet:0.5 --epsilon 3 --out runs/bench
+    python -m simulations.bench_federated --sites 50 --rounds 3 --data demo --out runs/scale50
+    python -m simulations.bench_federated --summarise runs/deploy runs/bench/sim   # side by side
+
+Deployment runs (``ehr-server`` + ``ehr-client``) write the same ``rounds.jsonl``, so their
+per-round wall time and bytes sit in the same table as the simulation's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common.atomic import atomic_open, write_json
+from simulations.flower_runtime import _descendants_with_home
+
+
+def _tree_rss(pid: int, home: Path) -> int:
+    """Resident memory (bytes) of ``pid`` plus every process started under ``home``."""
+    total = 0
+    for p in [pid, *_descendants_with_home(str(home.resolve()))]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def run_simulation(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    out = Path(args.out) / "sim"
+    cmd = [str(Path(sys.executable).with_name("ehr-simulate")), "--data", args.data,
+           "--format", args.format, "--sites", str(args.sites), "--epsilon", str(args.epsilon),
+           "--out", str(out), "--no-progress", *extra]
+    if args.partition:
+        cmd += ["--partition", args.partition]
+    if args.rounds:
+        cmd += ["--rounds", str(args.rounds)]
+    t0, peak = time.monotonic(), 0
+    proc = subprocess.Popen(cmd)
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid, out / "flwr-home"))
+        time.sleep(1.0)
+    return {"command": " ".join(cmd), "returncode": proc.returncode,
+            "wall_seconds": round(time.monotonic() - t0, 1), "peak_rss_gb": round(peak / 2**30, 2),
+            **summarise(out)}
+
+
+def summarise(run: Path) -> dict[str, Any]:
+    rows = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines() if x.strip()]
+    out: dict[str, Any] = {"run": str(run), "rounds": len(rows)}
+    done = [r for r in rows if r["status"] == "completed"]
+    if done:
+        out["seconds_per_round"] = round(sum(r["seconds"] for r in done) / len(done), 1)
+        out["mb_sent_per_round"] = round(sum(r["bytes_sent"] for r in done) / len(done) / 1e6, 1)
+        out["mb_received_per_round"] = round(
+            sum(r["bytes_received"] for r in done) / len(done) / 1e6, 1)
+        out["sites_per_round"] = round(sum(len(r["accepted"]) for r in done) / len(done), 1)
+    for name in ("privacy.json", "evaluation.json", "run.json"):
+        try:
+            doc = json.loads((run / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if name == "privacy.json":
+            out["epsilon_released"] = doc.get("epsilon")
+            out["epsilon_per_site"] = {s: round(r["epsilon"], 4)
+                                       for s, r in doc.get("sites", {}).items()}
+        elif name == "evaluation.json":
+            out["pooled"] = {k: round(v, 4) for k, v in doc.get("pooled", {}).items()}
+        else:
+            out["mode"] = doc.get("mode")
+    return out
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    head = ("| run | mode | rounds | s/round | MB sent/round | MB recv/round | peak GB | eps "
+            "| cooc r | dimwise ratio |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in results:
+        pooled = r.get("pooled", {})
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["run"], r.get("mode", ""), r.get("rounds"), r.get("seconds_per_round", ""),
+            r.get("mb_sent_per_round", ""), r.get("mb_received_per_round", ""),
+            r.get("peak_rss_gb", ""), r.get("epsilon_released", ""),
+            pooled.get("cooccurrence_r", ""), pooled.get("dimwise_auroc_ratio", "")))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench_federated", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="demo")
+    p.add_argument("--format", default="auto")
+    p.add_argument("--sites", type=int, default=5)
+    p.add_argument("--partition", default=None)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--epsilon", type=float, default=3.0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--summarise", nargs="*", type=Path, default=None,
+                   help="only summarise these finished run folders")
+    args, extra = p.parse_known_args(argv)
+    if args.summarise is not None:
+        results = [summarise(r) for r in args.summarise]
+    else:
+        results = [run_simulation(args, extra)]
+    write_json(args.out / "bench_federated.json", results)
+    with atomic_open(args.out / "bench_federated.md", "w", encoding="utf-8") as fh:
+        fh.write(markdown(results))
+    print(markdown(results))
+    return 0 if all(r.get("returncode", 0) == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
