@@ -2,7 +2,8 @@
 per round, bytes sent/received per round, peak memory of the whole process tree, the privacy
 release and the pooled held-out figures.
 
-    python -m simulations.bench_federated --data ../shared/data/diabetes130/diabetic_data_dev.csv.gz \\
+    python -m simulations.bench_federated \\
+        --data ../shared/data/diabetes130/diabetic_data_dev.csv.gz \\
         --format diabetes130 --sites 5 --partition dirichlet:0.5 --epsilon 3 --out runs/bench
     python -m simulations.bench_federated --sites 50 --rounds 3 --data demo --out runs/scale50
     python -m simulations.bench_federated --summarise runs/deploy runs/bench/sim   # side by side
