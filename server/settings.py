@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,7 +64,8 @@ class RunSettings:
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
         """Settings for a ServerApp started by ``flwr run`` directly: ``run-file`` if set,
-        else defaults with ``num-server-rounds`` and an output folder under ./runs."""
+        else defaults with ``num-server-rounds`` and an output folder under
+        ``$FLWR_HOME/fedsynth-runs``."""
         run_file = str(run_config.get("run-file", "") or "")
         if run_file:
             return cls.load(run_file)
@@ -70,6 +73,7 @@ class RunSettings:
         cfg = Config()
         cfg.model.hidden = tuple(cfg.privacy.hidden)
         cfg.federation.rounds = int(run_config.get("num-server-rounds", cfg.federation.rounds))
-        return cls(out_dir=str(Path("runs") / f"flwr-{run_id}"), rounds=cfg.federation.rounds,
+        root = Path(os.environ.get("FLWR_HOME", tempfile.gettempdir())) / "fedsynth-runs"
+        return cls(out_dir=str(root / run_id), rounds=cfg.federation.rounds,
                    min_sites=1, epsilon=float(run_config.get("epsilon", 3.0)), run_id=run_id,
                    mode="simulation", config=config_dict(cfg))
