@@ -83,7 +83,7 @@ class PrivacyConfig:
 class FederationConfig:
     """Rounds, sites and the aggregation strategy."""
 
-    rounds: int = 5
+    rounds: int = 4
     min_sites: int = 2
     local_epochs: float = 4.0
     # Each site's Poisson sampling rate q_k (expected batch q_k * n_k); 0: train.batch_size / n_k
