@@ -39,7 +39,8 @@ def main(grid: Grid, context: Context) -> None:
         coord = Coordinator(settings)
     except BaseException as err:
         write_json(Path(settings.out_dir) / "status.json",
-                   {"status": "failed", "detail": f"{type(err).__name__}: {err}"})
+                   {"status": "failed", "detail": f"{type(err).__name__}: {err}",
+                    "launch_id": settings.launch_id})
         raise
     try:
         run_federation(grid, coord)

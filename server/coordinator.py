@@ -323,5 +323,6 @@ class Coordinator:
 
     def write_status(self, status: str, detail: str = "") -> None:
         write_json(self.out / "status.json", {"status": status, "detail": detail,
+                                              "launch_id": self.settings.launch_id,
                                               "rounds_completed": self.next_round - 1,
                                               "time": time.time()})

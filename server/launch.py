@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +45,14 @@ def launch(job: Launch) -> dict[str, Any]:
     out = Path(job.settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     home = out / "flwr-home"
+    job.settings.launch_id = uuid.uuid4().hex
     run_file = job.settings.save(out / RUN_FILE)
     status_file = out / "status.json"
     status_file.unlink(missing_ok=True)
+
+    def done() -> bool:  # this launch's ServerApp wrote its final status
+        status = read_status(out, wait=0.0, missing_ok=True)
+        return status.get("launch_id") == job.settings.launch_id
     port = job.port or fr.free_port(job.host)
     # A crashed coordinator's detached helpers (SuperExec, ServerApp) may still run and would
     # grab the new run from the new SuperLink: stop them first (found by this FLWR_HOME).
@@ -66,7 +72,7 @@ def launch(job: Launch) -> dict[str, Any]:
         log.info("submitted Flower run %d", run_id)
         try:
             with RoundProgress(out, job.settings.rounds, enabled=job.progress) as bar:
-                fr.wait_run(home, run_id, done=status_file.exists,
+                fr.wait_run(home, run_id, done=done,
                             alive=lambda: link.poll() is None, timeout=job.timeout,
                             tick=bar.tick)
         except KeyboardInterrupt:
@@ -78,15 +84,21 @@ def launch(job: Launch) -> dict[str, Any]:
             raise
         if link.poll() is None:
             fr.save_run_log(home, run_id, out / "logs" / "serverapp.log")
-    return read_status(out)
+    status = read_status(out)
+    if status.get("launch_id", job.settings.launch_id) != job.settings.launch_id:
+        return {"status": "failed", "detail": "the ServerApp ended without a status; see "
+                f"{out / 'logs'}"}
+    return status
 
 
-def read_status(out: Path, wait: float = 2.0) -> dict[str, Any]:
+def read_status(out: Path, wait: float = 2.0, missing_ok: bool = False) -> dict[str, Any]:
     deadline = time.monotonic() + wait
     while True:
         try:
             return json.loads((out / "status.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
+            if missing_ok:
+                return {}
             if time.monotonic() > deadline:
                 return {"status": "failed", "detail": "the ServerApp ended without a status; "
                         f"see {out / 'logs'}"}

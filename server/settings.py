@@ -41,6 +41,7 @@ class RunSettings:
     seed: int = 0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     mode: str = "deployment"  # deployment | simulation
+    launch_id: str = ""  # new for every ehr-server/ehr-simulate start; echoed in status.json
     config: dict[str, Any] = field(default_factory=lambda: config_dict(Config()))
 
     def model_config(self) -> Config:
