@@ -75,23 +75,27 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
     return sizes
 
 
-def run_audit(out: Path, n_sites: int) -> None:
-    """Hook for the audit engineer's per-site audit (``privacy.audit.audit_site``)."""
+def run_audit(out: Path, n_sites: int) -> int:
+    """Each simulated site audits the released generator against its own members (trained on)
+    and held-out patients (privacy.audit.audit_federation): OUT/audit.json + OUT/audit.html.
+    Returns 1 when an empirical lower bound exceeds a site's accountant epsilon."""
     try:
         from privacy.audit import audit_federation, read_run_outputs
     except ImportError:
-        log.warning("--audit: privacy.audit.audit_federation is not available in this version")
-        return
+        log.warning("--audit: privacy.audit is not available in this version")
+        return 0
     from common.model.store import load_model
 
-    gen = load_model(out / "model")
+    gen = load_model(out / "model", device="cpu")
     sites = {}
     for k in range(n_sites):
         with np.load(out / "sites" / f"site{k}.npz", allow_pickle=False) as d:
             sites[f"site{k}"] = (d["train"], d["holdout"])
-    privacy, rounds = read_run_outputs(out)  # privacy.json + rounds.jsonl: eps and eps per round
-    audit = audit_federation(gen, sites, out, privacy, rounds)  # DIR/audit.json + audit.html
-    log.info("audit: %s", audit["verdict"]["text"])
+    privacy, round_log = read_run_outputs(out)
+    audit = audit_federation(gen, sites, out_dir=out, privacy=privacy, round_log=round_log)
+    verdict = audit.get("verdict", {})
+    log.info("audit written to %s: %s", out / "audit.html", verdict.get("headline", verdict))
+    return 1 if verdict.get("status") == "fail" else 0
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -127,14 +131,15 @@ def simulate(args: argparse.Namespace) -> int:
                          "client-resources-num-gpus": 0.0}
     status = launch(Launch(settings=settings, simulation=True, run_config=run_config,
                            federation_config=federation_config, progress=not args.no_progress))
+    audit_rc = 0
     if status.get("status") == "completed" and args.audit:
-        run_audit(out, args.sites)
+        audit_rc = run_audit(out, args.sites)
     print(summary(out))
     if status.get("status") != "completed":
         print(f"simulation failed: {status.get('detail', '')}; logs in {out / 'logs'}",
               file=sys.stderr)
         return 1
-    return 0
+    return audit_rc
 
 
 @cli_errors
