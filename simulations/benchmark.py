@@ -93,6 +93,8 @@ class BenchmarkSettings:
         elif preset != "full":
             raise ValueError(f"unknown preset {preset!r}")
         base.update({k: v for k, v in overrides.items() if v is not None})
+        if base.get("time_budget") == 0:
+            base["time_budget"] = None
         return cls(out=out, preset=preset, **base)
 
 

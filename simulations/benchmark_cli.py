@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", default="dirichlet:0.5", help="partition of the federated runs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-speed", action="store_true", help="skip the speed section")
+    p.add_argument("--time-budget", type=float,
+                   help="seconds after which cells not yet started are skipped (quick: 480; "
+                        "0: none)")
     return p
 
 
@@ -76,7 +79,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
         preset, args.out, data=args.data, format=args.format, seeds=args.seeds, generators=gens,
         epsilons=_epsilons(args.epsilons) if args.epsilons else None, n_synth=args.n_synth,
         max_train=args.max_train, delta=args.delta, sites=args.sites, partition=args.partition,
-        device=args.device, speed=False if args.no_speed else None)
+        device=args.device, speed=False if args.no_speed else None,
+        time_budget=args.time_budget)
 
 
 @cli_errors
