@@ -47,7 +47,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation of the denoiser (centralized or at one site)."""
 
-    epochs: int = 20
+    epochs: int = 40
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.0
