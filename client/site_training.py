@@ -30,11 +30,12 @@ import numpy as np
 
 from common.config import Config
 from common.errors import BudgetExceeded, InputError
-from privacy.accountant import Mechanism, calibrate_noise, default_delta
+from privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
 
 log = logging.getLogger(__name__)
 
 State = dict[str, np.ndarray]
+MIN_LEFT = 0.02  # refuse a round when less than this share of the target epsilon is left
 
 
 @dataclass
@@ -140,6 +141,13 @@ def plan_mechanism(n_train: int, plan: SitePlan, history: list[Mechanism], budge
     remaining = (plan.rounds - plan.round + 1) * steps
     target = min(plan.target_epsilon, budget)
     accountant = plan.config.privacy.accountant
+    if history:
+        spent = epsilon(history, delta, accountant)
+        if target - spent < MIN_LEFT * target:
+            raise BudgetExceeded(
+                f"epsilon spent {spent:.4f} leaves less than {MIN_LEFT:.0%} of min(target "
+                f"{plan.target_epsilon:g}, budget {budget:g}) for round {plan.round}: "
+                "an update that noisy would be useless; nothing trained, nothing sent")
     try:
         sigma = calibrate_noise(target, delta, q, remaining, accountant, prior_history=history)
     except ValueError as err:
@@ -225,6 +233,8 @@ def run_site_round(
     metrics = {
         "loss": float(res.mean_loss),
         "steps": float(ran.steps),
+        # FedAvg weight: planned steps x expected batch = expected examples (prop. to n_k)
+        "planned_examples": float(ran.steps * ran.sample_rate * n),
         "n_train": float(n),
         "examples_per_s": float(res.examples_per_s),
         "seconds": time.perf_counter() - t0,

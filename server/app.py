@@ -202,7 +202,8 @@ def train_round(grid: Grid, coord: Coordinator, rnd: int) -> bool:
             w = _numpy(r.content["weights"])
             e = _numpy(r.content["ema"]) if "ema" in r.content else None
             bytes_in += r.content["weights"].count_bytes()
-            updates.append(SiteUpdate(site, w, float(metrics.get("steps", 0.0)), e, metrics))
+            weight = float(metrics.get("planned_examples", metrics.get("steps", 0.0)))
+            updates.append(SiteUpdate(site, w, weight, e, metrics))
         except (KeyError, ValueError, TypeError) as err:
             failures.append(f"node {r.metadata.src_node_id}: malformed reply ({err})")
     missing = len(nodes) - len(replies)
