@@ -120,3 +120,19 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
             assert r["epsilon_spent"] <= 3.0 + 1e-9
             assert set(r["privacy"]) >= {"epsilon", "delta", "accountant", "history"}
     assert (tmp_path / "benchmark.md").exists() and (tmp_path / "plot_attribute_f1.png").exists()
+
+
+def test_round_overhead_from_rounds_log(tmp_path: Path) -> None:
+    from simulations.baselines.ours import round_overhead
+
+    lines = [{"round": 1, "seconds": 30.0, "site_metrics": {"a": {"seconds": 10.0},
+                                                            "b": {"seconds": 12.0}}},
+             {"round": 2, "seconds": 26.0, "site_metrics": {"a": {"seconds": 9.0},
+                                                            "b": {"seconds": 11.0}}}]
+    (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    res = round_overhead(tmp_path)
+    assert res is not None
+    assert res["mean_round_seconds"] == pytest.approx(28.0)
+    assert res["mean_local_train_seconds"] == pytest.approx(21.0)
+    assert res["mean_overhead_seconds"] == pytest.approx(7.0)
+    assert round_overhead(tmp_path / "none") is None

@@ -142,27 +142,28 @@ def fit_ours_federated(
 
 
 def round_overhead(run_dir: str | Path) -> dict[str, Any] | None:
-    """Flower round overhead from a federated run's per-round log: round wall time minus the
-    slowest site's local training time (sites train one after another in simulation, so the
-    sum of site times is used there). None when the log lacks the timings."""
+    """Flower round overhead from a federated run's ``rounds.jsonl``: the round's wall time
+    minus its sites' local training time (``site_metrics[site]["seconds"]``; summed, since the
+    simulation runs the sites one after another on this machine). None without timings."""
     path = Path(run_dir) / "rounds.jsonl"
     if not path.exists():
         return None
-    rounds = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     rows = []
-    for r in rounds:
-        wall = r.get("seconds") or r.get("wall_seconds") or r.get("round_seconds")
-        sites = r.get("sites") or {}
-        local = [s.get("train_seconds") for s in (sites.values() if isinstance(sites, dict)
-                                                  else sites) if isinstance(s, dict)]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        wall = r.get("seconds")
+        local = [m.get("seconds") for m in (r.get("site_metrics") or {}).values()
+                 if isinstance(m, dict)]
         local = [x for x in local if isinstance(x, int | float)]
-        if wall is None or not local:
+        if not isinstance(wall, int | float) or not local:
             continue
         rows.append({"round": r.get("round"), "round_seconds": float(wall),
-                     "local_train_seconds": float(np.sum(local))})
+                     "local_train_seconds": float(np.sum(local)), "sites": len(local)})
     if not rows:
         return None
     wall = float(np.mean([r["round_seconds"] for r in rows]))
     local = float(np.mean([r["local_train_seconds"] for r in rows]))
     return {"rounds": rows, "mean_round_seconds": wall, "mean_local_train_seconds": local,
-            "mean_overhead_seconds": wall - local}
+            "mean_overhead_seconds": wall - local, "mode": "simulation (sites run in turn)"}
