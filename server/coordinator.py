@@ -299,6 +299,10 @@ class Coordinator:
             "post_processing": "FedAvg, the server, EMA and the sampler only see DP updates",
             "evaluation_note": "evaluation.json holds aggregate figures each site computed on "
                                "held-out patients it never trained on (not covered by epsilon)",
+            "site_size_note": "each site's number of training patients is sent to the "
+                              "coordinator in the clear (prevalence and FedAvg weights); the "
+                              "code counts and model updates are DP",
+            "codes_modelled": None if self.kept is None else len(self.kept),
         }
         write_json(self.out / "privacy.json", doc)
         return doc
