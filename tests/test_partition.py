@@ -10,7 +10,7 @@ from common.errors import InputError
 from simulations.partition import parse_partition, partition, patient_labels
 
 
-def _X(n: int = 600, v: int = 40, seed: int = 0) -> np.ndarray:
+def _matrix(n: int = 600, v: int = 40, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (rng.random((n, v)) < np.linspace(0.4, 0.01, v)).astype(np.uint8)
 
@@ -22,7 +22,7 @@ def _check_cover(parts: list[np.ndarray], n: int) -> None:
 
 @pytest.mark.parametrize("spec", ["iid", "dirichlet:0.5", "dirichlet:100"])
 def test_partitions_are_disjoint_and_cover(spec: str) -> None:
-    X = _X()
+    X = _matrix()
     parts = partition(X, 5, parse_partition(spec), seed=1)
     assert len(parts) == 5
     _check_cover(parts, X.shape[0])
@@ -30,7 +30,7 @@ def test_partitions_are_disjoint_and_cover(spec: str) -> None:
 
 
 def test_small_alpha_is_more_skewed_than_large() -> None:
-    X = _X(3000)
+    X = _matrix(3000)
     labels = patient_labels(X)
 
     def skew(spec: str) -> float:
@@ -43,7 +43,7 @@ def test_small_alpha_is_more_skewed_than_large() -> None:
 
 
 def test_column_partition_one_site_per_value_and_packing() -> None:
-    X = _X(300)
+    X = _matrix(300)
     cov = pd.DataFrame({"site": np.repeat(["A", "B", "C"], 100),
                         "age": np.tile(["[0-10)", "[10-20)", "[20-30)", "[30-40)", "[40-50)"],
                                        60)})
