@@ -38,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     tls = p.add_argument_group("transport security")
     tls.add_argument("--insecure", action="store_true",
                      help="plaintext, no site authentication (tests and local trials only)")
+    tls.add_argument("--certs", type=Path, metavar="DIR",
+                     help="folder from `ehr-certs init`: TLS + SuperNode authentication, and "
+                          "every site enrolled there is registered at start")
     tls.add_argument("--ssl-ca-certfile", type=Path)
     tls.add_argument("--ssl-certfile", type=Path)
     tls.add_argument("--ssl-keyfile", type=Path)
@@ -51,6 +54,12 @@ def tls_args(args: argparse.Namespace) -> list[str]:
     if args.insecure:
         log.warning("--insecure: plaintext connections and no site authentication")
         return []
+    if args.certs is not None:
+        from server.certs import superlink_tls_args
+
+        out = superlink_tls_args(args.certs)
+        args.ssl_ca_certfile = Path(out[out.index("--ssl-ca-certfile") + 1])
+        return out
     files = {"--ssl-ca-certfile": args.ssl_ca_certfile, "--ssl-certfile": args.ssl_certfile,
              "--ssl-keyfile": args.ssl_keyfile}
     missing = [k for k, v in files.items() if v is None]
@@ -92,11 +101,19 @@ def main(argv: list[str] | None = None) -> int:
                                       "deployment")
     settings.wait_sites_timeout = args.wait_sites
     tls = tls_args(args)
+    after_start = None
+    if args.certs is not None and not args.insecure:
+        def after_start(address: str) -> None:
+            from server.certs import register_enrolled
+
+            sites = register_enrolled(args.certs, address)
+            log.info("registered %d enrolled site key(s): %s", len(sites), ", ".join(sites))
+
     status = launch(Launch(
         settings=settings, host=args.host, port=args.port, insecure=args.insecure,
         superlink_tls_args=tls,
         root_certificates=None if args.insecure else str(args.ssl_ca_certfile),
-        progress=not args.no_progress))
+        progress=not args.no_progress, after_start=after_start))
     print(summary(out))
     if status.get("status") != "completed":
         print(f"run failed: {status.get('detail', '')}", file=sys.stderr)

@@ -36,6 +36,7 @@ class Launch:
     progress: bool = True
     timeout: float | None = None
     on_started: Callable[[int], None] | None = None  # called with the SuperLink pid
+    after_start: Callable[[str], None] | None = None  # called with "host:port" (e.g. enrol)
 
 
 def launch(job: Launch) -> dict[str, Any]:
@@ -64,6 +65,8 @@ def launch(job: Launch) -> dict[str, Any]:
                                   log_file=out / "logs" / "superlink.log")
         if job.on_started is not None:
             job.on_started(link.pid)
+        if job.after_start is not None:
+            job.after_start(f"{job.host}:{port}")
         log.info("SuperLink on %s:%d (pid %d); FLWR_HOME=%s", job.host, port, link.pid, home)
         fr.write_connection(home, f"{job.host}:{port}", insecure=job.insecure,
                             root_certificates=job.root_certificates)
