@@ -68,7 +68,7 @@ def flower_env(flwr_home: str | Path, extra: Mapping[str, str] | None = None) ->
         RAY_USAGE_STATS_ENABLED="0",
         RAY_DISABLE_DOCKER_CPU_WARNING="1",
         RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
-        RAY_TMPDIR=str(home / "ray"),
+        RAY_TMPDIR=str(ray_tmpdir(home)),
         PYTHONUNBUFFERED="1",
     )
     # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name: this venv first.
@@ -79,6 +79,16 @@ def flower_env(flwr_home: str | Path, extra: Mapping[str, str] | None = None) ->
     if extra:
         env.update(extra)
     return env
+
+
+def ray_tmpdir(flwr_home: str | Path) -> Path:
+    """Ray's session folder: short (AF_UNIX socket paths must stay under 108 bytes, so not
+    inside a deep run directory), one per FLWR_HOME, removed when the processes stop."""
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(str(Path(flwr_home).resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"fedsynth-ray-{tag}"
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -149,6 +159,7 @@ class ProcessGroup:
         self.procs.clear()
         for home in self.homes:
             sweep(home)
+            shutil.rmtree(ray_tmpdir(home), ignore_errors=True)
         for fh in self.logs:
             with contextlib.suppress(OSError):
                 fh.close()
