@@ -36,8 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", default=None,
                    help="iid | dirichlet:ALPHA | column:NAME (default: column:site for demo, "
                         "else iid)")
-    p.add_argument("--demo-patients", type=int, default=1500,
-                   help="patients per site of the demo cohort (default 1500)")
+    p.add_argument("--demo-patients", type=int, default=1000,
+                   help="patients per site of the demo cohort (default 1000)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--audit", action="store_true",
                    help="run the privacy audit at every site after training")
