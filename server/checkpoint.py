@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ def load(folder: str | Path) -> Checkpoint:
     except FileNotFoundError as err:
         raise InputError(meta_path, f"no checkpoint to resume from ({err.filename} missing)",
                          "was the run started with this --out?") from None
-    except (ValueError, KeyError, TypeError, OSError) as err:
+    except (ValueError, KeyError, TypeError, OSError, EOFError, NotImplementedError,
+            zipfile.BadZipFile) as err:  # a damaged round-<r>.npz raises the zip errors
         raise InputError(meta_path, f"damaged checkpoint ({type(err).__name__}: {err})") from None
     weights = {k[2:]: v for k, v in arrays.items() if k.startswith("w/")}
     ema = {k[4:]: v for k, v in arrays.items() if k.startswith("ema/")} or None
