@@ -100,12 +100,26 @@ def test_model_forward_keeps_leading_dims():
 
 def test_ema_update_rule():
     lin = nn.Linear(2, 1)
-    ema = EMA(lin, decay=0.9)
+    ema = EMA(lin, decay=0.9, warmup=False)
     old = ema.module.weight.clone()
     with torch.no_grad():
         lin.weight.add_(1.0)
     ema.update(lin)
     assert torch.allclose(ema.module.weight, 0.9 * old + 0.1 * lin.weight)
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+    lin = nn.Linear(3, 3)
+    init = lin.weight.detach().clone()
+    ema = EMA(lin, decay=0.999)
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    with torch.no_grad():
+        lin.weight.copy_(init + 1.0)
+    for _ in range(1000):
+        ema.update(lin)
+    # without warm-up 0.999^1000 = 37% of the average would still be the initial weights
+    share_init = ((lin.weight - ema.module.weight) / (lin.weight - init)).mean().item()
+    assert share_init < 0.01
 
 
 def test_per_code_thresholds_match_prevalence():
