@@ -36,8 +36,8 @@ _GAN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "corgan": {
         "full": dict(ae_epochs=20, gan_epochs=50, dp_ae_epochs=5, dp_gan_epochs=20),
-        "quick": dict(ae_epochs=3, gan_epochs=5, dp_ae_epochs=2, dp_gan_epochs=5,
-                      dp_batch_size=256),
+        "quick": dict(ae_epochs=3, gan_epochs=10, batch_size=128, dp_ae_epochs=2,
+                      dp_gan_epochs=5, dp_batch_size=256),  # WGAN: G steps = D steps / 5
         "smoke": _SMOKE,
     },
 }
