@@ -103,9 +103,18 @@ def _structure_problem(global_state: State, weights: State) -> str | None:
         if not isinstance(got, np.ndarray) or got.shape != w.shape:
             shape = getattr(got, "shape", None)
             return f"wrong shape for {name}: {shape} instead of {w.shape}"
+        if got.dtype.kind not in "fiu" or (w.dtype.kind == "f" and got.dtype.kind != "f"):
+            return f"wrong dtype for {name}: {got.dtype} instead of {w.dtype}"
         if np.issubdtype(w.dtype, np.floating) and not np.all(np.isfinite(got)):
             return f"non-finite values (NaN/Inf) in {name}"
     return None
+
+
+def _valid_weight(weight: object) -> bool:
+    """An aggregation weight is a finite positive real number (not a bool, string or array)."""
+    if isinstance(weight, bool) or not isinstance(weight, int | float | np.integer | np.floating):
+        return False
+    return bool(np.isfinite(weight) and weight > 0)
 
 
 def validate_updates(
@@ -130,7 +139,7 @@ def validate_updates(
         if problem is None and upd.ema is not None:
             ema_problem = _structure_problem(global_state, upd.ema)
             problem = f"EMA state: {ema_problem}" if ema_problem else None
-        if problem is None and not (np.isfinite(upd.weight) and upd.weight > 0):
+        if problem is None and not _valid_weight(upd.weight):
             problem = f"invalid aggregation weight {upd.weight!r}"
         if problem is not None:
             rejected.append(Rejection(upd.site, problem))

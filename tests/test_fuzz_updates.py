@@ -125,10 +125,7 @@ def test_non_float_dtypes_are_rejected_not_crashing(kind: str) -> None:
     honest = [_honest(g, s) for s in range(1, 4)]
     bad = SiteUpdate("hostile", {"a.weight": HOSTILE_DTYPES[kind], "a.bias": g["a.bias"].copy()},
                      10.0)
-    try:
-        res = aggregate(g, None, [*honest, bad], ServerOptimizer())
-    except (TypeError, ValueError) as err:
-        pytest.xfail(f"server/aggregation.py crashes on a {kind} tensor: {err}")
+    res = aggregate(g, None, [*honest, bad], ServerOptimizer())
     assert [r.site for r in res.rejected] == ["hostile"]
 
 
@@ -138,8 +135,5 @@ def test_non_numeric_weight_is_rejected_not_crashing(weight: object) -> None:
     honest = [_honest(g, s) for s in range(1, 4)]
     bad = _honest(g, 7)
     bad.site, bad.weight = "hostile", weight  # type: ignore[assignment]
-    try:
-        res = aggregate(g, None, [*honest, bad], ServerOptimizer())
-    except (TypeError, ValueError) as err:
-        pytest.xfail(f"server/aggregation.py crashes on weight {weight!r}: {err}")
+    res = aggregate(g, None, [*honest, bad], ServerOptimizer())
     assert [r.site for r in res.rejected] == ["hostile"]
