@@ -21,7 +21,7 @@ class InputError(Exception):
         super().__init__(msg.replace("\n", " "))
 
 
-class BudgetExceeded(Exception):
+class BudgetExceeded(Exception):  # noqa: N818 (the name users see in messages)
     """A site refused to train because the plan would exceed its own privacy budget."""
 
 
