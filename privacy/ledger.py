@@ -168,7 +168,10 @@ class Ledger:
             raise self._fail(path, f"entry {count} does not match its head (edited or replaced)")
         if len(entries) > count + 1:
             raise self._fail(path, f"has {len(entries) - count} entries beyond its head")
-        heads = [Mechanism.from_dict(m) for m in head.get("history", [])]
+        try:
+            heads = [Mechanism.from_dict(m) for m in head.get("history", [])]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise self._fail(head_path, f"unreadable history entry ({err!r})") from None
         if heads != [e.mechanism for e in entries[:count]]:
             raise self._fail(head_path, "history does not match the ledger")
         self.entries = entries
