@@ -77,7 +77,7 @@ def _check(args: argparse.Namespace) -> list[str]:
 
 def run_client(args: argparse.Namespace, tls: list[str]) -> int:
     """Start the SuperNode and wait for it (Ctrl-C stops it)."""
-    from simulations import flower_runtime as fr
+    from common import flower_runtime as fr
 
     state = args.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)

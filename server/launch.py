@@ -2,7 +2,7 @@
 or simulation runtime) on 127.0.0.1/--host, submit the fedsynth app with ``flwr run``, follow
 its progress, and stop every process started (also on Ctrl-C / SIGTERM / parent death).
 
-The process helpers live in ``simulations.flower_runtime`` (no ``flwr`` import there).
+The process helpers live in ``common.flower_runtime`` (no ``flwr`` import there).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Launch:
 
 def launch(job: Launch) -> dict[str, Any]:
     """Run the federation; returns OUT/status.json's content (status completed|failed)."""
-    from simulations import flower_runtime as fr
+    from common import flower_runtime as fr
 
     out = Path(job.settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_open, write_json
-from simulations.flower_runtime import _descendants_with_home
+from common.flower_runtime import _descendants_with_home
 
 
 def _tree_rss(pid: int, home: Path) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulations.flower_runtime import free_port
+from common.flower_runtime import free_port
 
 BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -204,6 +204,6 @@ def test_server_killed_after_round_one_resume_finishes(sites, procs, tmp_path) -
 
 
 def _listening(port: int) -> bool:
-    from simulations.flower_runtime import port_open
+    from common.flower_runtime import port_open
 
     return port_open("127.0.0.1", port)
