@@ -12,6 +12,21 @@ SHARED_DATA = Path(os.environ.get("FEDSYNTH_SHARED_DATA", ROOT.parent / "shared"
 DIABETES = SHARED_DATA / "diabetes130" / "diabetic_data_dev.csv.gz"
 MIMIC_DIAG = SHARED_DATA / "mimic3-demo" / "DIAGNOSES_ICD.csv"
 
+# A model small enough that a Flower round with real processes takes seconds.
+TINY_FLOWER_CONFIG = """
+[model]
+time_dim = 16
+sample_steps = 4
+
+[privacy]
+hidden = [32, 32]
+noise_multiplicity = 1
+
+[federation]
+sample_rate = 0.5
+local_epochs = 1.0
+"""
+
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")

@@ -19,25 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_FLOWER_CONFIG as TINY
 
 from common.flower_runtime import free_port
 
 BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
-TINY = """
-[model]
-time_dim = 16
-sample_steps = 4
-
-[privacy]
-hidden = [32, 32]
-noise_multiplicity = 1
-
-[federation]
-sample_rate = 0.5
-local_epochs = 1.0
-"""
 
 
 @pytest.fixture(scope="module")

@@ -10,22 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_FLOWER_CONFIG as TINY
 
 BIN = Path(sys.executable).parent
 
-TINY = """
-[model]
-time_dim = 16
-sample_steps = 4
-
-[privacy]
-hidden = [32, 32]
-noise_multiplicity = 1
-
-[federation]
-sample_rate = 0.5
-local_epochs = 1.0
-"""
 
 
 def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
