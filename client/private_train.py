@@ -33,17 +33,15 @@ from common.atomic import write_json
 from common.config import Config
 from common.data import CodeMatrix
 from common.errors import BudgetExceeded, InputError
-from common.model import Generator, OutputStep, build_model, fit_per_code_thresholds, save_model
-from common.model.output import NEVER
-from common.vocabulary import Vocabulary
+from common.model import Generator, OutputStep, build_model, save_model
+from common.model.central import calibrate_output_step
 from privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
+from privacy.counts import KEEP_STD, keep_codes, private_counts
 from privacy.ledger import Ledger, LedgerCorrupted
 
 log = logging.getLogger(__name__)
 
 SITE = "central"
-KEEP_STD = 3.0  # a code is modelled when its noisy count exceeds this many noise std
-MIN_CODES = 2
 CALIBRATION_SAMPLES = 10000
 
 
@@ -88,45 +86,6 @@ def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
     return PrivatePlan(n, delta, q, steps, count_noise, sigma, pc.epsilon, list(prior))
 
 
-def private_counts(X: np.ndarray, clip: float, noise_multiplier: float,
-                   rng: np.random.Generator) -> np.ndarray:
-    """Gaussian mechanism on per-code counts: rows scaled to L2 norm <= clip (sensitivity clip),
-    plus N(0, (noise_multiplier clip)^2) per code."""
-    X = np.asarray(X, dtype=np.float64)
-    norms = np.sqrt(X.sum(axis=1))  # 0/1 rows: L2 norm = sqrt(number of codes)
-    scale = np.minimum(1.0, clip / np.maximum(norms, 1e-12))
-    counts = scale @ X
-    return counts + rng.normal(0.0, noise_multiplier * clip, size=counts.shape)
-
-
-def keep_codes(noisy: np.ndarray, noise_std: float) -> np.ndarray:
-    """Indices of the codes to model: noisy count > KEEP_STD noise std (at least MIN_CODES)."""
-    keep = np.flatnonzero(noisy > KEEP_STD * noise_std)
-    if len(keep) < MIN_CODES:
-        keep = np.sort(np.argsort(-noisy, kind="stable")[:MIN_CODES])
-    return keep
-
-
-def expand_codes(state: dict[str, torch.Tensor], kept: np.ndarray,
-                 n_codes: int) -> dict[str, torch.Tensor]:
-    """Embed a denoiser trained on columns ``kept`` into one over all ``n_codes`` columns: the
-    other codes get zero input and output weights (they never influence the modelled codes,
-    and their per-code threshold makes them never emitted)."""
-    idx = torch.as_tensor(kept, dtype=torch.long)
-    out = dict(state)
-    w_in = state["net.layers.0.weight"]
-    full_in = torch.zeros(w_in.shape[0], n_codes, dtype=w_in.dtype)
-    full_in[:, idx] = w_in
-    out["net.layers.0.weight"] = full_in
-    w_out, b_out = state["net.out.weight"], state["net.out.bias"]
-    full_out = torch.zeros(n_codes, w_out.shape[1], dtype=w_out.dtype)
-    full_out[idx] = w_out
-    full_b = torch.zeros(n_codes, dtype=b_out.dtype)
-    full_b[idx] = b_out
-    out["net.out.weight"], out["net.out.bias"] = full_out, full_b
-    return out
-
-
 def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str | Path,
                               state_dir: str | Path | None = None,
                               progress: bool = True) -> dict[str, Any]:
@@ -166,14 +125,15 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
         prevalence[kept] = np.clip(noisy[kept] / n, 0.0, 1.0)
         log.info("private counts: %d of %d codes modelled", len(kept), n_codes)
 
-    # 2. DP-SGD on those columns
+    # 2. DP-SGD on those columns (the binary model's prior: the private prevalence)
     model_cfg = dataclasses.replace(config.model, hidden=tuple(pc.hidden))
     train_cfg = dataclasses.replace(config.train, lr=pc.lr, ema_decay=pc.ema_decay)
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
     device = _device(train_cfg.device)
     torch.manual_seed(train_cfg.seed)
-    model = build_model(len(kept), model_cfg)
+    model = build_model(len(kept), model_cfg,
+                        None if prevalence is None else prevalence[kept])
     with _Bar(progress, plan.steps) as advance:
         res = train_dp(model, X[:, kept], model_cfg=model_cfg, train_cfg=train_cfg,
                        privacy_cfg=pc, noise_multiplier=plan.noise_multiplier,
@@ -182,26 +142,16 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
     ledger.record(res.mechanism, run_id=_run_id(), round=1, note="DP-SGD")
     train_seconds = time.perf_counter() - t0
 
-    # 3. the output step (sampled on the modelled codes: cheaper, and the embedding is exact)
-    # and the full-vocabulary model
+    # 3. the output step: fixed in advance, or (per_code) matched to the private prevalence
+    gen_model = build_model(len(kept), model_cfg)
+    gen_model.load_state_dict({k: v.cpu() for k, v in res.ema_state.items()})
     step = OutputStep("threshold", model_cfg.threshold,
                       info={"source": "ModelConfig.threshold (fixed in advance)"})
-    if prevalence is not None:
-        small = build_model(len(kept), model_cfg)
-        small.load_state_dict(res.ema_state)
-        sub_vocab = Vocabulary(tuple(matrix.vocab.codes[j] for j in kept), {}, "modelled")
-        cont = Generator(small, model_cfg, sub_vocab, step, device).sample_continuous(
-            CALIBRATION_SAMPLES, seed=10_007)
-        thresholds = np.full(n_codes, NEVER)
-        thresholds[kept] = fit_per_code_thresholds(cont, prevalence[kept])
-        step = OutputStep(
-            "per_code", thresholds=thresholds,
-            info={"method": "per-code quantile of model output matched to prevalence",
-                  "prevalence_source": "Gaussian-mechanism code counts (in privacy.json)",
-                  "calibration_samples": CALIBRATION_SAMPLES, "codes_modelled": int(len(kept))})
-    full = expand_codes({k: v.cpu() for k, v in res.ema_state.items()}, kept, n_codes)
-    gen_model = build_model(n_codes, model_cfg)
-    gen_model.load_state_dict(full)
+    if prevalence is not None and model_cfg.output_kind() == "per_code":
+        gen = Generator(gen_model, model_cfg, matrix.vocab, step, device, modelled=kept)
+        step = calibrate_output_step(
+            gen, prevalence, n=CALIBRATION_SAMPLES,
+            source="Gaussian-mechanism code counts (in privacy.json)")
     report = ledger.report(plan.delta, pc.epsilon, pc.accountant)
     report.update({
         "n_patients": n,
@@ -216,7 +166,7 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
                 "mean_loss": res.mean_loss, "examples_per_second": round(res.examples_per_s, 1),
                 "codes_modelled": int(len(kept)), "privacy_config": dataclasses.asdict(pc)}
     save_model(out, gen_model, model_cfg, matrix.vocab,
-               extra={"training": training, "privacy": report}, output_step=step)
+               extra={"training": training, "privacy": report}, output_step=step, modelled=kept)
     write_json(out / "privacy.json", report)
     log.info("DP model written to %s: epsilon=%.4f (%s), delta=%.3g, %.0f s", out,
              report["epsilon"], pc.accountant, plan.delta, time.perf_counter() - t0)

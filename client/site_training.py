@@ -263,13 +263,13 @@ def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
                 state_dir: str | Path) -> SiteCounts:
     """Private per-code counts for the coordinator (which codes to model, and the prevalences
     the per-code output thresholds are matched to). Gaussian mechanism with each patient's row
-    scaled to L2 norm <= count_clip (client.private_train.private_counts), noise multiplier
+    scaled to L2 norm <= count_clip (privacy.counts.private_counts), noise multiplier
     calibrated to ``count_epsilon_share`` of the target; recorded in the ledger (round 0)
     before the counts leave. Asked again in the same run (a resumed coordinator), the site
     re-sends the counts it already released: post-processing, no new spend."""
     import secrets
 
-    from client.private_train import private_counts
+    from privacy.counts import private_counts
 
     pc = plan.config.privacy
     n = int(data.train.shape[0])

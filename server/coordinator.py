@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from common.atomic import atomic_open, write_json
+from privacy.counts import keep_codes
 from server import checkpoint
 from server.aggregation import ServerOptimizer, SiteUpdate, aggregate
 from server.settings import RunSettings
@@ -33,37 +34,7 @@ RELEASE_ASSUMPTION = (
 )
 
 
-KEEP_STD = 3.0  # a code is modelled when its summed noisy count exceeds this many noise std
-MIN_CODES = 2
 CALIBRATION_SAMPLES = 10_000
-
-
-def keep_codes(noisy: np.ndarray, noise_std: float) -> np.ndarray:
-    """Codes to model: noisy count > KEEP_STD noise std (at least MIN_CODES, the largest)."""
-    keep = np.flatnonzero(noisy > KEEP_STD * noise_std)
-    if len(keep) < MIN_CODES:
-        keep = np.sort(np.argsort(-noisy, kind="stable")[:MIN_CODES])
-    return keep
-
-
-def expand_codes(state: dict[str, Any], kept: np.ndarray, n_codes: int) -> dict[str, Any]:
-    """Embed a denoiser over columns ``kept`` into one over all ``n_codes`` columns (zero input
-    and output weights elsewhere; those codes' thresholds make them never emitted)."""
-    import torch
-
-    idx = torch.as_tensor(kept, dtype=torch.long)
-    out = dict(state)
-    w_in = state["net.layers.0.weight"]
-    full_in = torch.zeros(w_in.shape[0], n_codes, dtype=w_in.dtype)
-    full_in[:, idx] = w_in
-    w_out, b_out = state["net.out.weight"], state["net.out.bias"]
-    full_out = torch.zeros(n_codes, w_out.shape[1], dtype=w_out.dtype)
-    full_out[idx] = w_out
-    full_b = torch.zeros(n_codes, dtype=b_out.dtype)
-    full_b[idx] = b_out
-    out["net.layers.0.weight"], out["net.out.weight"], out["net.out.bias"] = (
-        full_in, full_out, full_b)
-    return out
 
 
 @dataclass
@@ -101,8 +72,9 @@ class Coordinator:
 
         ``counts``: each site's (noisy per-code counts, their noise std, n_train). Their sum
         (noise std sqrt(sum std_k^2)) decides the modelled codes (noisy count above
-        ``KEEP_STD`` std) and the prevalences the output thresholds are matched to; both are
-        post-processing of the sites' Gaussian-mechanism releases."""
+        ``privacy.counts.KEEP_STD`` std) and their prevalences (the binary model's prior; the
+        per-code output thresholds of the edm parameterisation): post-processing of the
+        sites' Gaussian-mechanism releases."""
         if self.settings.resume and checkpoint.exists(self.ckpt_dir):
             ck = checkpoint.load(self.ckpt_dir)
             if ck.meta.get("vocab", {}).get("codes") != vocab.get("codes"):
@@ -136,7 +108,10 @@ class Coordinator:
         cfg = self.settings.model_config()
         torch.manual_seed(self.settings.seed)
         n_model = len(self.kept) if self.kept is not None else len(vocab["codes"])
-        model = build_model(n_model, cfg.model)
+        prior = None
+        if self.kept is not None and self.prevalence is not None:
+            prior = np.asarray(self.prevalence)[self.kept]
+        model = build_model(n_model, cfg.model, prior)
         self.weights = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
         self.ema = {k: v.copy() for k, v in self.weights.items()}
         self.vocab = vocab
@@ -237,8 +212,8 @@ class Coordinator:
         """The global model (EMA weights) to OUT/model and OUT/synthetic.csv; returns the sample."""
         import torch
 
-        from common.model import Generator, OutputStep, build_model, fit_per_code_thresholds
-        from common.model.output import NEVER
+        from common.model import Generator, OutputStep, build_model
+        from common.model.central import calibrate_output_step
         from common.model.store import load_model, save_model
         from common.vocabulary import Vocabulary
 
@@ -248,27 +223,19 @@ class Coordinator:
         state = {k: torch.from_numpy(np.array(v)) for k, v in self.final_state().items()}
         step = OutputStep("threshold", cfg.model.threshold,
                           info={"source": "ModelConfig.threshold (fixed in advance)"})
-        if self.kept is not None:
-            kept = np.asarray(self.kept, dtype=np.int64)
-            small = build_model(len(kept), cfg.model)
-            small.load_state_dict(state)
-            if self.prevalence is not None:
-                sub = Vocabulary(tuple(codes[j] for j in kept), {}, "modelled")
-                cont = Generator(small, cfg.model, sub, step, torch.device("cpu")
-                                 ).sample_continuous(CALIBRATION_SAMPLES, seed=10_007)
-                thresholds = np.full(len(codes), NEVER)
-                thresholds[kept] = fit_per_code_thresholds(
-                    cont, np.asarray(self.prevalence)[kept])
-                step = OutputStep("per_code", thresholds=thresholds, info={
-                    "method": "per-code quantile of model output matched to prevalence",
-                    "prevalence_source": "sum of the sites' Gaussian-mechanism code counts",
-                    "codes_modelled": int(len(kept))})
-            state = expand_codes(state, kept, len(codes))
+        if (self.kept is not None and self.prevalence is not None
+                and cfg.model.output_kind() == "per_code"):
+            model = build_model(len(self.kept), cfg.model)
+            model.load_state_dict(state)
+            gen = Generator(model, cfg.model, vocab, step, "cpu", modelled=self.kept)
+            step = calibrate_output_step(
+                gen, np.asarray(self.prevalence), n=CALIBRATION_SAMPLES,
+                source="sum of the sites' Gaussian-mechanism code counts")
         model_dir = self.out / "model"
         save_model(model_dir, state, cfg.model, vocab, extra={
             "federated": True, "run_id": self.settings.run_id,
             "rounds": self.next_round - 1, "privacy": "see ../privacy.json"},
-            output_step=step)
+            output_step=step, modelled=self.kept)
         synth = load_model(model_dir, device="cpu").sample(self.settings.samples,
                                                            seed=self.settings.seed)
         from common.data import write_matrix

@@ -13,8 +13,9 @@ import client.private_train as pt
 from common.config import Config, ModelConfig
 from common.data import demo_cohort
 from common.errors import BudgetExceeded
-from common.model import build_model, load_model
+from common.model import load_model
 from privacy.accountant import Mechanism, epsilon
+from privacy.counts import private_counts
 from privacy.ledger import Ledger
 
 
@@ -45,9 +46,13 @@ def test_private_training_end_to_end(tmp_path: Path, monkeypatch) -> None:
     gen = load_model(out)
     S = gen.sample(300, seed=0)
     assert S.shape == (300, len(matrix.vocab)) and S.sum() > 0
-    modelled = (gen.output_step.thresholds < 1e29).sum()
-    assert 0 < modelled < len(matrix.vocab)  # unseen codes are never emitted
-    assert S[:, gen.output_step.thresholds >= 1e29].sum() == 0
+    assert gen.modelled is not None and 0 < len(gen.modelled) < len(matrix.vocab)
+    unmodelled = np.setdiff1d(np.arange(len(matrix.vocab)), gen.modelled)
+    assert S[:, unmodelled].sum() == 0  # codes below the private-count threshold never appear
+    # the binary model's prior is the private prevalence of the modelled codes, not the data's
+    prior = torch.sigmoid(gen.model.prior_logit).numpy()
+    true = matrix.X[:, gen.modelled].mean(axis=0)
+    assert not np.allclose(prior, true) and np.corrcoef(prior, true)[0, 1] > 0.9
     # the ledger persists: the same target again is refused rather than silently re-spent
     with pytest.raises(BudgetExceeded):
         pt.train_centralized_private(matrix, _config(), out, progress=False)
@@ -57,22 +62,9 @@ def test_private_counts_sensitivity_and_noise() -> None:
     X = np.zeros((5, 40), dtype=np.uint8)
     X[0, :36] = 1  # 36 codes: L2 norm 6, scaled to the clip 4
     X[1:, 3] = 1
-    exact = pt.private_counts(X, clip=4.0, noise_multiplier=1e-9, rng=np.random.default_rng(0))
+    exact = private_counts(X, clip=4.0, noise_multiplier=1e-9, rng=np.random.default_rng(0))
     assert exact[3] == pytest.approx(4 + 4 / 6)
-    assert np.linalg.norm(pt.private_counts(X[:1], 4.0, 1e-9, np.random.default_rng(0))) == (
+    assert np.linalg.norm(private_counts(X[:1], 4.0, 1e-9, np.random.default_rng(0))) == (
         pytest.approx(4.0))
-    noisy = [pt.private_counts(X, 4.0, 2.0, np.random.default_rng(s))[39] for s in range(400)]
+    noisy = [private_counts(X, 4.0, 2.0, np.random.default_rng(s))[39] for s in range(400)]
     assert np.std(noisy) == pytest.approx(8.0, rel=0.1)
-
-
-def test_expand_codes_is_exact_on_modelled_codes() -> None:
-    cfg = ModelConfig(hidden=(16, 16), time_dim=8)
-    torch.manual_seed(0)
-    small = build_model(3, cfg)
-    kept = np.array([1, 4, 6])
-    big = build_model(8, cfg)
-    big.load_state_dict(pt.expand_codes(small.state_dict(), kept, 8))
-    x = torch.randn(5, 8)
-    sigma = torch.full((5, 1), 0.7)
-    with torch.no_grad():
-        assert torch.allclose(big(x, sigma)[:, kept], small(x[:, kept], sigma), atol=1e-6)

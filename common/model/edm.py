@@ -59,8 +59,17 @@ class EDMPrecond(nn.Module):
         while sigma.dim() < x.dim():
             sigma = sigma.unsqueeze(-1)
         c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.sigma_data)
-        f = self.net(c_in * x, c_noise)
+        f = run_net(self.net, c_in * x, c_noise)
         return c_skip * x + c_out * f
+
+
+def run_net(net: nn.Module, x_in: Tensor, c_noise: Tensor) -> Tensor:
+    """net(x_in, c_noise) in the net's own dtype (a bfloat16 copy samples faster on some CPUs),
+    the result in the caller's dtype."""
+    dt = next(net.parameters()).dtype
+    if dt == x_in.dtype:
+        return net(x_in, c_noise)
+    return net(x_in.to(dt), c_noise.to(dt)).to(x_in.dtype)
 
 
 def per_example_loss(
@@ -71,7 +80,12 @@ def per_example_loss(
     Returns a tensor of shape (batch,). With multiplicity K the model sees one (batch, K, n_codes)
     input, so every draw of an example stays in that example's row (the per-example gradient that
     DP-SGD clips is the gradient of the K-averaged loss, DPDM / EHRDiff's noise multiplicity).
+    With ``cfg.parameterization == "binary"`` it is ``common.model.binary.per_example_bce``.
     """
+    if cfg.parameterization == "binary":
+        from common.model.binary import per_example_bce
+
+        return per_example_bce(model, x, cfg, multiplicity)
     b, d = x.shape
     k = int(multiplicity)
     x0 = x.unsqueeze(1).expand(b, k, d)

@@ -3,8 +3,12 @@
 A model directory holds:
 
 - ``model.pt``: the EDM model's ``state_dict`` (EMA weights), loaded with ``weights_only=True``;
-- ``config.json``: ``{"format": "fedsynth-edm/1", "n_codes": D, "model": ModelConfig fields,
-  "extra": {...}}`` (``extra``: training report, privacy figures, anything the trainer adds);
+- ``config.json``: ``{"format": "fedsynth-edm/2", "n_codes": D, "codes_modelled": [j, ...] or
+  null, "model": ModelConfig fields, "extra": {...}}``. ``codes_modelled``: the vocabulary
+  columns the network models (sorted indices; null = all D); the other codes are never
+  emitted. The non-private trainer models the codes seen in training, a private one the codes
+  whose private count clears its threshold. ``extra``: training report, privacy figures, ...
+  Format 1 (no ``codes_modelled``; EHRDiff's parameterisation) still loads;
 - ``vocabulary.json``: the code vocabulary (column order of every sample);
 - ``output_step.json``: how continuous samples become 0/1 codes (see ``common.model.output``):
   ``{"kind": "threshold", "threshold": t}`` or ``{"kind": "per_code", "thresholds": [...]}``
@@ -31,7 +35,6 @@ from common.atomic import atomic_path, write_json
 from common.config import Config, ModelConfig
 from common.device import resolve_device
 from common.errors import InputError
-from common.model.edm import preconditioning
 from common.model.ema import EMA, _unwrap
 from common.model.output import OutputStep
 from common.model.sampler import edm_sigmas, heun_sample
@@ -40,7 +43,8 @@ from common.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
-FORMAT = "fedsynth-edm/1"
+FORMAT = "fedsynth-edm/2"
+READABLE = ("fedsynth-edm/1", FORMAT)
 WEIGHTS = "model.pt"
 CONFIG = "config.json"
 VOCAB = "vocabulary.json"
@@ -55,8 +59,11 @@ def save_model(
     vocab: Vocabulary,
     extra: dict[str, Any] | None = None,
     output_step: OutputStep | None = None,
+    modelled: np.ndarray | list[int] | None = None,
 ) -> Path:
-    """Write weights, config, vocabulary (and the output step when given) into ``directory``."""
+    """Write weights, config, vocabulary (and the output step when given) into ``directory``.
+
+    ``modelled``: the vocabulary columns the network's codes are (None: all of them)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model_or_state, EMA):
@@ -66,12 +73,16 @@ def save_model(
     else:
         state = model_or_state
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    n_codes = int(state["net.out.weight"].shape[0])
-    if n_codes != len(vocab):
-        raise ValueError(f"model has {n_codes} codes, vocabulary {len(vocab)}")
+    n_net = int(state["net.out.weight"].shape[0])
+    cols = None if modelled is None else [int(j) for j in modelled]
+    if cols is not None:
+        _check_modelled(cols, len(vocab), "modelled")
+    if n_net != (len(vocab) if cols is None else len(cols)):
+        raise ValueError(f"model has {n_net} codes, vocabulary {len(vocab)}, "
+                         f"modelled {'all' if cols is None else len(cols)}")
     with atomic_path(out / WEIGHTS) as tmp:
         torch.save(state, tmp)
-    write_json(out / CONFIG, {"format": FORMAT, "n_codes": n_codes,
+    write_json(out / CONFIG, {"format": FORMAT, "n_codes": len(vocab), "codes_modelled": cols,
                               "model": dataclasses.asdict(cfg), "extra": extra or {}})
     vocab.save(out / VOCAB)
     if output_step is not None:
@@ -100,17 +111,23 @@ def load_model(directory: str | Path, device: str = "auto") -> Generator:
     if not d.is_dir():
         raise InputError(d, "model directory not found")
     conf = _read_json(d / CONFIG)
-    if not isinstance(conf, dict) or conf.get("format") != FORMAT:
+    if not isinstance(conf, dict) or conf.get("format") not in READABLE:
         raise InputError(d / CONFIG, f"not a {FORMAT} model config")
     try:  # a damaged or hostile config is an input error, never a crash or a huge allocation
         fields = {f.name for f in dataclasses.fields(ModelConfig)}
         mc = {k: v for k, v in conf["model"].items() if k in fields}
+        mc.setdefault("parameterization", "edm")  # format 1 predates the binary model
         if "hidden" in mc:
             mc["hidden"] = tuple(int(h) for h in mc["hidden"])
         cfg = Config.from_dict({"model": mc}, source=d / CONFIG).model
         n_codes = int(conf["n_codes"])
+        modelled = conf.get("codes_modelled")
+        if modelled is not None:
+            modelled = [int(j) for j in modelled]
+            _check_modelled(modelled, n_codes, d / CONFIG)
+        n_net = n_codes if modelled is None else len(modelled)
         with torch.device("meta"):  # shapes only: no memory, whatever the config claims
-            shapes = {k: tuple(v.shape) for k, v in build_model(n_codes, cfg).state_dict().items()}
+            shapes = {k: tuple(v.shape) for k, v in build_model(n_net, cfg).state_dict().items()}
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - KeyError, TypeError, ValueError, AttributeError...
@@ -128,7 +145,7 @@ def load_model(directory: str | Path, device: str = "auto") -> Generator:
         k: tuple(getattr(v, "shape", ())) for k, v in state.items()
     } != shapes or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(d / WEIGHTS, "weights do not match config.json (tensor names/shapes)")
-    model = build_model(n_codes, cfg)
+    model = build_model(n_net, cfg)
     model.load_state_dict(state)
     if (d / OUTPUT).exists():
         try:
@@ -141,7 +158,17 @@ def load_model(directory: str | Path, device: str = "auto") -> Generator:
             raise InputError(d / OUTPUT, f"invalid output step ({type(err).__name__})") from None
     else:
         step = OutputStep("threshold", cfg.threshold, info={"source": "ModelConfig.threshold"})
-    return Generator(model, cfg, vocab, step, resolve_device(device), conf.get("extra", {}))
+    return Generator(model, cfg, vocab, step, resolve_device(device), conf.get("extra", {}),
+                     modelled)
+
+
+def _check_modelled(cols: list[int], n_codes: int, source: object) -> None:
+    """Sorted, distinct, in-range column indices, at least one."""
+    ok = len(cols) >= 1 and all(0 <= a < b for a, b in zip(cols, cols[1:], strict=False)) \
+        and cols[0] >= 0 and cols[-1] < n_codes
+    if not ok:
+        raise InputError(source,
+                         f"codes_modelled must be sorted distinct indices in [0, {n_codes})")
 
 
 class Generator:
@@ -149,16 +176,22 @@ class Generator:
 
     def __init__(self, model: nn.Module, cfg: ModelConfig, vocab: Vocabulary,
                  output_step: OutputStep, device: torch.device | str = "cpu",
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None,
+                 modelled: np.ndarray | list[int] | None = None) -> None:
         self.device = torch.device(device)
         self.model = _unwrap(model).to(self.device).eval()
         self.cfg, self.vocab, self.output_step = cfg, vocab, output_step
         self.extra = extra or {}
+        self.modelled = None if modelled is None else np.asarray(modelled, dtype=np.int64)
         self._denoise: Any = None
 
     @property
     def n_codes(self) -> int:
         return len(self.vocab)
+
+    @property
+    def n_modelled(self) -> int:
+        return self.n_codes if self.modelled is None else len(self.modelled)
 
     def denoiser(self) -> Any:
         """D(x; sigma) for the sampler. On CPUs with fast bfloat16 matrix units (picked by a
@@ -167,24 +200,20 @@ class Generator:
         if self._denoise is None:
             self._denoise = self.model
             if _use_bf16(self.cfg.sample_precision, self.device, self.cfg.hidden[0]):
-                net = copy.deepcopy(self.model.net).to(torch.bfloat16)
-                sd = self.model.sigma_data
-
-                def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-                    c_skip, c_out, c_in, c_noise = preconditioning(sigma, sd)
-                    f = net((c_in * x).to(torch.bfloat16), c_noise.to(torch.bfloat16))
-                    return c_skip * x + c_out * f.float()
-
-                self._denoise = denoise
+                fast = copy.deepcopy(self.model)
+                fast.net.to(torch.bfloat16)  # the wrapper casts the net's input and output
+                self._denoise = fast
         return self._denoise
 
     def sample_continuous(self, n: int, seed: int = 0, batch: int = 1000,
                           steps: int | None = None, progress: bool = False) -> np.ndarray:
-        """(n, n_codes) float32 sampler outputs before the output step; batch-size independent
-        for a given seed (each batch draws its noise from its own seeded generator)."""
+        """(n, n_codes) float32 sampler outputs before the output step (0 in the columns that are
+        not modelled); batch-size independent for a given seed (each batch draws its noise from
+        its own seeded generator)."""
         steps = int(steps or self.cfg.sample_steps)
         sigmas = edm_sigmas(steps, self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.rho)
-        out = np.empty((n, self.n_codes), dtype=np.float32)
+        cols = self.modelled
+        out = np.zeros((n, self.n_codes), dtype=np.float32)
         chunk = NOISE_CHUNK  # noise is drawn per chunk, so results don't depend on ``batch``
         batch = max(chunk, int(batch) // chunk * chunk)
         with ProgressBar(progress, n, "sampling") as advance, torch.inference_mode():
@@ -193,13 +222,17 @@ class Generator:
                 z = torch.cat([self._noise(seed, c, min(stop, c + chunk) - c)
                                for c in range(start, stop, chunk)])
                 x = heun_sample(self.denoiser(), z.to(self.device), sigmas)
-                out[start:stop] = x.float().cpu().numpy()
+                x = x.float().cpu().numpy()
+                if cols is None:
+                    out[start:stop] = x
+                else:
+                    out[start:stop, cols] = x
                 advance(stop - start)
         return out
 
     def _noise(self, seed: int, chunk_start: int, rows: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + chunk_start)
-        return torch.randn(rows, self.n_codes, generator=g)
+        return torch.randn(rows, self.n_modelled, generator=g)
 
     def sample(
         self, n: int, seed: int = 0, batch: int = 1000, progress: bool = False

@@ -18,6 +18,7 @@ from torch import nn
 
 from common.config import ModelConfig, TrainConfig
 from common.device import resolve_device
+from common.model.binary import BinaryPosterior, prior_logit
 from common.model.denoiser import MLPDenoiser
 from common.model.edm import EDMPrecond, per_example_loss
 from common.model.ema import EMA
@@ -25,9 +26,15 @@ from common.model.ema import EMA
 log = logging.getLogger(__name__)
 
 
-def build_model(n_codes: int, cfg: ModelConfig) -> EDMPrecond:
-    """The preconditioned EDM wrapper around the MLP denoiser; forward(x, sigma) -> D(x; sigma)."""
-    return EDMPrecond(MLPDenoiser(n_codes, tuple(cfg.hidden), cfg.time_dim), cfg.sigma_data)
+def build_model(n_codes: int, cfg: ModelConfig,
+                prevalence: np.ndarray | None = None) -> nn.Module:
+    """The denoiser D(x; sigma) around the MLP: ``BinaryPosterior`` (``cfg.parameterization``
+    "binary"; ``prevalence`` sets its prior, see ``common.model.binary``) or EHRDiff's
+    ``EDMPrecond`` ("edm"; ``prevalence`` unused)."""
+    net = MLPDenoiser(n_codes, tuple(cfg.hidden), cfg.time_dim)
+    if cfg.parameterization == "binary":
+        return BinaryPosterior(net, prior_logit(prevalence, n_codes))
+    return EDMPrecond(net, cfg.sigma_data)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -80,14 +87,15 @@ def train_model(
     train_cfg: TrainConfig,
     progress: bool = True,
 ) -> TrainResult:
-    """Train the EDM model on the binary matrix ``X`` (n, n_codes) without privacy."""
+    """Train the EDM model on the binary matrix ``X`` (n, n_codes) without privacy (the binary
+    parameterisation's prior is the training prevalence)."""
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
     device = resolve_device(train_cfg.device)
     torch.manual_seed(train_cfg.seed)
     gen = torch.Generator().manual_seed(train_cfg.seed)
     Xt = torch.as_tensor(np.asarray(X), dtype=torch.float32, device=device)
-    model = build_model(Xt.shape[1], model_cfg).to(device)
+    model = build_model(Xt.shape[1], model_cfg, np.asarray(X).mean(axis=0)).to(device)
     ema = EMA(model, train_cfg.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     steps_per_epoch = math.ceil(Xt.shape[0] / train_cfg.batch_size)
