@@ -155,16 +155,37 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    """The site's fidelity figures on its held-out patients; with a model in the message (the
+    coordinator's ``--audit``), also the site's privacy audit of it (aggregates only)."""
     _threads()
     cfg = site_config(context)
     data = load_data(cfg)
-    synth = msg.content["synthetic"]["X"].numpy()
-    figures = evaluate_site(synth.astype(np.uint8), data, seed=cfg.seed)
+    synth = msg.content["synthetic"]["X"].numpy().astype(np.uint8)
+    figures = evaluate_site(synth, data, seed=cfg.seed)
     numbers = {k: float(v) for k, v in figures.items() if isinstance(v, int | float)}
     text = {k: str(v) for k, v in figures.items() if not isinstance(v, int | float)}
-    content = RecordDict({"metrics": MetricRecord(numbers),
-                          "site": ConfigRecord({"site": cfg.site, **text})})
+    site = {"site": cfg.site, **text}
+    if "model" in msg.content:
+        site["audit"] = json.dumps(_audit(msg, cfg, data, synth))
+    content = RecordDict({"metrics": MetricRecord(numbers), "site": ConfigRecord(site)})
     return Message(content=content, reply_to=msg)
+
+
+def _audit(msg: Message, cfg: SiteConfig, data: SiteData, synth: np.ndarray) -> dict[str, Any]:
+    from client.site_training import audit_at_site
+    from common.model.store import assemble
+    from privacy.ledger import Ledger
+
+    info = msg.content["model_info"]
+    plan = SitePlan.from_json(str(info["plan"]))
+    state = dict(msg.content["model"].to_torch_state_dict())
+    gen = assemble(json.loads(str(info["config"])), state,
+                   json.loads(str(info["output_step"])), data.vocab, "cpu",
+                   sources=("coordinator's model", data.vocab.name, "coordinator's weights",
+                            "coordinator's output step"))
+    budget = cfg.epsilon_budget if cfg.epsilon_budget > 0 else plan.target_epsilon
+    ledger = Ledger.open(cfg.state_dir, cfg.site)
+    return audit_at_site(gen, synth, data, plan, ledger, budget)
 
 
 def _array_record(state: dict[str, np.ndarray]) -> ArrayRecord:

@@ -34,7 +34,7 @@ from common.config import Config
 from common.data import CodeMatrix
 from common.errors import BudgetExceeded, InputError
 from common.model import Generator, OutputStep, build_model, save_model
-from common.model.central import calibrate_output_step
+from common.model.calibrate import calibrate
 from privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
 from privacy.counts import KEEP_STD, keep_codes, private_counts
 from privacy.ledger import Ledger, LedgerCorrupted
@@ -42,7 +42,7 @@ from privacy.ledger import Ledger, LedgerCorrupted
 log = logging.getLogger(__name__)
 
 SITE = "central"
-CALIBRATION_SAMPLES = 10000
+CALIBRATION_SAMPLES = 20000
 
 
 @dataclasses.dataclass
@@ -126,7 +126,7 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
         log.info("private counts: %d of %d codes modelled", len(kept), n_codes)
 
     # 2. DP-SGD on those columns (the binary model's prior: the private prevalence)
-    model_cfg = dataclasses.replace(config.model, hidden=tuple(pc.hidden))
+    model_cfg = config.private_model()
     train_cfg = dataclasses.replace(config.train, lr=pc.lr, ema_decay=pc.ema_decay)
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
@@ -142,16 +142,17 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
     ledger.record(res.mechanism, run_id=_run_id(), round=1, note="DP-SGD")
     train_seconds = time.perf_counter() - t0
 
-    # 3. the output step: fixed in advance, or (per_code) matched to the private prevalence
+    # 3. calibration to the private prevalence (post-processing; none without counts)
     gen_model = build_model(len(kept), model_cfg)
     gen_model.load_state_dict({k: v.cpu() for k, v in res.ema_state.items()})
-    step = OutputStep("threshold", model_cfg.threshold,
-                      info={"source": "ModelConfig.threshold (fixed in advance)"})
-    if prevalence is not None and model_cfg.output_kind() == "per_code":
-        gen = Generator(gen_model, model_cfg, matrix.vocab, step, device, modelled=kept)
-        step = calibrate_output_step(
-            gen, prevalence, n=CALIBRATION_SAMPLES,
-            source="Gaussian-mechanism code counts (in privacy.json)")
+    gen = Generator(gen_model, model_cfg, matrix.vocab,
+                    OutputStep("threshold", model_cfg.threshold,
+                               info={"source": "ModelConfig.threshold (fixed in advance)"}),
+                    device, modelled=kept)
+    if prevalence is not None:
+        calibrate(gen, prevalence, "Gaussian-mechanism code counts (in privacy.json)",
+                  n=CALIBRATION_SAMPLES)
+    step = gen.output_step
     report = ledger.report(plan.delta, pc.epsilon, pc.accountant)
     report.update({
         "n_patients": n,

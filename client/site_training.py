@@ -70,6 +70,17 @@ class SiteData:
     train: np.ndarray  # uint8 (n_train, V): the only rows DP-SGD ever sees
     holdout: np.ndarray  # uint8 (n_holdout, V): evaluation and audits only
     vocab: Any  # common.vocabulary.Vocabulary
+    # audit canaries of a simulated site (privacy.audit.canaries.insert_canaries): the included
+    # ones are the last rows of ``train``; the site's real patients are the rows before them
+    canaries: np.ndarray | None = None
+    included: np.ndarray | None = None
+
+    @property
+    def members(self) -> np.ndarray:
+        """The real patients trained on (``train`` without the audit canaries)."""
+        if self.included is None:
+            return self.train
+        return self.train[: len(self.train) - int(np.sum(self.included))]
 
 
 @dataclass
@@ -94,11 +105,16 @@ def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: 
 
         try:
             with np.load(path, allow_pickle=False) as data:
-                train, hold = data["train"], data["holdout"]
+                train, hold = data["train"].astype(np.uint8), data["holdout"].astype(np.uint8)
                 vocab = Vocabulary.from_dict(json.loads(str(data["vocab"])), source=path)
+                canaries = included = None
+                if "canaries" in data:
+                    canaries = data["canaries"].astype(np.uint8)
+                    included = data["included"].astype(bool)
+                    train = np.vstack([train, canaries[included]])
         except (OSError, KeyError, ValueError) as err:
             raise InputError(path, f"not a simulated site file ({err})") from None
-        return SiteData(site, train.astype(np.uint8), hold.astype(np.uint8), vocab)
+        return SiteData(site, train, hold, vocab, canaries, included)
     from common.data import load_codes, split_holdout
 
     matrix = load_codes(path, fmt)
@@ -201,7 +217,7 @@ def run_site_round(
     cfg = plan.config
     train_cfg = dataclasses.replace(
         cfg.train, ema_decay=_ema_decay(plan, mech.steps),
-        lr=cfg.federation.lr if cfg.federation.lr > 0 else cfg.train.lr,
+        lr=cfg.federation.lr if cfg.federation.lr > 0 else cfg.privacy.lr,
         seed=_round_seed(cfg.train.seed, data.site, plan.run_id, plan.round))
     dev = resolve_device(device)
     torch.manual_seed(train_cfg.seed)
@@ -312,7 +328,7 @@ def evaluate_site(synthetic: np.ndarray, data: SiteData, seed: int = 0) -> dict[
         return {"site": data.site, "n_holdout": int(data.holdout.shape[0]),
                 "skipped": "fewer than 10 held-out patients"}
     try:
-        out = fidelity(data.holdout, synthetic, real_train=data.train, seed=seed)
+        out = fidelity(data.holdout, synthetic, real_train=data.members, seed=seed)
     except ValueError as err:  # e.g. too few patients for a metric's classifier
         log.warning("site %s: evaluation failed: %s", data.site, err)
         return {"site": data.site, "n_holdout": int(data.holdout.shape[0]),
@@ -320,3 +336,17 @@ def evaluate_site(synthetic: np.ndarray, data: SiteData, seed: int = 0) -> dict[
     flat = {k: v for k, v in out.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     flat.update(site=data.site, n_holdout=int(data.holdout.shape[0]))
     return flat
+
+
+def audit_at_site(generator: Any, synthetic: np.ndarray, data: SiteData, plan: SitePlan,
+                  ledger: Any, budget: float) -> dict[str, Any]:
+    """The privacy audit of the released generator against this site's own members and
+    held-out patients (and its canaries, in simulation), next to the site's own accountant
+    epsilon from its ledger: ``privacy.audit.run.audit_site``. Aggregate figures only."""
+    from privacy.audit.run import audit_site
+
+    delta = site_delta(int(data.train.shape[0]), plan)
+    report = ledger.report(delta, budget, plan.config.privacy.accountant)
+    return audit_site(generator, data.members, data.holdout, synth=synthetic,
+                      canaries=data.canaries, included=data.included, privacy=report,
+                      site=data.site)

@@ -223,9 +223,18 @@ def evaluate_sites(grid: Grid, coord: Coordinator, synth: np.ndarray) -> None:
     sample = ArrayRecord(numpy_ndarrays=[np.ascontiguousarray(synth, dtype=np.uint8)])
     record = ArrayRecord()
     record["X"] = next(iter(sample.values()))
-    msgs = [_message(grid, n, "evaluate", RecordDict({"synthetic": record}), s.round_timeout)
-            for n in nodes]
+    content: dict[str, Any] = {"synthetic": record}
+    if s.audit:  # the sites audit the released model itself (white-box parts need the weights)
+        from common.model.store import model_parts
+
+        conf, state, step = model_parts(coord.generator)
+        content["model"] = ArrayRecord(torch_state_dict=state)
+        content["model_info"] = ConfigRecord({
+            "config": json.dumps(conf), "output_step": json.dumps(step),
+            "plan": coord.plan(s.rounds)})
+    msgs = [_message(grid, n, "evaluate", RecordDict(content), s.round_timeout) for n in nodes]
     per_site: dict[str, dict[str, Any]] = {}
+    audits: dict[str, dict[str, Any]] = {}
     for r in exchange(grid, msgs, s.round_timeout):
         if r.has_error():
             log.warning("evaluation failed at node %s: %s", r.metadata.src_node_id,
@@ -233,6 +242,17 @@ def evaluate_sites(grid: Grid, coord: Coordinator, synth: np.ndarray) -> None:
             continue
         site = str(r.content["site"]["site"])
         figures: dict[str, Any] = {k: float(v) for k, v in r.content["metrics"].items()}
-        figures.update({k: str(v) for k, v in r.content["site"].items() if k != "site"})
+        figures.update({k: str(v) for k, v in r.content["site"].items()
+                        if k not in ("site", "audit")})
         per_site[site] = figures
+        if "audit" in r.content["site"]:
+            try:
+                audits[site] = json.loads(str(r.content["site"]["audit"]))
+            except ValueError as err:
+                log.warning("site %s sent an unreadable audit: %s", site, err)
     coord.write_evaluation(dict(sorted(per_site.items())))
+    if s.audit:
+        if audits:
+            coord.write_audit(audits)
+        else:
+            log.warning("no site returned an audit")

@@ -80,7 +80,7 @@ def tls_args(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
-    from server.launch import Launch, launch, summary
+    from server.launch import Launch, audit_status, launch, summary
 
     if args.resume is not None:
         out = args.resume
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if status.get("status") != "completed":
         print(f"run failed: {status.get('detail', '')}", file=sys.stderr)
         return 1
-    return 0
+    return audit_status(out) if settings.audit else 0
 
 
 if __name__ == "__main__":

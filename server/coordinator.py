@@ -34,7 +34,7 @@ RELEASE_ASSUMPTION = (
 )
 
 
-CALIBRATION_SAMPLES = 10_000
+CALIBRATION_SAMPLES = 20_000
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Coordinator:
     kept: list[int] | None = None
     prevalence: list[float] | None = None
     site_counts: list[tuple[np.ndarray, float, int]] = field(default_factory=list)
+    generator: Any = None  # the released model, once written (common.model.store.Generator)
 
     def __post_init__(self) -> None:
         self.out = Path(self.settings.out_dir)
@@ -213,7 +214,7 @@ class Coordinator:
         import torch
 
         from common.model import Generator, OutputStep, build_model
-        from common.model.central import calibrate_output_step
+        from common.model.calibrate import calibrate
         from common.model.store import load_model, save_model
         from common.vocabulary import Vocabulary
 
@@ -221,23 +222,22 @@ class Coordinator:
         codes = tuple(self.vocab["codes"])
         vocab = Vocabulary(codes, name=str(self.vocab.get("name", "custom")))
         state = {k: torch.from_numpy(np.array(v)) for k, v in self.final_state().items()}
-        step = OutputStep("threshold", cfg.model.threshold,
-                          info={"source": "ModelConfig.threshold (fixed in advance)"})
-        if (self.kept is not None and self.prevalence is not None
-                and cfg.model.output_kind() == "per_code"):
-            model = build_model(len(self.kept), cfg.model)
-            model.load_state_dict(state)
-            gen = Generator(model, cfg.model, vocab, step, "cpu", modelled=self.kept)
-            step = calibrate_output_step(
-                gen, np.asarray(self.prevalence), n=CALIBRATION_SAMPLES,
-                source="sum of the sites' Gaussian-mechanism code counts")
+        model = build_model(len(self.kept) if self.kept is not None else len(codes), cfg.model)
+        model.load_state_dict(state)
+        gen = Generator(model, cfg.model, vocab, OutputStep(
+            "threshold", cfg.model.threshold,
+            info={"source": "ModelConfig.threshold (fixed in advance)"}), "cpu",
+            modelled=self.kept)
+        if self.prevalence is not None:  # post-processing of the sites' private counts
+            calibrate(gen, np.asarray(self.prevalence),
+                      "sum of the sites' Gaussian-mechanism code counts", n=CALIBRATION_SAMPLES)
         model_dir = self.out / "model"
-        save_model(model_dir, state, cfg.model, vocab, extra={
+        save_model(model_dir, gen.model, cfg.model, vocab, extra={
             "federated": True, "run_id": self.settings.run_id,
             "rounds": self.next_round - 1, "privacy": "see ../privacy.json"},
-            output_step=step, modelled=self.kept)
-        synth = load_model(model_dir, device="cpu").sample(self.settings.samples,
-                                                           seed=self.settings.seed)
+            output_step=gen.output_step, modelled=self.kept)
+        self.generator = load_model(model_dir, device="cpu")
+        synth = self.generator.sample(self.settings.samples, seed=self.settings.seed)
         from common.data import write_matrix
 
         write_matrix(self.out / "synthetic.csv", synth, vocab)
@@ -291,6 +291,17 @@ class Coordinator:
                "pooling": "mean over sites weighted by held-out patients"}
         write_json(self.out / "evaluation.json", doc)
         return doc
+
+    def write_audit(self, audits: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """audit.json + audit.html: the sites' own audits side by side with their accountant
+        epsilons and the release epsilon (``privacy.audit.merge_site_audits``)."""
+        from privacy.audit.run import merge_site_audits, write_audit
+
+        privacy = json.loads((self.out / "privacy.json").read_text(encoding="utf-8"))
+        audit = merge_site_audits(dict(sorted(audits.items())), privacy, self.rounds_log)
+        write_audit(self.out, audit)
+        log.info("audit of %d site(s): %s", len(audits), audit["verdict"]["headline"])
+        return audit
 
     def write_status(self, status: str, detail: str = "") -> None:
         write_json(self.out / "status.json", {"status": status, "detail": detail,

@@ -127,3 +127,14 @@ def summary(out: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return "\n".join(lines)
+
+
+def audit_status(out: Path) -> int:
+    """1 when OUT/audit.json says the audit refutes a site's accountant epsilon, else 0."""
+    path = out / "audit.json"
+    if not path.exists():
+        log.warning("--audit: no audit was written (no site answered the evaluation)")
+        return 1
+    verdict = json.loads(path.read_text(encoding="utf-8")).get("verdict", {})
+    log.info("audit written to %s: %s", out / "audit.html", verdict.get("headline", verdict))
+    return 1 if verdict.get("status") == "fail" else 0

@@ -29,22 +29,31 @@ def add_plan_args(p: argparse.ArgumentParser, default_rounds: int | None = None)
     g.add_argument("--config", type=Path, help="TOML with [model] [train] [privacy] [federation]")
     g.add_argument("--local-epochs", type=float,
                    help="expected passes over a site's data per round")
-    g.add_argument("--batch-size", type=int, help="expected Poisson batch size at a site")
-    g.add_argument("--lr", type=float, help="site learning rate")
+    g.add_argument("--batch-size", type=int,
+                   help="expected Poisson batch at every site (q_k = batch / n_k; default: "
+                        "the same sample rate q at every site, [federation] sample_rate)")
+    g.add_argument("--lr", type=float, help="site learning rate ([federation] lr)")
     g.add_argument("--strategy", choices=["fedavg", "fedavgm", "fedadam"])
     g.add_argument("--server-lr", type=float)
     g.add_argument("--server-momentum", type=float)
     g.add_argument("--holdout", type=float, help="share of each site's patients held out")
     g.add_argument("--seed", type=int, default=0)
-
+    g.add_argument("--audit", action="store_true",
+                   help="after training, every site audits the released model against its own "
+                        "members and held-out patients (membership, attribute disclosure, "
+                        "empirical epsilon lower bound) and sends back aggregate figures: "
+                        "OUT/audit.json + OUT/audit.html; exit 1 if the audit refutes the "
+                        "accountant")
 
 def build_config(args: argparse.Namespace) -> Config:
     cfg = Config.from_toml(args.config) if args.config else Config()
     fed, train = cfg.federation, cfg.train
     if args.rounds is not None:
         fed.rounds = args.rounds
+    if getattr(args, "batch_size", None) is not None:
+        fed.sample_rate = 0.0  # q_k = batch_size / n_k (client.site_training.sample_rate)
     for name, target, attr in [("local_epochs", fed, "local_epochs"),
-                               ("batch_size", train, "batch_size"), ("lr", train, "lr"),
+                               ("batch_size", train, "batch_size"), ("lr", fed, "lr"),
                                ("strategy", fed, "strategy"), ("server_lr", fed, "server_lr"),
                                ("server_momentum", fed, "server_momentum"),
                                ("holdout", fed, "holdout"), ("round_timeout", fed,
@@ -80,9 +89,9 @@ def _check(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def federated_config(cfg: Config) -> Config:
-    """The effective config of a federated DP run: the denoiser widths of the private path
-    (``[privacy] hidden``), as for centralized DP training."""
-    cfg.model.hidden = tuple(cfg.privacy.hidden)
+    """The effective config of a federated DP run: the model of the private path
+    (``Config.private_model``), as for centralized DP training."""
+    cfg.model = cfg.private_model()
     return cfg
 
 
@@ -93,5 +102,5 @@ def settings_from_args(args: argparse.Namespace, cfg: Config, out: Path, min_sit
         out_dir=str(out.resolve()), rounds=cfg.federation.rounds, min_sites=min_sites,
         epsilon=float(args.epsilon), delta=args.delta, samples=int(args.samples),
         round_timeout=float(cfg.federation.round_timeout), seed=int(args.seed), mode=mode,
-        config=config_dict(cfg),
+        config=config_dict(cfg), audit=bool(getattr(args, "audit", False)),
     )

@@ -41,6 +41,7 @@ class RunSettings:
     seed: int = 0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     mode: str = "deployment"  # deployment | simulation
+    audit: bool = False  # every site audits the released model (privacy.audit) at evaluation
     launch_id: str = ""  # new for every ehr-server/ehr-simulate start; echoed in status.json
     config: dict[str, Any] = field(default_factory=lambda: config_dict(Config()))
 
@@ -72,7 +73,7 @@ class RunSettings:
             return cls.load(run_file)
         run_id = uuid.uuid4().hex[:12]
         cfg = Config()
-        cfg.model.hidden = tuple(cfg.privacy.hidden)
+        cfg.model = cfg.private_model()
         cfg.federation.rounds = int(run_config.get("num-server-rounds", cfg.federation.rounds))
         root = Path(os.environ.get("FLWR_HOME", tempfile.gettempdir())) / "fedsynth-runs"
         return cls(out_dir=str(root / run_id), rounds=cfg.federation.rounds,

@@ -71,11 +71,14 @@ def load_cohort(data: str, seed: int) -> tuple[np.ndarray, Any]:
 
 
 def _generator(state: dict, cfg: ModelConfig, vocab: Any, public: np.ndarray) -> Generator:
-    """A Generator whose output threshold matches the codes per patient of *non-member* data
-    (public to the auditor; the members' statistics are not used)."""
+    """A Generator; EHRDiff's parameterisation gets an output threshold that matches the codes
+    per patient of *non-member* data (public to the auditor; the members' statistics are not
+    used), the binary one's output is already 0/1."""
     model = build_model(len(vocab), cfg)
     model.load_state_dict(state)
     gen = Generator(model, cfg, vocab, OutputStep("threshold", cfg.threshold))
+    if cfg.output_kind() == "threshold":
+        return gen
     cont = gen.sample_continuous(2000, seed=123)
     t = fit_scalar_threshold(cont, float(public.sum(axis=1).mean()))
     gen.output_step = OutputStep("threshold", t, info={"source": "non-member codes/patient"})

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from common.atomic import write_json
-from common.config import ModelConfig, PrivacyConfig
+from common.config import Config, ModelConfig, PrivacyConfig
 from common.errors import cli_errors
 from common.model import build_model, per_example_loss
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     pc = PrivacyConfig()
-    cfg = ModelConfig(hidden=tuple(pc.hidden))
+    cfg = Config().private_model()
     X = load_rows(args.data, args.format, args.rows, args.seed)
     n_params = sum(p.numel() for p in build_model(X.shape[1], cfg).parameters())
     results = []

@@ -452,11 +452,11 @@ def dp_speed(X: np.ndarray, full: bool) -> dict[str, Any]:
     """Examples/s of our model's training step: non-private vs Opacus DP-SGD with hooks,
     functorch and ghost clipping (``simulations.bench_dp_speed.time_mode``, the privacy
     engineer's measurement), same model (the DP defaults), data and batches, in one run."""
-    from common.config import ModelConfig, PrivacyConfig
+    from common.config import Config, PrivacyConfig
     from simulations.bench_dp_speed import MODES, time_mode
 
     pc = PrivacyConfig()
-    cfg = ModelConfig(hidden=tuple(pc.hidden))
+    cfg = Config().private_model()
     X = X[: 10_000 if full else 2_000]
     batch, steps = min(512, len(X)), (6 if full else 2)
     rows = [time_mode(mode, X, cfg, pc, batch, steps, seed=0) for mode in MODES]

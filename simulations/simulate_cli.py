@@ -39,8 +39,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-patients", type=int, default=1000,
                    help="patients per site of the demo cohort (default 1000)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--audit", action="store_true",
-                   help="run the privacy audit at every site after training")
+    p.add_argument("--canaries", type=int, default=None,
+                   help="with --audit: canary patients per site, each added to the site's "
+                        "training rows with probability 1/2 (default 200; 0: none)")
     p.add_argument("--no-progress", action="store_true")
     add_plan_args(p)
     return p
@@ -59,8 +60,10 @@ def load_cohort(args: argparse.Namespace) -> Any:
 
 
 def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
-                folder: Path) -> list[dict[str, int]]:
-    """``site<k>.npz`` per simulated site: its train and held-out rows and the vocabulary."""
+                folder: Path, canaries: int = 0) -> list[dict[str, int]]:
+    """``site<k>.npz`` per simulated site: its train and held-out rows, the vocabulary and,
+    with ``canaries`` > 0, the site's audit canaries (``privacy.audit.canaries.make_canaries``)
+    and which of them the site trains on (each with probability 1/2)."""
     from common.atomic import atomic_path
     from common.data import split_holdout
 
@@ -69,37 +72,21 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
     sizes = []
     for k, idx in enumerate(parts):
         train, hold = split_holdout(matrix.subset(idx), holdout, seed + k)
+        arrays = {"train": train.X, "holdout": hold.X, "vocab": np.array(vocab)}
+        if canaries > 0:
+            from privacy.audit.canaries import insert_canaries
+
+            _, arrays["canaries"], arrays["included"] = insert_canaries(
+                train.X, canaries, seed=seed + 1000 + k)
         with atomic_path(folder / f"site{k}.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, train=train.X, holdout=hold.X, vocab=np.array(vocab))
-        sizes.append({"train": int(train.X.shape[0]), "holdout": int(hold.X.shape[0])})
+            np.savez(fh, **arrays)
+        sizes.append({"train": int(train.X.shape[0]), "holdout": int(hold.X.shape[0]),
+                      "canaries_in": int(np.sum(arrays.get("included", 0)))})
     return sizes
 
 
-def run_audit(out: Path, n_sites: int) -> int:
-    """Each simulated site audits the released generator against its own members (trained on)
-    and held-out patients (privacy.audit.audit_federation): OUT/audit.json + OUT/audit.html.
-    Returns 1 when an empirical lower bound exceeds a site's accountant epsilon."""
-    try:
-        from privacy.audit import audit_federation, read_run_outputs
-    except ImportError:
-        log.warning("--audit: privacy.audit is not available in this version")
-        return 0
-    from common.model.store import load_model
-
-    gen = load_model(out / "model", device="cpu")
-    sites = {}
-    for k in range(n_sites):
-        with np.load(out / "sites" / f"site{k}.npz", allow_pickle=False) as d:
-            sites[f"site{k}"] = (d["train"], d["holdout"])
-    privacy, round_log = read_run_outputs(out)
-    audit = audit_federation(gen, sites, out_dir=out, privacy=privacy, round_log=round_log)
-    verdict = audit.get("verdict", {})
-    log.info("audit written to %s: %s", out / "audit.html", verdict.get("headline", verdict))
-    return 1 if verdict.get("status") == "fail" else 0
-
-
 def simulate(args: argparse.Namespace) -> int:
-    from server.launch import Launch, launch, summary
+    from server.launch import Launch, audit_status, launch, summary
     from simulations.partition import parse_partition, partition
 
     if args.sites < 1:
@@ -117,7 +104,13 @@ def simulate(args: argparse.Namespace) -> int:
         raise InputError(out, "holds an earlier run", "choose a new --out")
     matrix = load_cohort(args)
     parts = partition(matrix.X, args.sites, spec, matrix.covariates, seed=args.seed)
-    sizes = write_sites(matrix, parts, cfg.federation.holdout, args.seed, out / "sites")
+    n_canaries = 0
+    if args.audit:
+        n_canaries = 200 if args.canaries is None else args.canaries
+        if n_canaries < 0:
+            raise InputError("--canaries", f"must be at least 0 (got {n_canaries})")
+    sizes = write_sites(matrix, parts, cfg.federation.holdout, args.seed, out / "sites",
+                        n_canaries)
     log.info("%d sites: %s", args.sites, ", ".join(f"site{k} {s['train']}+{s['holdout']}"
                                                    for k, s in enumerate(sizes)))
     settings = settings_from_args(args, cfg, out, min_sites=args.sites, mode="simulation")
@@ -133,7 +126,7 @@ def simulate(args: argparse.Namespace) -> int:
                            federation_config=federation_config, progress=not args.no_progress))
     audit_rc = 0
     if status.get("status") == "completed" and args.audit:
-        audit_rc = run_audit(out, args.sites)
+        audit_rc = audit_status(out)
     print(summary(out))
     if status.get("status") != "completed":
         print(f"simulation failed: {status.get('detail', '')}; logs in {out / 'logs'}",

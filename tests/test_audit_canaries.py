@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from common.config import ModelConfig
 from common.model.train import build_model
 from privacy.audit.canaries import (
+    audit_sigmas,
     canary_audit,
     denoising_losses,
     insert_canaries,
@@ -79,7 +81,7 @@ def test_random_scores_never_refute_a_claim() -> None:
 @torch.no_grad()
 def test_denoising_loss_matches_the_edm_formula() -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(hidden=(16,), time_dim=8)
+    cfg = ModelConfig(hidden=(16,), time_dim=8, parameterization="edm")
     model = build_model(10, cfg)
     X = make_canaries(np.zeros((5, 10), dtype=np.uint8), 4, 3, seed=0)
     got = denoising_losses(model, X, sigmas=(0.1, 1.0), draws=3, seed=7)
@@ -93,6 +95,26 @@ def test_denoising_loss_matches_the_edm_formula() -> None:
                 total += float(((den - x[i]) ** 2).mean())
             weight = (s**2 + 0.14**2) / (s * 0.14) ** 2
             assert abs(got[i, j] - weight * total / 3) < 1e-4 * max(1.0, got[i, j])
+
+
+@torch.no_grad()
+def test_denoising_loss_of_the_binary_model_is_its_cross_entropy() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=(16,), time_dim=8)
+    model = build_model(10, cfg, np.full(10, 0.2))
+    torch.nn.init.normal_(model.net.out.weight, std=0.5)  # a network that says something
+    X = make_canaries(np.zeros((5, 10), dtype=np.uint8), 4, 3, seed=0)
+    got = denoising_losses(model, X, sigmas=None, draws=3, seed=7)
+    noise = torch.randn((3, 10), generator=torch.Generator().manual_seed(7))
+    x = torch.as_tensor(X, dtype=torch.float32)
+    for j, s in enumerate(audit_sigmas(model)):
+        for i in range(len(X)):
+            total = 0.0
+            for k in range(3):
+                p = model(x[i : i + 1] + s * noise[k : k + 1], torch.tensor([[s]]))[0]
+                # -sum_j [x log p + (1 - x) log (1 - p)], written out
+                total += float(-(x[i] * p.log() + (1 - x[i]) * (1 - p).log()).sum())
+            assert got[i, j] == pytest.approx(total / 3, rel=1e-4)
 
 
 def test_split_threshold_gdp_estimate_is_reported_apart_from_the_bound() -> None:

@@ -1,4 +1,6 @@
-"""ehr-simulate --audit's hook on a run folder shaped like ehr-server's outputs (no Flower)."""
+"""The federated audit's plain functions (no Flower): a site audits the released model against
+its own members, held-out patients and canaries, next to its own ledger's epsilon; the
+coordinator merges the sites' aggregate figures into audit.json + audit.html."""
 
 from __future__ import annotations
 
@@ -9,46 +11,68 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import ModelConfig
-from common.model.store import save_model
+from client.site_training import SiteData, SitePlan, audit_at_site
+from common.config import Config, ModelConfig
+from common.model.output import OutputStep
+from common.model.store import Generator, assemble, model_parts
 from common.model.train import build_model
 from common.vocabulary import Vocabulary
 from privacy.accountant import Mechanism
-from privacy.report import site_report
+from privacy.audit.canaries import insert_canaries
+from privacy.ledger import Ledger
+from server.coordinator import Coordinator
+from server.settings import RunSettings, config_dict
 
 V = 30
 
 
-def test_simulate_audit_hook_writes_json_and_html(tmp_path: Path) -> None:
-    simulate_cli = pytest.importorskip("simulations.simulate_cli")
-    if not hasattr(simulate_cli, "run_audit"):
-        pytest.skip("ehr-simulate has no audit hook")
+def _generator() -> Generator:
     torch.manual_seed(0)
-    cfg = ModelConfig(hidden=(16,), time_dim=8, sample_steps=4, threshold=0.2)
+    cfg = ModelConfig(hidden=(16,), time_dim=8, sample_steps=4)
     vocab = Vocabulary(codes=tuple(f"{200 + i}" for i in range(V)), name="test")
-    save_model(tmp_path / "model", build_model(V, cfg), cfg, vocab)
-    rng = np.random.default_rng(0)
-    (tmp_path / "sites").mkdir()
-    reports = {}
+    return Generator(build_model(V, cfg, np.full(V, 0.15)), cfg, vocab, OutputStep())
+
+
+def _site(name: str, seed: int) -> SiteData:
+    rng = np.random.default_rng(seed)
+    train = (rng.random((80, V)) < 0.15).astype(np.uint8)
+    hold = (rng.random((30, V)) < 0.15).astype(np.uint8)
+    with_canaries, canaries, included = insert_canaries(train, 20, seed=seed)
+    return SiteData(name, with_canaries, hold, None, canaries, included)
+
+
+def test_site_audit_and_coordinator_merge(tmp_path: Path) -> None:
+    gen = _generator()
+    # the model travels as its parts (what the evaluate message carries) and is rebuilt
+    conf, state, step = model_parts(gen)
+    rebuilt = assemble(json.loads(json.dumps(conf)), state, step, gen.vocab, "cpu")
+    synth = rebuilt.sample(100, seed=1)
+    assert np.array_equal(synth, gen.sample(100, seed=1))
+    cfg = Config()
+    plan = SitePlan(round=2, rounds=2, run_id="r", target_epsilon=3.0, config=cfg, delta=1e-3)
+    audits, reports = {}, {}
     for k in range(2):
-        train = (rng.random((60, V)) < 0.15).astype(np.uint8)
-        hold = (rng.random((20, V)) < 0.15).astype(np.uint8)
-        np.savez(tmp_path / "sites" / f"site{k}.npz", train=train, holdout=hold)
-        reports[f"site{k}"] = site_report(f"site{k}", [Mechanism(1.5, 0.1, 20 + k)] * 2, 1e-5,
-                                          cross_check=False)
-    eps = max(r["epsilon"] for r in reports.values())
-    (tmp_path / "privacy.json").write_text(json.dumps({"epsilon": eps, "delta": 1e-5,
-                                                       "sites": reports}))
-    rounds = [{"round": r, "epsilon_spent": {s: rep["epsilon"] * r / 2
-                                             for s, rep in reports.items()}} for r in (1, 2)]
-    (tmp_path / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
-    simulate_cli.run_audit(tmp_path, 2)
-    audit = json.loads((tmp_path / "audit.json").read_text())
-    assert set(audit["sites"]) == {"site0", "site1"}
-    assert audit["epsilon"] == pytest.approx(eps)
-    for name, site in audit["sites"].items():
-        assert site["epsilon"] == pytest.approx(reports[name]["epsilon"])
-        assert site["eps_lb"] is not None
-        assert {"membership", "attribute", "white_box"} <= set(site)
-    assert len(audit["epsilon_by_round"]["site1"]) == 2
-    assert (tmp_path / "audit.html").exists()
+        data = _site(f"site{k}", k)
+        assert len(data.members) == 80 and data.included is not None
+        ledger = Ledger.open(tmp_path / "state", data.site)
+        ledger.record(Mechanism(1.5, 0.1, 20 + k), "r", 1)
+        audit = audit_at_site(rebuilt, synth, data, plan, ledger, 3.0)
+        json.dumps(audit)  # aggregate figures only: it must serialise as it is sent
+        assert audit["n_members"] == 80 and audit["white_box"]["kind"] == "canaries"
+        reports[data.site] = ledger.report(1e-3, 3.0, "prv")
+        assert audit["epsilon"] == pytest.approx(reports[data.site]["epsilon"])
+        audits[data.site] = audit
+    coord = Coordinator(RunSettings(out_dir=str(tmp_path / "run"), rounds=2,
+                                    config=config_dict(cfg)))
+    coord.site_reports = reports
+    coord.rounds_log = [{"round": r, "epsilon_spent": {s: rep["epsilon"] * r / 2
+                                                       for s, rep in reports.items()}}
+                        for r in (1, 2)]
+    coord.write_privacy()
+    merged = coord.write_audit(audits)
+    saved = json.loads((tmp_path / "run" / "audit.json").read_text())
+    assert set(saved["sites"]) == {"site0", "site1"} == set(merged["sites"])
+    assert saved["epsilon"] == pytest.approx(max(r["epsilon"] for r in reports.values()))
+    assert len(saved["epsilon_by_round"]["site1"]) == 2
+    assert saved["verdict"]["status"] in ("pass", "fail")
+    assert (tmp_path / "run" / "audit.html").stat().st_size > 1000

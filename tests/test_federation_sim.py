@@ -28,7 +28,7 @@ def test_simulate_demo_two_sites(tmp_path: Path) -> None:
     out = tmp_path / "sim"
     res = _run([str(BIN / "ehr-simulate"), "--data", "demo", "--sites", "2", "--demo-patients",
                 "100", "--rounds", "2", "--config", str(cfg), "--samples", "150", "--out",
-                str(out), "--no-progress"], timeout=380)
+                str(out), "--no-progress", "--audit", "--canaries", "20"], timeout=380)
     assert res.returncode == 0, res.stderr[-3000:]
     rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
@@ -48,6 +48,16 @@ def test_simulate_demo_two_sites(tmp_path: Path) -> None:
     # held-out rows were never trained on: the site files keep them apart
     with np.load(out / "sites" / "site0.npz") as d:
         assert d["holdout"].shape[0] == 20 and d["train"].shape[0] == 80
+        assert d["canaries"].shape == (20, 2090)
+    # --audit: every site audited the released model itself (canaries, its own ledger's
+    # epsilon) and sent aggregates; the coordinator merged them
+    audit = json.loads((out / "audit.json").read_text())
+    assert set(audit["sites"]) == {"site0", "site1"}
+    for name, site in audit["sites"].items():
+        assert site["epsilon"] == pytest.approx(eps[name])
+        assert site["white_box"]["kind"] == "canaries" and site["n_members"] == 80
+    assert audit["verdict"]["status"] == "pass"
+    assert "<html" in (out / "audit.html").read_text()[:500].lower()
 
 
 @pytest.mark.parametrize("cmd, needle", [

@@ -18,7 +18,9 @@ for P(x0_j = 1 | x)), noise levels drawn as in EDM (ln s ~ N(P_mean, P_std^2)).
 
 ``prior_j`` = logit of code j's prevalence: the training prevalence for the non-private model,
 the private (noisy-count) prevalence under DP, a constant fixed in advance otherwise. It is a
-buffer (saved with the weights, identical at every site, never trained).
+buffer (saved with the weights, identical at every site, never trained). The network's last
+layer starts at zero, so an untrained (or noise-drowned DP) model is independent per-code
+sampling at the prior, and training adds the dependencies between codes.
 """
 
 from __future__ import annotations
@@ -59,13 +61,20 @@ class BinaryPosterior(nn.Module):
         super().__init__()
         self.net = net
         self.register_buffer("prior_logit", prior.detach().clone().float())
+        # added to the output log-odds only (not to the network's input): set after training by
+        # common.model.calibrate.calibrate_marginals, zero until then
+        self.register_buffer("logit_offset", torch.zeros_like(self.prior_logit))
+        out = getattr(net, "out", None)
+        if isinstance(out, nn.Linear):  # F = 0 at the start: independent codes at the prior
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
 
     def forward(self, x: Tensor, sigma: Tensor, logits: bool = False) -> Tensor:
         sigma = sigma.to(x.dtype)
         while sigma.dim() < x.dim():
             sigma = sigma.unsqueeze(-1)
         ev = self.prior_logit.to(x.dtype) + (x - 0.5) / sigma**2
-        out = ev + run_net(self.net, torch.sigmoid(ev), sigma.log() / 4.0)
+        out = ev + run_net(self.net, torch.sigmoid(ev), sigma.log() / 4.0) + self.logit_offset
         return out if logits else torch.sigmoid(out)
 
 

@@ -111,55 +111,82 @@ def load_model(directory: str | Path, device: str = "auto") -> Generator:
     if not d.is_dir():
         raise InputError(d, "model directory not found")
     conf = _read_json(d / CONFIG)
+
+    def weights() -> Any:
+        try:
+            return torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise InputError(d / WEIGHTS, "weights file not found") from None
+        except Exception as err:  # corrupted or foreign pickle
+            raise InputError(d / WEIGHTS, f"cannot load weights ({type(err).__name__})") from None
+
+    step = _read_json(d / OUTPUT) if (d / OUTPUT).exists() else None
+    return assemble(conf, weights, step, lambda: Vocabulary.load(d / VOCAB), device,
+                    sources=(d / CONFIG, d / VOCAB, d / WEIGHTS, d / OUTPUT))
+
+
+def model_parts(gen: Generator) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """(config.json document, state dict, output step document) of a Generator: what a model
+    directory holds besides the vocabulary; ``assemble`` turns them back into a Generator."""
+    conf = {"format": FORMAT, "n_codes": gen.n_codes,
+            "codes_modelled": None if gen.modelled is None else [int(j) for j in gen.modelled],
+            "model": dataclasses.asdict(gen.cfg), "extra": {}}
+    state = {k: v.detach().cpu().contiguous() for k, v in gen.model.state_dict().items()}
+    return conf, state, gen.output_step.to_dict()
+
+
+def assemble(conf: Any, state: Any, step_doc: Any, vocab: Any, device: str = "auto",
+             sources: tuple[object, object, object, object] = ("config", "vocabulary",
+                                                               "weights", "output step"),
+             ) -> Generator:
+    """A Generator from a model's parts, every part checked: a damaged or hostile config,
+    weights or output step is an ``InputError`` (naming ``sources``), never a crash, a huge
+    allocation or code execution. ``state`` and ``vocab`` may be callables (read after the
+    config is checked)."""
+    src_conf, src_vocab, src_weights, src_step = sources
     if not isinstance(conf, dict) or conf.get("format") not in READABLE:
-        raise InputError(d / CONFIG, f"not a {FORMAT} model config")
-    try:  # a damaged or hostile config is an input error, never a crash or a huge allocation
+        raise InputError(src_conf, f"not a {FORMAT} model config")
+    try:
         fields = {f.name for f in dataclasses.fields(ModelConfig)}
         mc = {k: v for k, v in conf["model"].items() if k in fields}
         mc.setdefault("parameterization", "edm")  # format 1 predates the binary model
         if "hidden" in mc:
             mc["hidden"] = tuple(int(h) for h in mc["hidden"])
-        cfg = Config.from_dict({"model": mc}, source=d / CONFIG).model
+        cfg = Config.from_dict({"model": mc}, source=src_conf).model
         n_codes = int(conf["n_codes"])
         modelled = conf.get("codes_modelled")
         if modelled is not None:
             modelled = [int(j) for j in modelled]
-            _check_modelled(modelled, n_codes, d / CONFIG)
+            _check_modelled(modelled, n_codes, src_conf)
         n_net = n_codes if modelled is None else len(modelled)
         with torch.device("meta"):  # shapes only: no memory, whatever the config claims
             shapes = {k: tuple(v.shape) for k, v in build_model(n_net, cfg).state_dict().items()}
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - KeyError, TypeError, ValueError, AttributeError...
-        raise InputError(d / CONFIG, f"invalid model config ({type(err).__name__})") from None
-    vocab = Vocabulary.load(d / VOCAB)
+        raise InputError(src_conf, f"invalid model config ({type(err).__name__})") from None
+    vocab = vocab() if callable(vocab) else vocab
     if len(vocab) != n_codes:
-        raise InputError(d / VOCAB, f"{len(vocab)} codes, but the model has {n_codes}")
-    try:
-        state = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(d / WEIGHTS, "weights file not found") from None
-    except Exception as err:  # corrupted or foreign pickle
-        raise InputError(d / WEIGHTS, f"cannot load weights ({type(err).__name__})") from None
+        raise InputError(src_vocab, f"{len(vocab)} codes, but the model has {n_codes}")
+    state = state() if callable(state) else state
     if not isinstance(state, dict) or {
         k: tuple(getattr(v, "shape", ())) for k, v in state.items()
     } != shapes or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(d / WEIGHTS, "weights do not match config.json (tensor names/shapes)")
+        raise InputError(src_weights, "weights do not match config.json (tensor names/shapes)")
     model = build_model(n_net, cfg)
     model.load_state_dict(state)
-    if (d / OUTPUT).exists():
+    if step_doc is not None:
         try:
-            step = OutputStep.from_dict(_read_json(d / OUTPUT))
+            step = OutputStep.from_dict(step_doc)
             if step.kind == "per_code" and len(step.thresholds) != n_codes:  # type: ignore[arg-type]
                 raise ValueError("one threshold per code expected")
-        except InputError:
-            raise
         except Exception as err:  # noqa: BLE001 - any malformed field
-            raise InputError(d / OUTPUT, f"invalid output step ({type(err).__name__})") from None
+            raise InputError(src_step, f"invalid output step ({type(err).__name__})") from None
     else:
         step = OutputStep("threshold", cfg.threshold, info={"source": "ModelConfig.threshold"})
-    return Generator(model, cfg, vocab, step, resolve_device(device), conf.get("extra", {}),
-                     modelled)
+    extra = conf.get("extra", {})
+    return Generator(model, cfg, vocab, step, resolve_device(device),
+                     extra if isinstance(extra, dict) else {}, modelled)
 
 
 def _check_modelled(cols: list[int], n_codes: int, source: object) -> None:
@@ -188,6 +215,10 @@ class Generator:
     @property
     def n_codes(self) -> int:
         return len(self.vocab)
+
+    def reset(self) -> None:
+        """Forget derived state (the bf16 copy) after the model's weights or buffers change."""
+        self._denoise = None
 
     @property
     def n_modelled(self) -> int:

@@ -2,9 +2,9 @@
 
 Protocol (Steinke, Nasr & Jagielski 2023, one training run): m canary patients with rare,
 distinct code patterns; each is added to a site's training rows independently with probability
-1/2 (``insert_canaries``). After training, every canary is scored by the model's EDM denoising
-loss at a few fixed noise levels with fixed noise draws (``score_canaries``; a lower loss means
-"included"). ``canary_audit`` turns scores into lower bounds on epsilon:
+1/2 (``insert_canaries``). After training, every canary is scored by the model's own denoising
+loss at a few fixed noise levels with fixed noise draws (``score_canaries``; a lower loss
+means "included"). ``canary_audit`` turns scores into lower bounds on epsilon:
 
 - one-run bound: guess "in" on the r/2 best-scored and "out" on the r/2 worst-scored canaries,
   count correct guesses v, ``one_run_epsilon(m, r, v)``; several r, Bonferroni-corrected;
@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from common.atomic import atomic_path
 from common.errors import InputError
+from common.model.binary import BinaryPosterior
 from privacy.audit.config import AuditConfig
 from privacy.audit.membership import roc_summary
 from privacy.bounds import clopper_pearson_epsilon, gdp_epsilon_estimate, one_run_epsilon
@@ -35,6 +37,8 @@ from privacy.bounds import clopper_pearson_epsilon, gdp_epsilon_estimate, one_ru
 log = logging.getLogger(__name__)
 
 MAX_THRESHOLDS = 200  # thresholds tried on the selection half
+EDM_SIGMAS = (0.02, 0.05, 0.1)
+BINARY_SIGMAS = (0.3, 0.6, 1.0)
 
 
 def make_canaries(X: np.ndarray, m: int, n_codes: int, seed: int) -> np.ndarray:
@@ -94,7 +98,7 @@ def load_canaries(path: str | Path, n_codes: int) -> tuple[np.ndarray, np.ndarra
 
 
 def torch_module(model: Any) -> nn.Module:
-    """The EDM-preconditioned torch module D(x, sigma) inside a Generator (or the module itself)."""
+    """The torch denoiser D(x, sigma) inside a Generator (or the module itself)."""
     if isinstance(model, nn.Module):
         return model
     for name in ("model", "module", "net", "denoiser", "precond"):
@@ -116,11 +120,20 @@ def model_sigma_data(model: Any, module: nn.Module) -> float:
 
 @torch.no_grad()
 def denoising_losses(
-    model: Any, X: np.ndarray, sigmas: tuple[float, ...], draws: int = 8, seed: int = 0
+    model: Any, X: np.ndarray, sigmas: tuple[float, ...] | None, draws: int = 8, seed: int = 0
 ) -> np.ndarray:
-    """(n, len(sigmas)) EDM loss lambda(s) |D(x + s n; s) - x|^2 / n_codes, mean over ``draws``
-    fixed noise draws (the same draws for every row, so rows are compared like for like)."""
+    """(n, len(sigmas)) per-row denoising loss, mean over ``draws`` fixed noise draws (the same
+    draws for every row, so rows are compared like for like): the model's own training loss,
+    the binary cross-entropy of its log-odds (binary parameterisation, summed over codes) or
+    EDM's lambda(s) |D(x + s n; s) - x|^2 (mean over codes). Only the columns the model covers
+    are scored (a Generator's ``modelled`` codes). ``sigmas`` None: the parameterisation's
+    default noise levels (``audit_sigmas``)."""
     module = torch_module(model)
+    binary = isinstance(module, BinaryPosterior)
+    sigmas = tuple(sigmas) if sigmas else audit_sigmas(module)
+    cols = getattr(model, "modelled", None)
+    if cols is not None:
+        X = np.asarray(X)[:, cols]
     sd = model_sigma_data(model, module)
     param = next(module.parameters())
     was_training = module.training
@@ -136,18 +149,30 @@ def denoising_losses(
             for j, s in enumerate(sigmas):
                 sig = torch.full((x.shape[0], draws, 1), float(s), dtype=param.dtype,
                                  device=param.device)
-                err = (module(x0 + noise * s, sig) - x0) ** 2
-                weight = (s**2 + sd**2) / (s * sd) ** 2
-                out[start : start + x.shape[0], j] = (weight * err.mean(dim=(1, 2))).cpu().numpy()
+                if binary:
+                    logits = module(x0 + noise * s, sig, logits=True)
+                    loss = F.binary_cross_entropy_with_logits(logits, x0, reduction="none")
+                    row = loss.sum(dim=2).mean(dim=1)
+                else:
+                    err = (module(x0 + noise * s, sig) - x0) ** 2
+                    row = (s**2 + sd**2) / (s * sd) ** 2 * err.mean(dim=(1, 2))
+                out[start : start + x.shape[0], j] = row.cpu().numpy()
     finally:
         module.train(was_training)
     return out
 
 
+def audit_sigmas(module: nn.Module) -> tuple[float, ...]:
+    """Noise levels where memorisation shows: low noise for EDM's denoiser; for the binary
+    posterior the evidence term decides every code by itself at low noise, so the levels where
+    the network's own prediction of a code from the others carries the loss."""
+    return BINARY_SIGMAS if isinstance(module, BinaryPosterior) else EDM_SIGMAS
+
+
 def score_canaries(
     model: Any,
     canaries: np.ndarray,
-    sigmas: tuple[float, ...] = AuditConfig.canary_sigmas,
+    sigmas: tuple[float, ...] | None = AuditConfig.canary_sigmas,
     draws: int = AuditConfig.canary_draws,
     seed: int = 0,
 ) -> np.ndarray:

@@ -25,7 +25,9 @@ class AuditConfig:
     attr_k: int = 1  # neighbours voting (medGAN reports k = 1 and 10)
     attr_targets: int = 1_000  # member patients attacked
     # white-box canaries / loss attack
-    canary_sigmas: tuple[float, ...] = (0.02, 0.05, 0.1)  # low noise: where memorisation shows
+    # noise levels of the canary / loss-attack scores; () = the model's defaults
+    # (privacy.audit.canaries.audit_sigmas: where memorisation shows for its parameterisation)
+    canary_sigmas: tuple[float, ...] = ()
     canary_draws: int = 8  # noise draws per sigma, shared by every scored row
     canary_codes: int = 8  # codes per canary patient
     white_box_rows: int = 1_000  # members and as many non-members scored by the loss attack
