@@ -164,11 +164,29 @@ def plan_mechanism(n_train: int, plan: SitePlan, history: list[Mechanism], budge
                 f"epsilon spent {spent:.4f} leaves less than {MIN_LEFT:.0%} of min(target "
                 f"{plan.target_epsilon:g}, budget {budget:g}) for round {plan.round}: "
                 "an update that noisy would be useless; nothing trained, nothing sent")
+    reused = _reuse_sigma(history, q, remaining, target, delta, accountant)
+    if reused is not None:
+        return Mechanism(reused, q, steps)
     try:
         sigma = calibrate_noise(target, delta, q, remaining, accountant, prior_history=history)
     except ValueError as err:
         raise BudgetExceeded(f"cannot plan round {plan.round}: {err}") from None
     return Mechanism(sigma, q, steps)
+
+
+def _reuse_sigma(history: list[Mechanism], q: float, remaining: int, target: float,
+                 delta: float, accountant: str) -> float | None:
+    """The previous round's noise multiplier when the history plus the rest of the plan at it
+    still stays within ``target`` (one accountant call). Keeping sigma constant keeps the
+    history a few mergeable entries: recalibrating every round gave a slightly different sigma
+    each time, and the PRV composition of ever more distinct mechanisms made later rounds
+    slower and slower."""
+    if not history or history[-1].sample_rate != q:
+        return None
+    sigma = history[-1].noise_multiplier
+    if epsilon([*history, Mechanism(sigma, q, remaining)], delta, accountant) <= target:
+        return sigma
+    return None
 
 
 def _round_seed(seed: int, site: str, run_id: str, rnd: int) -> int:

@@ -180,9 +180,36 @@ def _descendants_with_home(home: str) -> list[int]:
     return found
 
 
+def _sessions_of(pids: list[int]) -> set[int]:
+    """The session ids of ``pids``, without this process's own session."""
+    own = os.getsid(0)
+    sids = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            sids.add(os.getsid(pid))
+    return sids - {own}
+
+
+def _members_of_sessions(sids: set[int]) -> list[int]:
+    """PIDs whose session is in ``sids`` (``/proc/PID/stat`` field 6)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) in sids:
+                found.append(int(entry.name))
+    return found
+
+
 def sweep(home: str, grace: float = 3.0) -> None:
-    """Stop every leftover process started under ``home`` (SIGTERM, then SIGKILL)."""
+    """Stop every leftover process started under ``home`` (SIGTERM, then SIGKILL): those whose
+    environment names it, and every process in their sessions (Ray's agents rewrite their
+    command line and environment, so only their session gives them away when a run is
+    interrupted before Ray shuts them down)."""
     pids = _descendants_with_home(home)
+    pids = sorted(set(pids) | set(_members_of_sessions(_sessions_of(pids))))
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)

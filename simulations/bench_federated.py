@@ -7,6 +7,13 @@ release and the pooled held-out figures.
         --format diabetes130 --sites 5 --partition dirichlet:0.5 --epsilon 3 --out runs/bench
     python -m simulations.bench_federated --sites 50 --rounds 3 --data demo --out runs/scale50
     python -m simulations.bench_federated --summarise runs/deploy runs/bench/sim   # side by side
+    python -m simulations.bench_federated --compare \
+        --data ../shared/data/diabetes130/diabetic_data_dev.csv.gz --format diabetes130 \
+        --sites 5 --partition dirichlet:0.5 --epsilon 3 --out runs/compare
+
+``--compare``: one 80/20 patient split; on the 80%, centralized non-private, centralized DP
+and federated DP (``ehr-simulate`` over ``--sites`` sites, the same epsilon per site), all with
+the package defaults; every model scored against the same held-out 20% (the core metrics).
 
 Deployment runs (``ehr-server`` + ``ehr-client``) write the same ``rounds.jsonl``, so their
 per-round wall time and bytes sit in the same table as the simulation's.
@@ -84,6 +91,62 @@ def summarise(run: Path) -> dict[str, Any]:
     return out
 
 
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Centralized non-private vs centralized DP vs federated DP on one held-out split."""
+    from common.data import load_codes, split_holdout
+    from common.metrics import fidelity
+    from simulations.baselines.ours import FederatedOptions, fit_ours, fit_ours_federated
+
+    matrix = load_codes(args.data, args.format)
+    train, hold = split_holdout(matrix, 0.2, seed=args.seed)
+    work = Path(args.out) / "compare"
+    work.mkdir(parents=True, exist_ok=True)
+    opts = FederatedOptions(sites=args.sites, partition=args.partition or "dirichlet:0.5")
+    runs = [
+        ("centralized, non-private", lambda: fit_ours(train, None, None, args.seed, "full", work)),
+        (f"centralized DP, eps {args.epsilon:g}",
+         lambda: fit_ours(train, args.epsilon, None, args.seed, "full", work)),
+        (f"federated DP, {opts.sites} sites {opts.partition}, eps {args.epsilon:g} per site",
+         lambda: fit_ours_federated(train, args.epsilon, None, args.seed, "full", work, opts)),
+    ]
+    rows = []
+    for label, fit in runs:
+        fitted = fit()
+        synth = fitted.sampler.sample(args.n_synth, seed=args.seed + 1)
+        m = fidelity(hold.X, synth, train.X, seed=args.seed)
+        row = {"model": label, "train_minutes": round(fitted.train_seconds / 60, 1),
+               "epsilon": None if fitted.privacy is None else fitted.privacy.get("epsilon"),
+               **{k: round(float(m[k]), 4) for k in COMPARE_KEYS},
+               "codes_per_patient": round(m["codes_per_patient_synth"]["mean"], 2)}
+        if "run_dir" in fitted.extra:
+            row.update({k: v for k, v in summarise(Path(fitted.extra["run_dir"])).items()
+                        if k in ("seconds_per_round", "mb_sent_per_round",
+                                 "mb_received_per_round", "rounds")})
+        rows.append(row)
+        print(row, flush=True)
+    central_dp, federated = rows[1]["cooccurrence_r"], rows[2]["cooccurrence_r"]
+    return {"data": str(args.data), "n_train": train.n_patients, "n_heldout": hold.n_patients,
+            "rows": rows, "federated_vs_central_dp_cooccurrence": round(federated / central_dp, 4)}
+
+
+COMPARE_KEYS = ("prevalence_r", "cooccurrence_r", "dimwise_auroc_ratio", "discriminator_auroc")
+
+
+def compare_markdown(res: dict[str, Any]) -> str:
+    cols = ["model", "epsilon", *COMPARE_KEYS, "codes_per_patient", "train_minutes",
+            "seconds_per_round", "mb_sent_per_round"]
+    lines = [f"Train {res['n_train']} / held-out {res['n_heldout']} patients of {res['data']}.",
+             "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in res["rows"]:
+        lines.append("| " + " | ".join(
+            f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols)
+            + " |")
+    lines.append("")
+    lines.append("Federated / centralized DP co-occurrence r: "
+                 f"{res['federated_vs_central_dp_cooccurrence']:.3f} (target >= 0.95)")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     head = ("| run | mode | rounds | s/round | MB sent/round | MB recv/round | peak GB | eps "
             "| cooc r | dimwise ratio |\n|---|---|---|---|---|---|---|---|---|---|")
@@ -109,7 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--summarise", nargs="*", type=Path, default=None,
                    help="only summarise these finished run folders")
+    p.add_argument("--compare", action="store_true",
+                   help="centralized non-private vs centralized DP vs federated DP")
+    p.add_argument("--n-synth", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0)
     args, extra = p.parse_known_args(argv)
+    if args.compare:
+        res = compare(args)
+        write_json(args.out / "compare.json", res)
+        md = compare_markdown(res)
+        with atomic_open(args.out / "compare.md", "w", encoding="utf-8") as fh:
+            fh.write(md)
+        print(md)
+        return 0
     if args.summarise is not None:
         results = [summarise(r) for r in args.summarise]
     else:

@@ -17,7 +17,7 @@ from client.site_training import (
 )
 from common.config import Config
 from common.model.train import build_model
-from privacy.accountant import epsilon
+from privacy.accountant import Mechanism, epsilon
 from privacy.ledger import Ledger
 
 
@@ -62,6 +62,20 @@ def test_plan_reaches_at_most_the_target_over_all_rounds() -> None:
         history.append(mech)
     assert epsilon(history, 1e-4) <= 3.0 + 1e-6
     assert epsilon(history, 1e-4) > 2.9  # the plan spends what it may
+    # sigma is planned once and kept (a history of one mechanism, cheap to account)
+    assert len({m.noise_multiplier for m in history}) == 1
+
+
+def test_plan_recalibrates_when_the_kept_sigma_would_overspend() -> None:
+    n = 400
+    first = plan_mechanism(n, _plan(1, rounds=3), [], budget=10.0, delta=1e-4)
+    # the site ran twice as many steps as planned in round 1 (e.g. a changed plan)
+    history = [Mechanism(first.noise_multiplier, first.sample_rate, 2 * first.steps)]
+    second = plan_mechanism(n, _plan(2, rounds=3), history, budget=10.0, delta=1e-4)
+    assert second.noise_multiplier > first.noise_multiplier
+    history.append(second)
+    history.append(plan_mechanism(n, _plan(3, rounds=3), history, budget=10.0, delta=1e-4))
+    assert epsilon(history, 1e-4) <= 3.0 + 1e-6
 
 
 def test_round_records_spend_before_returning_and_respects_budget(tmp_path) -> None:
