@@ -203,13 +203,19 @@ def _members_of_sessions(sids: set[int]) -> list[int]:
     return found
 
 
+def run_processes(home: str) -> list[int]:
+    """Every live process of a run: those whose environment names ``home`` and every process
+    in their sessions."""
+    pids = _descendants_with_home(home)
+    return sorted(set(pids) | set(_members_of_sessions(_sessions_of(pids))))
+
+
 def sweep(home: str, grace: float = 3.0) -> None:
     """Stop every leftover process started under ``home`` (SIGTERM, then SIGKILL): those whose
     environment names it, and every process in their sessions (Ray's agents rewrite their
     command line and environment, so only their session gives them away when a run is
     interrupted before Ray shuts them down)."""
-    pids = _descendants_with_home(home)
-    pids = sorted(set(pids) | set(_members_of_sessions(_sessions_of(pids))))
+    pids = run_processes(home)
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)

@@ -288,7 +288,10 @@ class Coordinator:
             if vals and total > 0:
                 pooled[key] = float(sum(w * v for w, v in vals) / sum(w for w, _ in vals))
         doc = {"sites": per_site, "pooled": pooled, "pooled_n_holdout": int(total),
-               "pooling": "mean over sites weighted by held-out patients"}
+               "pooling": "mean over sites weighted by held-out patients",
+               "note": "each site scores the global sample against its own held-out patients, "
+                       "who follow that site's case mix; with non-IID sites these figures are "
+                       "below what the same sample reaches against all sites' patients together"}
         write_json(self.out / "evaluation.json", doc)
         return doc
 

@@ -122,8 +122,8 @@ def summary(out: Path) -> str:
         ev = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))["pooled"]
         keys = [k for k in ("cooccurrence_r", "dimwise_auroc_ratio", "prevalence_r") if k in ev]
         if keys:
-            lines.append("evaluation (pooled held-out): " + ", ".join(
-                f"{k} {ev[k]:.3f}" for k in keys))
+            lines.append("evaluation (each site against its own held-out patients, weighted "
+                         "mean): " + ", ".join(f"{k} {ev[k]:.3f}" for k in keys))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return "\n".join(lines)

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_open, write_json
-from common.flower_runtime import _descendants_with_home
+from common.flower_runtime import run_processes
 
 
 def _tree_rss(pid: int, home: Path) -> int:
     """Resident memory (bytes) of ``pid`` plus every process started under ``home``."""
     total = 0
-    for p in [pid, *_descendants_with_home(str(home.resolve()))]:
+    for p in {pid, *run_processes(str(home.resolve()))}:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
