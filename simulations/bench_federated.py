@@ -11,6 +11,9 @@ release and the pooled held-out figures.
         --data ../shared/data/diabetes130/diabetic_data_dev.csv.gz --format diabetes130 \
         --sites 5 --partition dirichlet:0.5 --epsilon 3 --out runs/compare
 
+``--compare --from-benchmark runs/benchmark/benchmark.json`` builds the same table from an
+``ehr-benchmark`` run (its ``ours`` and ``ours_federated`` rows are these fits).
+
 ``--compare``: one 80/20 patient split; on the 80%, centralized non-private, centralized DP
 and federated DP (``ehr-simulate`` over ``--sites`` sites, the same epsilon per site), all with
 the package defaults; every model scored against the same held-out 20% (the core metrics).
@@ -132,6 +135,32 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 COMPARE_KEYS = ("prevalence_r", "cooccurrence_r", "dimwise_auroc_ratio", "discriminator_auroc")
 
 
+def compare_from_benchmark(path: Path, eps: float) -> dict[str, Any]:
+    """The same table from an ``ehr-benchmark`` run (benchmark.json), whose ``ours`` and
+    ``ours_federated`` rows are these three fits on the same 80/20 split (seed 0)."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    want = [("ours", None, "centralized, non-private"),
+            ("ours", eps, f"centralized DP, eps {eps:g}"),
+            ("ours_federated", eps, f"federated DP, {doc['settings']['sites']} sites "
+             f"{doc['settings']['partition']}, eps {eps:g} per site")]
+    rows = []
+    for gen, e, label in want:
+        match = [r for r in doc["rows"] if r["generator"] == gen and r["epsilon"] == e
+                 and r.get("seed", 0) == 0 and r["status"] == "ok"]
+        if not match:
+            raise SystemExit(f"{path}: no finished {gen} row at epsilon {e}")
+        r = match[0]
+        rows.append({"model": label, "epsilon": r.get("epsilon_spent"),
+                     **{k: round(float(r[k]), 4) for k in COMPARE_KEYS},
+                     "codes_per_patient": round(float(r["codes_per_patient"]), 2),
+                     "train_minutes": round(float(r["train_seconds"]) / 60, 1)})
+    ds = doc["dataset"]
+    return {"data": ds["source"], "n_train": ds["train_patients"],
+            "n_heldout": ds["holdout_patients"], "rows": rows, "from": str(path),
+            "federated_vs_central_dp_cooccurrence": round(
+                rows[2]["cooccurrence_r"] / rows[1]["cooccurrence_r"], 4)}
+
+
 def compare_markdown(res: dict[str, Any]) -> str:
     cols = ["model", "epsilon", *COMPARE_KEYS, "codes_per_patient", "train_minutes",
             "seconds_per_round", "mb_sent_per_round"]
@@ -174,11 +203,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="only summarise these finished run folders")
     p.add_argument("--compare", action="store_true",
                    help="centralized non-private vs centralized DP vs federated DP")
+    p.add_argument("--from-benchmark", type=Path,
+                   help="with --compare: build the table from an ehr-benchmark benchmark.json")
     p.add_argument("--n-synth", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
     args, extra = p.parse_known_args(argv)
     if args.compare:
-        res = compare(args)
+        res = (compare_from_benchmark(args.from_benchmark, args.epsilon)
+               if args.from_benchmark else compare(args))
         write_json(args.out / "compare.json", res)
         md = compare_markdown(res)
         with atomic_open(args.out / "compare.md", "w", encoding="utf-8") as fh:

@@ -360,7 +360,9 @@ def _draw(ax: Any, summary: list[dict[str, Any]], key: str, title: str,
             continue
         pts.sort()
         x, y, err = zip(*pts, strict=True)
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=LABELS[gen])
+        # one colour per generator in every panel, also when a generator has no point there
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=LABELS[gen],
+                    color=f"C{GENERATORS.index(gen)}")
     ax.set_xscale("log")
     ax.set_xticks(list(xs.values()))
     ax.set_xticklabels(["non-private" if e is None else f"{e:g}" for e in xs])
