@@ -21,7 +21,12 @@ from simulations.baselines.dp_marginals import (
     l2_sensitivity,
     noisy_counts,
 )
-from simulations.baselines.nets import ConvAutoencoder, Discriminator, conv_layout
+from simulations.baselines.nets import (
+    OUTPUT_PRIOR,
+    ConvAutoencoder,
+    Discriminator,
+    conv_layout,
+)
 from simulations.baselines.registry import BASELINES, fit_baseline
 
 
@@ -158,6 +163,23 @@ def test_conv_autoencoder_sized_from_vocabulary(V: int) -> None:
     assert ae.encode(x).shape == (3, 16)
     assert ae(x).shape == (3, V)
     assert conv_layout(V)[-1][1] == 1
+
+
+@pytest.mark.parametrize("norm_kind", ["batch", "group"])
+def test_conv_autoencoder_starts_at_a_public_output_prior(norm_kind: str) -> None:
+    """corGAN's decoder shares one output bias across codes; from 0 it decoded p = 0.5 for every
+    code and, at a CPU budget of pre-training steps, never learned that codes are rare (the
+    benchmark's corGAN produced no codes at all). It starts at a constant instead."""
+    torch.manual_seed(0)
+    ae = ConvAutoencoder(300, latent_dim=16, norm=norm_kind)
+    last = ae.decoder[-1]
+    assert isinstance(last, nn.ConvTranspose1d)
+    assert torch.allclose(torch.sigmoid(last.bias), torch.tensor([OUTPUT_PRIOR]), rtol=1e-4)
+    x = (torch.rand(64, 300) < 0.01).float()
+    with torch.no_grad():
+        p = torch.sigmoid(ae(x))
+    assert p.shape == (64, 300)
+    assert float(p.mean()) < 0.05  # not 0.5: an untrained decoder already says codes are rare
 
 
 def test_marginals_sensitivity_and_noise_scale() -> None:

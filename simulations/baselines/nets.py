@@ -16,8 +16,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+OUTPUT_PRIOR = 0.005  # initial output probability of the conv decoder (a constant, not data)
 
 
 class LinearAutoencoder(nn.Module):
@@ -103,6 +107,13 @@ class ConvAutoencoder(nn.Module):
                     dec.append(_norm(norm, chans[i]))
                 dec.append(nn.ReLU())
         self.decoder = nn.Sequential(*dec)
+        # One output bias is shared by every code: from 0 (p = 0.5 everywhere) Adam at 1e-3
+        # needs thousands of steps only to learn that codes are rare, which corGAN's 100
+        # pre-training epochs paid for and a CPU budget does not. Start it at a public constant
+        # (never a statistic of the data): logit(OUTPUT_PRIOR).
+        last = dec[-1]
+        assert isinstance(last, nn.ConvTranspose1d) and last.bias is not None
+        nn.init.constant_(last.bias, math.log(OUTPUT_PRIOR / (1.0 - OUTPUT_PRIOR)))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x.unsqueeze(1)).squeeze(-1)
