@@ -35,6 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.2,
                    help="share of patients held out for evaluation, never trained on")
     p.add_argument("--device", default="cpu", help="cpu|cuda|auto")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for training (default: min(2, cores)); with several "
+                        "clients on one host, give each its share of the cores")
     p.add_argument("--no-check", action="store_true", help="skip loading the data at start")
     p.add_argument("--once", action="store_true",
                    help="exit when the SuperNode exits instead of reconnecting")
@@ -58,6 +61,8 @@ def _check(args: argparse.Namespace) -> list[str]:
         raise InputError(args.data, "data file not found")
     if not args.epsilon_budget > 0:
         raise InputError("--epsilon-budget", f"must be positive (got {args.epsilon_budget})")
+    if args.threads < 0:
+        raise InputError("--threads", f"must be 0 (automatic) or positive (got {args.threads})")
     if not 0 < args.holdout < 1:
         raise InputError("--holdout", f"must be in (0, 1) (got {args.holdout})")
     if args.insecure:
@@ -90,7 +95,7 @@ def run_client(args: argparse.Namespace, tls: list[str]) -> int:
     node_config = {
         "site": args.site, "data-path": str(args.data.resolve()), "format": args.format,
         "state-dir": str(state), "epsilon-budget": float(args.epsilon_budget),
-        "holdout": float(args.holdout), "device": args.device,
+        "holdout": float(args.holdout), "device": args.device, "threads": int(args.threads),
     }
     delay = 2.0
     with fr.managed() as group:

@@ -15,6 +15,7 @@ PNG per metric (metric vs epsilon, one line per generator) and benchmark.png (al
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import tempfile
@@ -398,7 +399,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{', subsampled' if s['max_train'] else ''}). Preset `{s['preset']}`, seeds "
         f"{s['seeds']}, {s['n_synth']} synthetic patients per model, delta "
         f"{result['delta']:.3g}. Wall time {result['wall_seconds']:.0f} s on {result['machine']}.",
-        "",
+        *([f"Merged from {', '.join(result['merged_from'])} (`ehr-benchmark --merge`): "
+           "later runs' rows replace earlier ones for the same generator, epsilon and seed; "
+           "wall time summed.", ""] if result.get("merged_from") else []),
         markdown_table(summary := result["summary"]),
         "",
         "Metrics against held-out patients; membership AUROC: distance to the closest "
@@ -552,6 +555,36 @@ def run_benchmark(s: BenchmarkSettings, progress: Progress | None = None) -> dic
         "speed": speed,
     }
     write_report(result, s.out)
+    return result
+
+
+def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
+    """One report from several runs on the same data and split (e.g. one generator re-run after
+    a fix): rows keyed by (generator, epsilon, seed), later files winning; the first file's
+    settings, dataset and speed section; wall time summed. Written like a run's report."""
+    docs = []
+    for path in paths:
+        try:
+            docs.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            raise InputError(path, f"not a readable benchmark.json ({err})") from None
+    first = docs[0]
+    for path, doc in zip(paths[1:], docs[1:], strict=True):
+        if doc.get("dataset") != first.get("dataset"):
+            raise InputError(path, "another dataset or split than the first file's")
+    rows: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+    for doc in docs:
+        for r in doc["rows"]:
+            rows[(r["generator"], r["epsilon"], r["seed"])] = r
+    result = {**first, "rows": list(rows.values()), "summary": summarize(list(rows.values())),
+              "wall_seconds": float(sum(d.get("wall_seconds", 0.0) for d in docs)),
+              "merged_from": [str(p) for p in paths]}
+    baseline_f1 = [r["attribute_f1_holdout_baseline"] for r in result["rows"]
+                   if "attribute_f1_holdout_baseline" in r]
+    if baseline_f1:
+        result["attribute_f1_holdout_baseline"] = float(np.mean(baseline_f1))
+    result.pop("plots", None)
+    write_report(result, out)
     return result
 
 

@@ -16,7 +16,13 @@ import sys
 from pathlib import Path
 
 from common.errors import InputError, cli_errors
-from simulations.benchmark import EPSILONS, GENERATORS, BenchmarkSettings, run_benchmark
+from simulations.benchmark import (
+    EPSILONS,
+    GENERATORS,
+    BenchmarkSettings,
+    merge_results,
+    run_benchmark,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", default="dirichlet:0.5", help="partition of the federated runs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-speed", action="store_true", help="skip the speed section")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="BENCHMARK_JSON",
+                   help="no training: one report from earlier runs' benchmark.json files (a "
+                        "later file's rows replace an earlier one's for the same generator, "
+                        "epsilon and seed), written to --out")
     p.add_argument("--time-budget", type=float,
                    help="seconds after which cells not yet started are skipped (quick: 480; "
                         "0: none)")
@@ -88,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    s = settings_from_args(parser().parse_args(argv))
+    args = parser().parse_args(argv)
+    if args.merge:
+        result = merge_results(args.merge, args.out)
+        print(f"wrote {args.out / 'benchmark.md'} ({len(result['rows'])} rows from "
+              f"{len(args.merge)} runs)")
+        return 0
+    s = settings_from_args(args)
     total = s.seeds * len(s.generators) * len(s.epsilons)
     with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()) as bar:

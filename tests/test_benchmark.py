@@ -92,6 +92,32 @@ def test_write_report_files(tmp_path: Path, fake_rows: list[dict]) -> None:
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes left nothing behind
 
 
+def test_merge_replaces_rows_of_a_rerun(tmp_path: Path, fake_rows: list[dict]) -> None:
+    def run(rows: list[dict], name: str) -> Path:
+        result = {"settings": {"preset": "full", "seeds": 2, "n_synth": 100, "max_train": None},
+                  "dataset": {"source": "fake", "patients": 10, "codes": 5, "codes_used": 4,
+                              "codes_per_patient": 1.5, "train_patients": 8,
+                              "holdout_patients": 2},
+                  "delta": 1e-5, "machine": "test", "wall_seconds": 2.0, "rows": rows,
+                  "summary": benchmark.summarize(rows), "speed": None}
+        benchmark.write_report(result, tmp_path / name)
+        return tmp_path / name / "benchmark.json"
+
+    first = run(fake_rows, "a")
+    rerun = [_row("medgan", eps, seed, cooccurrence_r=0.95, dimwise_auroc_ratio=0.9)
+             for seed in (0, 1) for eps in (1.0, 3.0, None)]
+    second = run(rerun, "b")
+    assert main(["--merge", str(first), str(second), "--out", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m" / "benchmark.json").read_text())
+    assert len(merged["rows"]) == len(fake_rows)
+    medgan = [e for e in merged["summary"] if e["generator"] == "medgan"]
+    assert all(e["cooccurrence_r"]["mean"] == pytest.approx(0.95) for e in medgan)
+    ours = next(e for e in merged["summary"] if e["generator"] == "ours" and e["epsilon"] == 1.0)
+    assert ours["cooccurrence_r"]["mean"] == pytest.approx(0.90)  # kept from the first run
+    assert merged["wall_seconds"] == pytest.approx(4.0)
+    assert "Merged from" in (tmp_path / "m" / "benchmark.md").read_text()
+
+
 def test_cli_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--epsilons", "3,abc"], ["--generators", "medgan,nope"], ["--seeds", "0"],
                  ["--data", str(tmp_path / "missing.csv")]):

@@ -89,7 +89,7 @@ def client(procs: Procs, site: str, sites: dict[str, Path], port: int, tmp: Path
            ) -> subprocess.Popen[bytes]:
     return procs.start([str(BIN / "ehr-client"), "--site", site, "--data", str(sites[site]),
                         "--server", f"127.0.0.1:{port}", "--state-dir", str(tmp / f"state-{site}"),
-                        "--epsilon-budget", "3", "--insecure", "--no-check"],
+                        "--epsilon-budget", "3", "--insecure", "--no-check", "--threads", "1"],
                        tmp / f"client-{site}.log")
 
 
