@@ -540,8 +540,6 @@ def run_benchmark(s: BenchmarkSettings, progress: Progress | None = None) -> dic
                         fed_dirs.append(fitted.extra["run_dir"])
         speed = speed_section(ours_plain, fed_dirs, ds, s) if s.speed else None
     summary = summarize(rows)
-    baseline_f1 = [r["attribute_f1_holdout_baseline"] for r in rows
-                   if "attribute_f1_holdout_baseline" in r]
     result = {
         "settings": {k: (str(v) if isinstance(v, Path) else v)
                      for k, v in dataclasses.asdict(s).items()},
@@ -549,13 +547,19 @@ def run_benchmark(s: BenchmarkSettings, progress: Progress | None = None) -> dic
         "delta": s.delta or default_delta(ds.train.n_patients),
         "machine": _machine(),
         "wall_seconds": time.perf_counter() - start,
-        "attribute_f1_holdout_baseline": float(np.mean(baseline_f1)) if baseline_f1 else None,
+        "attribute_f1_holdout_baseline": _attribute_baseline(rows),
         "rows": rows,
         "summary": summary,
         "speed": speed,
     }
     write_report(result, s.out)
     return result
+
+
+def _attribute_baseline(rows: list[dict[str, Any]]) -> float | None:
+    """Mean attribute-disclosure F1 of the held-out-data attacker over the scored rows."""
+    f1 = [r["attribute_f1_holdout_baseline"] for r in rows if "attribute_f1_holdout_baseline" in r]
+    return float(np.mean(f1)) if f1 else None
 
 
 def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
@@ -579,10 +583,7 @@ def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
     result = {**first, "rows": list(rows.values()), "summary": summarize(list(rows.values())),
               "wall_seconds": float(sum(d.get("wall_seconds", 0.0) for d in docs)),
               "merged_from": [str(p) for p in paths]}
-    baseline_f1 = [r["attribute_f1_holdout_baseline"] for r in result["rows"]
-                   if "attribute_f1_holdout_baseline" in r]
-    if baseline_f1:
-        result["attribute_f1_holdout_baseline"] = float(np.mean(baseline_f1))
+    result["attribute_f1_holdout_baseline"] = _attribute_baseline(result["rows"])
     result.pop("plots", None)
     write_report(result, out)
     return result
