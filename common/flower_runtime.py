@@ -166,17 +166,26 @@ class ProcessGroup:
         self.logs.clear()
 
 
+def _other_pids() -> list[int]:
+    """Every PID in /proc but this process's own."""
+    own = os.getpid()
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and int(e.name) != own]
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """``/proc/PID/stat`` after the command name: [state, ppid, pgrp, session, ...]."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _descendants_with_home(home: str) -> list[int]:
     """PIDs of this user's processes whose environment has ``FLWR_HOME=home``: the detached
     helpers Flower starts in their own sessions (SuperExec, ServerApp, simulation, Ray)."""
     marker = f"FLWR_HOME={home}".encode()
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for pid in _other_pids():
         with contextlib.suppress(OSError):
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(pid)
     return found
 
 
@@ -191,15 +200,12 @@ def _sessions_of(pids: list[int]) -> set[int]:
 
 
 def _members_of_sessions(sids: set[int]) -> list[int]:
-    """PIDs whose session is in ``sids`` (``/proc/PID/stat`` field 6)."""
+    """PIDs whose session is in ``sids``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for pid in _other_pids():
         with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) in sids:
-                found.append(int(entry.name))
+            if int(_stat_fields(pid)[3]) in sids:
+                found.append(pid)
     return found
 
 
@@ -229,9 +235,8 @@ def sweep(home: str, grace: float = 3.0) -> None:
 
 
 def _zombie(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    with contextlib.suppress(OSError, IndexError):
+        return _stat_fields(pid)[0] == "Z"
     return True
 
 
