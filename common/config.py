@@ -101,7 +101,13 @@ class PrivacyConfig:
     # The private model (centralized and federated): ``Config.private_model()``
     hidden: tuple[int, ...] = (256, 256)  # denoiser widths under DP
     time_dim: int = 64
-    count_epsilon_share: float = 0.1  # epsilon share of the private code counts (0: none)
+    # Epsilon share of the private code counts (0: none). 0.3, not 0.1: in a federation each
+    # site noises its own counts, so the sum's noise is sqrt(sites) times a central run's and
+    # at epsilon 1 over 5 sites 0.1 kept 41 codes (65% of code occurrences); 0.3 kept 81 and
+    # raised federated co-occurrence from 0.895 to 0.917. Centrally (diabetes130, eps 1 / 3)
+    # 0.3 left co-occurrence and dim-wise unchanged (0.971/0.927, 0.982/0.965) and lowered the
+    # discriminator AUROC (0.84 -> 0.70, 0.69 -> 0.60).
+    count_epsilon_share: float = 0.3
     count_clip: float = 4.0  # L2 bound of a patient's row in the counts (sqrt of 16 codes)
 
 
