@@ -12,7 +12,8 @@ Two mechanisms touch the patients, both in the ledger and in ``privacy.json``'s 
 2. DP-SGD (``client.dp_training``) on those columns, sigma calibrated so that the site's whole
    history (ledger prior + counts + this run) reaches at most the target epsilon.
 
-The noise multiplier of the counts is calibrated to ``count_epsilon_share`` of the target alone;
+The noise multiplier of the counts is calibrated to ``privacy.counts.count_epsilon`` (the share
+``count_epsilon_share`` of the target, at least ``count_epsilon_min``) alone;
 composed with DP-SGD (PRV) it costs less than that share.
 """
 
@@ -36,7 +37,7 @@ from common.errors import BudgetExceeded, InputError
 from common.model import Generator, OutputStep, build_model, save_model
 from common.model.calibrate import calibrate
 from privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
-from privacy.counts import KEEP_STD, keep_codes, private_counts
+from privacy.counts import KEEP_STD, count_epsilon, keep_codes, private_counts
 from privacy.ledger import Ledger, LedgerCorrupted
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,8 @@ def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
     count_noise = None
     try:
         if pc.count_epsilon_share > 0:
-            count_noise = calibrate_noise(pc.count_epsilon_share * pc.epsilon, delta, 1.0, 1,
-                                          pc.accountant)
+            count_eps = count_epsilon(pc.epsilon, pc.count_epsilon_share, pc.count_epsilon_min)
+            count_noise = calibrate_noise(count_eps, delta, 1.0, 1, pc.accountant)
         prior_all = [*prior, *([Mechanism(count_noise, 1.0, 1)] if count_noise else [])]
         sigma = calibrate_noise(pc.epsilon, delta, q, steps, pc.accountant,
                                 prior_history=prior_all)

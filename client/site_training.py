@@ -303,7 +303,7 @@ def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
     re-sends the counts it already released: post-processing, no new spend."""
     import secrets
 
-    from privacy.counts import private_counts
+    from privacy.counts import count_epsilon, private_counts
 
     pc = plan.config.privacy
     n = int(data.train.shape[0])
@@ -318,8 +318,8 @@ def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
                           privacy=ledger.report(delta, budget, pc.accountant))
     target = min(plan.target_epsilon, budget)
     try:
-        z = calibrate_noise(pc.count_epsilon_share * target, delta, 1.0, 1, pc.accountant,
-                            prior_history=())
+        z = calibrate_noise(count_epsilon(target, pc.count_epsilon_share, pc.count_epsilon_min),
+                            delta, 1.0, 1, pc.accountant, prior_history=())
         mech = Mechanism(z, 1.0, 1)
         ledger.check(mech, budget, delta, pc.accountant)
     except (BudgetExceeded, ValueError) as err:

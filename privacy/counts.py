@@ -14,6 +14,23 @@ import numpy as np
 
 KEEP_STD = 3.0  # a code is modelled when its noisy count exceeds this many noise std
 MIN_CODES = 2
+MAX_SHARE = 0.3  # the floor never takes more than this share of the budget
+
+
+def count_epsilon(target: float, share: float, minimum: float) -> float:
+    """The epsilon the counts are calibrated to: ``max(share * target, min(minimum,
+    MAX_SHARE * target))``; 0 when ``share <= 0`` (no counts).
+
+    Why a floor: a code is kept when its noisy count exceeds KEEP_STD * z * clip, and z grows
+    as 1/epsilon, so a fixed share leaves the counts useless at low epsilon, worst in a
+    federation, where every site adds its own noise to the summed counts. diabetes130, 5 sites
+    dirichlet:0.5, epsilon 1: share 0.1 (z 38) kept 41 codes, 65% of code occurrences
+    (co-occurrence 0.895); epsilon 0.3 for the counts (z 12.8, as at epsilon 3) kept 81
+    (co-occurrence 0.915). At epsilon >= 3 the floor is inactive with the default share 0.1.
+    """
+    if share <= 0:
+        return 0.0
+    return max(share * target, min(minimum, MAX_SHARE * target))
 
 
 def private_counts(X: np.ndarray, clip: float, noise_multiplier: float,
