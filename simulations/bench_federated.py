@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_open, write_json
+from common.errors import cli_errors
 from common.flower_runtime import run_processes
 
 
@@ -138,7 +139,9 @@ COMPARE_KEYS = ("prevalence_r", "cooccurrence_r", "dimwise_auroc_ratio", "discri
 def compare_from_benchmark(path: Path, eps: float) -> dict[str, Any]:
     """The same table from an ``ehr-benchmark`` run (benchmark.json), whose ``ours`` and
     ``ours_federated`` rows are these three fits on the same 80/20 split (seed 0)."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    from simulations.benchmark import read_result
+
+    doc = read_result(path)
     want = [("ours", None, "centralized, non-private"),
             ("ours", eps, f"centralized DP, eps {eps:g}"),
             ("ours_federated", eps, f"federated DP, {doc['settings']['sites']} sites "
@@ -190,6 +193,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@cli_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench_federated", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="demo")

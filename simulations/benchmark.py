@@ -562,16 +562,22 @@ def _attribute_baseline(rows: list[dict[str, Any]]) -> float | None:
     return float(np.mean(f1)) if f1 else None
 
 
+def read_result(path: Path) -> dict[str, Any]:
+    """A run's benchmark.json; InputError naming the file when it is missing or not one."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"not a readable benchmark.json ({err})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+        raise InputError(path, "not a benchmark.json (no 'rows' list)")
+    return doc
+
+
 def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
     """One report from several runs on the same data and split (e.g. one generator re-run after
     a fix): rows keyed by (generator, epsilon, seed), later files winning; the first file's
     settings, dataset and speed section; wall time summed. Written like a run's report."""
-    docs = []
-    for path in paths:
-        try:
-            docs.append(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, ValueError) as err:
-            raise InputError(path, f"not a readable benchmark.json ({err})") from None
+    docs = [read_result(path) for path in paths]
     first = docs[0]
     for path, doc in zip(paths[1:], docs[1:], strict=True):
         if doc.get("dataset") != first.get("dataset"):

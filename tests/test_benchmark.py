@@ -162,3 +162,30 @@ def test_round_overhead_from_rounds_log(tmp_path: Path) -> None:
     assert res["mean_local_train_seconds"] == pytest.approx(21.0)
     assert res["mean_overhead_seconds"] == pytest.approx(7.0)
     assert round_overhead(tmp_path / "none") is None
+
+
+def test_compare_from_benchmark_reads_the_rows_and_rejects_a_bad_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench_federated --compare --from-benchmark: the three fits from a benchmark.json (seed 0),
+    and a one-line error (exit 2) for a file that is not one."""
+    from simulations import bench_federated
+
+    extra = {"epsilon_spent": 3.0, "codes_per_patient": 3.5, "train_seconds": 60.0}
+    rows = [_row("ours", None, 0, cooccurrence_r=0.98, **extra),
+            _row("ours", 3.0, 0, cooccurrence_r=0.96, **extra),
+            _row("ours_federated", 3.0, 0, cooccurrence_r=0.912, **extra),
+            _row("ours_federated", 3.0, 1, cooccurrence_r=0.1, **extra)]
+    doc = {"settings": {"sites": 5, "partition": "dirichlet:0.5"}, "rows": rows,
+           "dataset": {"source": "fake", "train_patients": 8, "holdout_patients": 2}}
+    path = tmp_path / "benchmark.json"
+    path.write_text(json.dumps(doc))
+    res = bench_federated.compare_from_benchmark(path, 3.0)
+    assert [r["cooccurrence_r"] for r in res["rows"]] == [0.98, 0.96, 0.912]
+    assert res["federated_vs_central_dp_cooccurrence"] == pytest.approx(0.95)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit) as exc:
+        bench_federated.main(["--compare", "--from-benchmark", str(bad), "--out",
+                              str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert "bad.json" in capsys.readouterr().err
