@@ -98,8 +98,8 @@ class PrivacyConfig:
     batch_size: int = 2048  # expected Poisson batch: q = batch_size / n
     lr: float = 1e-2
     ema_decay: float = 0.995
-    # The private model (centralized and federated): ``Config.private_model()``
-    hidden: tuple[int, ...] = (256, 256)  # denoiser widths under DP
+    # The private model: ``Config.private_model()``; a federation uses ``[federation] hidden``
+    hidden: tuple[int, ...] = (256, 256)  # denoiser widths under DP (centralized)
     time_dim: int = 64
     count_epsilon_share: float = 0.1  # epsilon share of the private code counts (0: none)
     # ... but at least this epsilon, at most 30% of the budget (privacy.counts.count_epsilon)
@@ -125,7 +125,14 @@ class FederationConfig:
     round_timeout: float = 600.0
     strategy: str = "fedavg"
     server_lr: float = 1.0
-    server_momentum: float = 0.0
+    # FedAvgM (server momentum, post-processing of the DP updates): with "fedavg", a momentum
+    # above 0 makes it FedAvgM; 0 is plain FedAvg. FedAdam takes it as its beta1.
+    server_momentum: float = 0.5
+    # Denoiser widths of the federated (private) model; empty: ``[privacy] hidden``. Wider than
+    # the centralized private model: diabetes130, 5 sites dirichlet:0.5, epsilon 1, dim-wise
+    # 256-256 0.765 +- 0.014 (3 seeds), 512-512 0.818 / 0.838, 1024-1024 0.847 (2x the time),
+    # 512-512-512 0.820; centralized at epsilon 1, 256-256 is better (0.928 vs 0.917).
+    hidden: tuple[int, ...] = (512, 512)
 
 
 @dataclass
@@ -138,10 +145,13 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def private_model(self) -> ModelConfig:
+    def private_model(self, federated: bool = False) -> ModelConfig:
         """The model config of DP training: ``[model]`` with the private widths and time
-        embedding of ``[privacy]``."""
-        return dataclasses.replace(self.model, hidden=tuple(self.privacy.hidden),
+        embedding of ``[privacy]``; ``federated``: the widths of ``[federation] hidden`` (when
+        set)."""
+        hidden = self.federation.hidden if federated and self.federation.hidden else \
+            self.privacy.hidden
+        return dataclasses.replace(self.model, hidden=tuple(hidden),
                                    time_dim=self.privacy.time_dim)
 
     @classmethod
@@ -263,6 +273,8 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
         lambda v: v in ("fedavg", "fedavgm", "fedadam"), "fedavg|fedavgm|fedadam"),
     ("federation", "server_lr"): (lambda v: v > 0, "> 0"),
     ("federation", "server_momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("federation", "hidden"): (lambda v: all(w >= 1 for w in v),
+                               "a list of widths >= 1 (empty: privacy.hidden)"),
 }
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from common.config import FederationConfig
+
 log = logging.getLogger(__name__)
 
 State = dict[str, np.ndarray]
@@ -81,6 +83,15 @@ class ServerOptimizer:
                 self.state["m"][name], self.state["v"][name] = m, v
                 new[name] = (w + self.lr * m / (np.sqrt(v) + self.tau)).astype(w.dtype)
         return new
+
+
+def server_optimizer(fed: FederationConfig) -> ServerOptimizer:
+    """The server optimizer of a ``[federation]`` config: "fedavg" with a server momentum
+    above 0 is FedAvgM (the default, momentum 0.5), with 0 plain FedAvg."""
+    strategy = fed.strategy
+    if strategy == "fedavg" and fed.server_momentum > 0:
+        strategy = "fedavgm"
+    return ServerOptimizer(strategy, fed.server_lr, fed.server_momentum)
 
 
 def update_norm(global_state: State, weights: State) -> float:

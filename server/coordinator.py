@@ -21,7 +21,7 @@ import numpy as np
 from common.atomic import atomic_open, write_json
 from privacy.counts import keep_codes
 from server import checkpoint
-from server.aggregation import ServerOptimizer, SiteUpdate, aggregate
+from server.aggregation import SiteUpdate, aggregate, server_optimizer
 from server.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,7 @@ class Coordinator:
         self.out = Path(self.settings.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         cfg = self.settings.model_config()
-        fed = cfg.federation
-        strategy = fed.strategy
-        if strategy == "fedavg" and fed.server_momentum > 0:
-            strategy = "fedavgm"
-        self.optimizer = ServerOptimizer(strategy, fed.server_lr, fed.server_momentum)
+        self.optimizer = server_optimizer(cfg.federation)
 
     # ------------------------------------------------------------------ state
     @property

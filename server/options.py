@@ -33,9 +33,12 @@ def add_plan_args(p: argparse.ArgumentParser, default_rounds: int | None = None)
                    help="expected Poisson batch at every site (q_k = batch / n_k; default: "
                         "the same sample rate q at every site, [federation] sample_rate)")
     g.add_argument("--lr", type=float, help="site learning rate ([federation] lr)")
-    g.add_argument("--strategy", choices=["fedavg", "fedavgm", "fedadam"])
-    g.add_argument("--server-lr", type=float)
-    g.add_argument("--server-momentum", type=float)
+    g.add_argument("--strategy", choices=["fedavg", "fedavgm", "fedadam"],
+                   help="server aggregation (default fedavg; with a server momentum above 0 "
+                        "it is FedAvgM)")
+    g.add_argument("--server-lr", type=float, help="server step on the mean update (default 1)")
+    g.add_argument("--server-momentum", type=float,
+                   help="FedAvgM momentum (default 0.5; 0: plain FedAvg; FedAdam's beta1)")
     g.add_argument("--holdout", type=float, help="share of each site's patients held out")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--audit", action="store_true",
@@ -89,9 +92,9 @@ def _check(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def federated_config(cfg: Config) -> Config:
-    """The effective config of a federated DP run: the model of the private path
-    (``Config.private_model``), as for centralized DP training."""
-    cfg.model = cfg.private_model()
+    """The effective config of a federated DP run: the private model
+    (``Config.private_model``) at the federation's widths (``[federation] hidden``)."""
+    cfg.model = cfg.private_model(federated=True)
     return cfg
 
 

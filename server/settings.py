@@ -73,7 +73,7 @@ class RunSettings:
             return cls.load(run_file)
         run_id = uuid.uuid4().hex[:12]
         cfg = Config()
-        cfg.model = cfg.private_model()
+        cfg.model = cfg.private_model(federated=True)
         cfg.federation.rounds = int(run_config.get("num-server-rounds", cfg.federation.rounds))
         root = Path(os.environ.get("FLWR_HOME", tempfile.gettempdir())) / "fedsynth-runs"
         return cls(out_dir=str(root / run_id), rounds=cfg.federation.rounds,

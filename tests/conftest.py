@@ -23,6 +23,7 @@ hidden = [32, 32]
 noise_multiplicity = 1
 
 [federation]
+hidden = [32, 32]
 sample_rate = 0.5
 local_epochs = 1.0
 """

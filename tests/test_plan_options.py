@@ -40,3 +40,37 @@ def test_bad_plan_values_are_input_errors() -> None:
         build_config(_args("--rounds", "0"))
     with pytest.raises(InputError, match="--epsilon"):
         build_config(_args("--epsilon", "-1"))
+
+
+def test_federation_trains_its_own_wider_model() -> None:
+    from common.config import Config
+    from server.options import federated_config
+
+    cfg = federated_config(build_config(_args()))
+    assert cfg.model.hidden == Config().federation.hidden == (512, 512)
+    assert Config().private_model().hidden == Config().privacy.hidden == (256, 256)
+
+
+def test_empty_federation_widths_fall_back_to_the_private_ones(tmp_path) -> None:  # noqa: ANN001
+    from server.options import federated_config
+
+    toml = tmp_path / "c.toml"
+    toml.write_text("[privacy]\nhidden = [48, 24]\n[federation]\nhidden = []\n")
+    assert federated_config(build_config(_args("--config", str(toml)))).model.hidden == (48, 24)
+    toml.write_text("[federation]\nhidden = [64, 0]\n")
+    with pytest.raises(InputError, match="hidden"):
+        build_config(_args("--config", str(toml)))
+
+
+def test_server_momentum_defaults_to_fedavgm_and_zero_is_plain_fedavg() -> None:
+    import numpy as np
+
+    from server.aggregation import server_optimizer
+
+    default = server_optimizer(build_config(_args()).federation)
+    assert (default.strategy, default.momentum) == ("fedavgm", 0.5)
+    plain = server_optimizer(build_config(_args("--server-momentum", "0")).federation)
+    assert plain.strategy == "fedavg"
+    g, d = {"w": np.zeros(1, np.float32)}, {"w": np.ones(1)}
+    assert default.step(default.step(g, d), d)["w"][0] == pytest.approx(1 + 1.5)
+    assert plain.step(plain.step(g, d), d)["w"][0] == pytest.approx(2.0)
