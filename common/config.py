@@ -115,9 +115,10 @@ class FederationConfig:
     min_sites: int = 2
     local_epochs: float = 4.0
     # Each site's Poisson sampling rate q_k (expected batch q_k * n_k); 0: train.batch_size / n_k.
-    # diabetes130, 5 sites dirichlet:0.5, eps 3 (4 rounds): what mattered was the number of
-    # DP-SGD steps: q 0.07 x 16 epochs (232 steps) dim-wise 0.83; q 0.035 x 16 epochs and
-    # q 0.07 x 32 epochs (464 steps each) 0.87; q 0.02 (800 steps) 0.87; q 0.2 (100 steps) 0.72
+    # diabetes130, 5 sites dirichlet:0.5, eps 3 (4 rounds; 256-256, FedAvg): what mattered was
+    # the number of DP-SGD steps: q 0.07 x 16 epochs (232 steps) dim-wise 0.83; q 0.035 x 16
+    # epochs and q 0.07 x 32 epochs (464 steps each) 0.87; q 0.02 (800 steps) 0.87; q 0.2 (100
+    # steps) 0.72
     sample_rate: float = 0.035
     # Site learning rate in federated rounds; 0: privacy.lr (sites train with DP-SGD)
     lr: float = 0.0
