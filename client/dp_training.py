@@ -7,14 +7,17 @@ without materialising per-example gradients, Li et al. 2022), the sum plus N(0, 
 noise divided by the expected batch q n. That is ``Mechanism(sigma, q, steps)``; an empty
 Poisson batch is a noise-only step (the mechanism the accountant analyses), never a skipped one.
 
-Poisson sampling is drawn here (one uniform per row per step, from a seeded generator), so the
-sample rate is exactly the ``sample_rate`` accounted, not Opacus' 1/len(loader) rounding.
+Poisson sampling is drawn here, so the sample rate is exactly the ``sample_rate`` accounted, not
+Opacus' 1/len(loader) rounding. Both random choices of the mechanism, the batches and the noise,
+come from the OS's CSPRNG (``privacy.secure_random``), never from ``train_cfg.seed``: in a
+federation that seed is chosen by the coordinator, who could otherwise rebuild every batch
+(no subsampling amplification) or subtract the noise. ``train_cfg.seed`` governs only what is
+not private: the initialisation and the diffusion noise levels inside the loss.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 import warnings
 from collections.abc import Callable
@@ -28,13 +31,14 @@ from torch import Tensor, nn
 
 from common.config import ModelConfig, PrivacyConfig, TrainConfig
 from common.model import EMA, per_example_loss
+from privacy import secure_random
 from privacy.accountant import Mechanism
 
 log = logging.getLogger(__name__)
 
 GRAD_SAMPLE_MODES = ("ghost", "hooks", "functorch")
 logging.getLogger("flwr").setLevel(logging.INFO)  # opacus' import sets it to DEBUG
-# secure_mode needs torchcsprng (no build here): the noise generator is seeded from the OS instead.
+# secure_mode needs torchcsprng (no build here): the noise generator's state comes from the OS.
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
 # Opacus' hooks on the first layer, whose input needs no gradient: expected, harmless.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -72,6 +76,7 @@ class PrivateParts:
     sample_rate: float
     expected_batch: float
     mode: str
+    fixed_noise: bool = False  # tests only (make_private's noise_seed): no fresh generator a step
 
 
 def make_private(
@@ -89,14 +94,19 @@ def make_private(
     """Wrap ``model``/``optimizer`` with Opacus; noise std ``noise_multiplier * max_grad_norm``,
     divided by the expected batch ``sample_rate * n_rows``.
 
-    The privacy noise comes from its own generator, seeded from the OS (``secrets``) unless
-    ``noise_seed`` is given (tests): a noise seed anyone knows would let them remove the noise.
+    The privacy noise comes from a new generator at every step whose state is drawn from the OS
+    (``secure_random.torch_generator``). ``noise_seed`` is for tests only (bit-reproducible
+    noise); no configuration, plan or CLI flag may reach it (tests/test_secret_sampling.py):
+    a noise seed anyone knows would let them remove the noise.
     """
     if mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {mode!r}")
     engine = PrivacyEngine(accountant=accountant)
-    seed = secrets.randbits(63) if noise_seed is None else int(noise_seed)
-    noise_gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    device = next(model.parameters()).device
+    if noise_seed is None:
+        noise_gen = secure_random.torch_generator(device)
+    else:
+        noise_gen = torch.Generator(device=device).manual_seed(int(noise_seed))
     expected = float(sample_rate * n_rows)
     # The loader only satisfies make_private's signature; batches are drawn by ``poisson_batch``.
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(n_rows, 1)),
@@ -112,12 +122,20 @@ def make_private(
     opt.expected_batch_size = expected  # exact q n, not int(n / len(loader))
     opt.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
     return PrivateParts(module, opt, criterion, engine, float(noise_multiplier),
-                        float(sample_rate), expected, mode)
+                        float(sample_rate), expected, mode, fixed_noise=noise_seed is not None)
 
 
-def poisson_batch(n: int, q: float, generator: torch.Generator) -> Tensor:
-    """Indices of a Poisson-sampled batch: each of the n rows independently with probability q."""
-    return (torch.rand(n, generator=generator) < q).nonzero().squeeze(1)
+def poisson_batch(n: int, q: float) -> Tensor:
+    """Indices of a Poisson-sampled batch: each of the n rows independently with probability q,
+    drawn from the OS's CSPRNG (``secure_random.poisson_mask``); no seed can reproduce it."""
+    return torch.from_numpy(np.flatnonzero(secure_random.poisson_mask(n, q)))
+
+
+def _fresh_noise(parts: PrivateParts) -> None:
+    """A new secret noise generator for this step (unless a test fixed the noise)."""
+    if not parts.fixed_noise:
+        opt = parts.optimizer
+        opt.generator = secure_random.torch_generator(next(iter(opt.params)).device)
 
 
 def dp_step(parts: PrivateParts, loss_fn: Callable[[nn.Module, Tensor], Tensor],
@@ -127,6 +145,7 @@ def dp_step(parts: PrivateParts, loss_fn: Callable[[nn.Module, Tensor], Tensor],
     Returns the batch's mean loss (None for an empty batch, which takes a noise-only step)."""
     opt = parts.optimizer
     opt.zero_grad(set_to_none=True)
+    _fresh_noise(parts)
     if xb.shape[0] == 0:
         _noise_only_step(parts)
         return None
@@ -174,10 +193,12 @@ def train_dp(
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
     noise_seed: int | None = None,
+    ema_warmup: bool = True,
 ) -> DPResult:
     """Train ``model`` on the 0/1 rows of ``X`` for ``steps`` DP-SGD steps (Poisson rate
     ``sample_rate``, clip ``privacy_cfg.max_grad_norm``, noise multiplier ``noise_multiplier``,
     K = ``privacy_cfg.noise_multiplicity``; Adam at ``train_cfg.lr``; EMA ``train_cfg.ema_decay``).
+    Batches and noise are secret (``privacy.secure_random``); ``noise_seed``: tests only.
     """
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
@@ -186,8 +207,7 @@ def train_dp(
     if n == 0:
         raise ValueError("no rows to train on")
     Xt = torch.as_tensor(np.asarray(X), dtype=torch.float32, device=device)
-    torch.manual_seed(train_cfg.seed)
-    gen = torch.Generator().manual_seed(train_cfg.seed + 7919)
+    torch.manual_seed(train_cfg.seed)  # initialisation and diffusion noise levels: not private
     model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr,
                            weight_decay=train_cfg.weight_decay)
@@ -195,7 +215,8 @@ def train_dp(
                          max_grad_norm=privacy_cfg.max_grad_norm, sample_rate=sample_rate,
                          n_rows=n, mode=privacy_cfg.grad_sample_mode,
                          accountant=privacy_cfg.accountant, noise_seed=noise_seed)
-    ema = EMA(parts.module, train_cfg.ema_decay)
+    ema = EMA(parts.module, train_cfg.ema_decay, warmup=ema_warmup)  # False: a federated
+    # round continues the run's EMA (client.site_training), so no per-round warm-up
     k = int(privacy_cfg.noise_multiplicity)
 
     def loss_fn(module: nn.Module, xb: Tensor) -> Tensor:
@@ -204,7 +225,7 @@ def train_dp(
     total, seen, empty, taken = 0.0, 0, 0, 0
     t0 = time.perf_counter()
     for _ in range(int(steps)):
-        idx = poisson_batch(n, sample_rate, gen).to(device)
+        idx = poisson_batch(n, sample_rate).to(device)
         value = dp_step(parts, loss_fn, Xt[idx])
         taken += 1
         if value is None:

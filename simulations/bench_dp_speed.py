@@ -64,7 +64,7 @@ def time_mode(mode: str, X: np.ndarray, cfg: ModelConfig, pc: PrivacyConfig, bat
             opt.step()
     else:
         parts = make_private(model, opt, noise_multiplier=1.0, max_grad_norm=pc.max_grad_norm,
-                             sample_rate=batch / len(X), n_rows=len(X), mode=mode, noise_seed=0)
+                             sample_rate=batch / len(X), n_rows=len(X), mode=mode)
 
         def step(xb: torch.Tensor) -> None:
             dp_step(parts, loss_fn, xb)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from privacy import secure_random
 from privacy.accountant import Mechanism
 from simulations.baselines.dp_sgd import plan_privacy
 
@@ -52,10 +53,11 @@ def clip_codes(X: np.ndarray, max_codes: int, rng: np.random.Generator) -> np.nd
     return out
 
 
-def noisy_counts(X: np.ndarray, sd: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """The Gaussian mechanism on (c_1..c_V, n): every entry plus independent N(0, sd^2)."""
-    counts = X.sum(0, dtype=np.float64) + rng.normal(0.0, sd, size=X.shape[1])
-    return counts, float(X.shape[0] + rng.normal(0.0, sd))
+def noisy_counts(X: np.ndarray, sd: float) -> tuple[np.ndarray, float]:
+    """The Gaussian mechanism on (c_1..c_V, n): every entry plus independent N(0, sd^2), drawn
+    from the OS's CSPRNG (``secure_random.gaussian``), never from the seed."""
+    noise = secure_random.gaussian(X.shape[1] + 1, sd)
+    return X.sum(0, dtype=np.float64) + noise[:-1], float(X.shape[0] + noise[-1])
 
 
 class MarginalsSampler:
@@ -103,10 +105,10 @@ def fit_marginals(
         raise ValueError("a private release needs delta")
     plan = plan_privacy(epsilon, delta, max(n, 1), max(n, 1), {"counts": 1}, noise_multiplier,
                         cfg.accountant, prior_history)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # which codes a clipped row keeps: any choice is DP
     clipped = clip_codes(X, cfg.max_codes, rng)
     sd = plan.noise_multiplier * l2_sensitivity(cfg.max_codes)
-    counts, n_noisy = noisy_counts(clipped, sd, rng)
+    counts, n_noisy = noisy_counts(clipped, sd)
     counts[counts < cfg.zero_below_sd * sd] = 0.0
     prev = np.clip(counts, 0.0, None) / max(n_noisy, 1.0)
     report = plan.report()

@@ -17,8 +17,8 @@ autoencoder) use ``torch.func`` per-example gradients. Both paths give the same 
 We implement the step here instead of calling Opacus: the design card keeps ``opacus`` inside
 ``client/dp_training.py`` and ``privacy/accountant.py``; the step is the same as Opacus'
 (clip factor C / (||g|| + 1e-6) capped at 1, noise std sigma*C, division by the expected batch
-q*n). As with Opacus' ``secure_mode=False`` the noise comes from torch's seeded PRNG
-(reproducible, not cryptographically secure).
+q*n). The batches and the noise come from the OS's CSPRNG (``privacy.secure_random``), never from
+the baseline's seed: a seed anyone knows would let them rebuild the batches or remove the noise.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from common.errors import BudgetExceeded
+from privacy import secure_random
 from privacy.accountant import Mechanism, calibrate_noise, epsilon
 
 log = logging.getLogger(__name__)
@@ -130,13 +131,12 @@ def plan_privacy(
     return plan
 
 
-def poisson_batches(
-    n: int, sample_rate: float, steps: int, rng: np.random.Generator
-) -> Iterator[np.ndarray]:
-    """``steps`` Poisson batches: each record independently with probability ``sample_rate``.
+def poisson_batches(n: int, sample_rate: float, steps: int) -> Iterator[np.ndarray]:
+    """``steps`` Poisson batches: each record independently with probability ``sample_rate``,
+    from the OS's CSPRNG (``secure_random.poisson_indices``; no seed reproduces them).
     Batches may be empty; the step still runs (noise only) and is still accounted."""
     for _ in range(steps):
-        yield np.flatnonzero(rng.random(n) < sample_rate)
+        yield secure_random.poisson_indices(n, sample_rate)
 
 
 def check_dp_compatible(module: nn.Module) -> None:
@@ -234,13 +234,14 @@ def private_gradient(
     max_grad_norm: float,
     noise_multiplier: float,
     expected_batch: float,
-    generator: torch.Generator,
 ) -> list[torch.Tensor]:
-    """(sum_i clip_C(grad l_i) + N(0, sigma^2 C^2)) / (q n): one DP-SGD gradient."""
+    """(sum_i clip_C(grad l_i) + N(0, sigma^2 C^2)) / (q n): one DP-SGD gradient; the noise from
+    a generator whose state is drawn from the OS for this step (``secure_random``)."""
     if expected_batch <= 0 or not math.isfinite(expected_batch):
         raise ValueError(f"expected batch must be positive, got {expected_batch}")
     sums = clipped_sum(module, loss_fn, x, max_grad_norm)
     std = noise_multiplier * max_grad_norm
+    generator = secure_random.torch_generator()
     out = []
     for s in sums:
         noise = torch.normal(0.0, std, size=s.shape, generator=generator, device="cpu")

@@ -204,7 +204,7 @@ def train_gan(
     disc = Discriminator(V, cfg.d_hidden, cfg.minibatch_averaging and not private).to(dev)
     if private:
         assert plan is not None
-        losses = _train_private(data, ae, gen, disc, cfg, plan, rng, seed, progress)
+        losses = _train_private(data, ae, gen, disc, cfg, plan, progress)
     else:
         losses = _train_plain(data, ae, gen, disc, cfg, rng, progress)
     seconds = time.perf_counter() - start
@@ -288,21 +288,21 @@ def _decoder_params(ae: nn.Module) -> list[nn.Parameter]:
 
 
 def _train_private(data: torch.Tensor, ae: nn.Module, gen: nn.Module, disc: nn.Module,
-                   cfg: GANConfig, plan: PrivacyPlan, rng: np.random.Generator, seed: int,
+                   cfg: GANConfig, plan: PrivacyPlan,
                    progress: Progress | None) -> dict[str, float]:
+    """DP-SGD on every step that touches real records; batches and noise are secret
+    (``dp_sgd.poisson_batches``, ``dp_sgd.private_gradient``), not drawn from the seed."""
     n = data.shape[0]
     dev = data.device
     q, sigma, C = plan.sample_rate, plan.noise_multiplier, cfg.max_grad_norm
     expected = q * n
-    noise_gen = torch.Generator().manual_seed(seed + 1)
     opt_ae = _adam(list(ae.parameters()), cfg, cfg.dp_lr)
     ae.train()
     steps = plan.phases["autoencoder"]
-    for i, idx in enumerate(poisson_batches(n, q, steps, rng)):
+    for i, idx in enumerate(poisson_batches(n, q, steps)):
         opt_ae.zero_grad(set_to_none=True)
         grads = private_gradient(ae, _ae_loss, data[idx], max_grad_norm=C,
-                                 noise_multiplier=sigma, expected_batch=expected,
-                                 generator=noise_gen)
+                                 noise_multiplier=sigma, expected_batch=expected)
         add_to_grads(ae, grads)
         opt_ae.step()
         if progress and i % 20 == 0:
@@ -313,14 +313,13 @@ def _train_private(data: torch.Tensor, ae: nn.Module, gen: nn.Module, disc: nn.M
     real_loss = _d_real_loss(cfg.loss)
     g_loss = float("nan")
     steps = plan.phases["discriminator"]
-    for i, idx in enumerate(poisson_batches(n, q, steps, rng)):
+    for i, idx in enumerate(poisson_batches(n, q, steps)):
         opt_d.zero_grad(set_to_none=True)
         with torch.no_grad():
             fake = _fake(gen, ae, m, cfg.noise_dim, dev)
         _d_fake_loss(cfg.loss, disc(fake)).backward()  # no real record involved
         add_to_grads(disc, private_gradient(disc, real_loss, data[idx], max_grad_norm=C,
-                                            noise_multiplier=sigma, expected_batch=expected,
-                                            generator=noise_gen))
+                                            noise_multiplier=sigma, expected_batch=expected))
         opt_d.step()
         _clip_weights(disc, cfg)
         if i % cfg.g_every == 0:
