@@ -4,9 +4,13 @@ momentum or FedAdam) weighted by each site's planned local steps.
 Everything here is plain numpy over ``dict[str, ndarray]`` state dicts, so it can be tested
 without Flower. A site's *update* is its returned weights minus the global weights it started
 from. Validation (issue 4 item 6, issue 7 item 3): an update with a missing/extra tensor, a wrong
-shape, NaN/Inf, or an L2 norm far above the others' is rejected and logged, never averaged in.
+shape, NaN/Inf, or an L2 norm far above the others' is rejected and logged, never averaged in;
+the EMA delta (site EMA minus the global EMA it started from) passes the same norm check, since the
+EMA is what is released (issue 14).
 
-FedAvg (McMahan et al. 2017): ``w <- w + lr * sum_k p_k delta_k`` with ``p_k = s_k / sum s``.
+FedAvg (McMahan et al. 2017): ``w <- w + lr * sum_k p_k delta_k`` with ``p_k = s_k / sum s``,
+``s_k`` the site's weight capped at ``max_weight_ratio`` times the median of the other accepted
+sites' weights (``capped_weights``: no site can take over the aggregate by reporting a large size).
 Server momentum (FedAvgM, Hsu et al. 2019): ``m <- beta m + avg_delta; w <- w + lr m``.
 FedAdam (Reddi et al. 2021, Alg. 2): ``m <- b1 m + (1-b1) d; v <- b2 v + (1-b2) d^2;
 w <- w + lr m / (sqrt(v) + tau)``.
@@ -128,11 +132,26 @@ def _valid_weight(weight: object) -> bool:
     return bool(np.isfinite(weight) and weight > 0)
 
 
+def _norm_outliers(norms: list[float | None], norm_factor: float,
+                   min_norm: float) -> list[float | None]:
+    """For each norm (None: not checked), the (low) median of the *other* norms it exceeds
+    ``norm_factor`` times, or None when it passes."""
+    out: list[float | None] = []
+    for i, norm in enumerate(norms):
+        others = [n for j, n in enumerate(norms) if j != i and n is not None]
+        ref = statistics.median_low(others) if others and norm is not None else None
+        bad = ref is not None and norm is not None and norm > min_norm and \
+            norm > norm_factor * max(ref, min_norm)
+        out.append(ref if bad else None)
+    return out
+
+
 def validate_updates(
     global_state: State,
     updates: list[SiteUpdate],
     norm_factor: float = 10.0,
     min_norm: float = 1e-12,
+    global_ema: State | None = None,
 ) -> tuple[list[SiteUpdate], list[Rejection]]:
     """Split updates into accepted and rejected ones.
 
@@ -140,11 +159,17 @@ def validate_updates(
     robust norm check: an update is rejected when its delta's L2 norm exceeds ``norm_factor``
     times the (low) median of the *other* structurally valid updates' norms. Comparing with the
     others, not with a median that includes the update itself, keeps this meaningful with only
-    two sites: a x1000 update is rejected and the honest one is kept.
+    two sites: a x1000 update is rejected and the honest one is kept. The EMA delta (site EMA
+    minus ``global_ema``, the EMA every site started from; ``global_state`` when None) is
+    checked the same way against the other sites' EMA deltas.
     """
     accepted: list[SiteUpdate] = []
     rejected: list[Rejection] = []
     valid: list[tuple[SiteUpdate, float]] = []
+    ema_norms: list[float | None] = []
+    ema_ref = global_state
+    if global_ema is not None and _structure_problem(global_state, global_ema) is None:
+        ema_ref = global_ema
     for upd in updates:
         problem = _structure_problem(global_state, upd.weights)
         if problem is None and upd.ema is not None:
@@ -156,24 +181,40 @@ def validate_updates(
             rejected.append(Rejection(upd.site, problem))
             continue
         valid.append((upd, update_norm(global_state, upd.weights)))
-    for i, (upd, norm) in enumerate(valid):
-        others = [n for j, (_, n) in enumerate(valid) if j != i]
-        if others:
-            ref = statistics.median_low(others)
-            if norm > min_norm and norm > norm_factor * max(ref, min_norm):
-                rejected.append(
-                    Rejection(
-                        upd.site,
-                        f"update norm {norm:.4g} > {norm_factor:g} x median of the others "
-                        f"({ref:.4g})",
-                    )
-                )
-                continue
+        ema_norms.append(None if upd.ema is None else update_norm(ema_ref, upd.ema))
+    model_out = _norm_outliers([n for _, n in valid], norm_factor, min_norm)
+    ema_out = _norm_outliers(ema_norms, norm_factor, min_norm)
+    for (upd, norm), ema_norm, m_ref, e_ref in zip(valid, ema_norms, model_out, ema_out,
+                                                   strict=True):
+        if m_ref is not None:
+            rejected.append(Rejection(upd.site, f"update norm {norm:.4g} > {norm_factor:g} x "
+                                                f"median of the others ({m_ref:.4g})"))
+            continue
+        if e_ref is not None:
+            rejected.append(Rejection(upd.site, f"EMA update norm {ema_norm:.4g} > "
+                                                f"{norm_factor:g} x median of the others "
+                                                f"({e_ref:.4g})"))
+            continue
         upd.metrics.setdefault("update_norm", norm)
         accepted.append(upd)
     for rej in rejected:
         log.warning("rejected update from site %s: %s", rej.site, rej.reason)
     return accepted, rejected
+
+
+def capped_weights(weights: list[float], max_ratio: float) -> list[float]:
+    """s_k = min(w_k, max_ratio * median_low{w_j : j != k}): no site's aggregation weight
+    exceeds ``max_ratio`` times the (low) median of the others' reported weights. With K-1 equal
+    others a site's share is at most max_ratio / (max_ratio + K - 1) (2/3 with two sites at
+    ratio 2). A single site is not capped; a site below the cap keeps its weight."""
+    if not max_ratio > 1.0:
+        raise ValueError(f"max_weight_ratio must be > 1, got {max_ratio}")
+    out = []
+    for k, w in enumerate(weights):
+        others = [x for j, x in enumerate(weights) if j != k]
+        out.append(min(float(w), max_ratio * statistics.median_low(others)) if others
+                   else float(w))
+    return out
 
 
 def weighted_mean(states: list[State], weights: list[float]) -> State:
@@ -206,14 +247,25 @@ def aggregate(
     updates: list[SiteUpdate],
     optimizer: ServerOptimizer,
     norm_factor: float = 10.0,
+    *,
+    max_weight_ratio: float = 2.0,
 ) -> AggregateResult:
-    """Validate, then aggregate the accepted updates. With no accepted update the global model
-    is returned unchanged. The EMA state is the weighted mean of the sites' EMA states (each
-    site started its EMA from the global EMA), falling back to the new weights."""
-    accepted, rejected = validate_updates(global_state, updates, norm_factor)
+    """Validate, then aggregate the accepted updates with their weights capped
+    (``capped_weights``; each accepted update's ``metrics["share"]`` is its share). With no
+    accepted update the global model is returned unchanged. The EMA state is the weighted mean
+    of the sites' EMA states (each site started its EMA from the global EMA), falling back to
+    the new weights."""
+    accepted, rejected = validate_updates(global_state, updates, norm_factor,
+                                          global_ema=global_ema)
     if not accepted:
         return AggregateResult(global_state, global_ema, accepted, rejected)
-    w = [u.weight for u in accepted]
+    reported = [float(u.weight) for u in accepted]
+    w = capped_weights(reported, max_weight_ratio)
+    for u, before, after in zip(accepted, reported, w, strict=True):
+        if after < before:
+            log.warning("site %s: aggregation weight %.4g capped to %.4g (%g x the median of "
+                        "the other sites')", u.site, before, after, max_weight_ratio)
+        u.metrics["share"] = after / sum(w)
     deltas = [
         {k: u.weights[k].astype(np.float64) - global_state[k].astype(np.float64)
          for k in global_state if np.issubdtype(global_state[k].dtype, np.floating)}

@@ -1,12 +1,15 @@
-"""Server aggregation: FedAvg weighted by planned steps, and hostile updates never averaged in."""
+"""Server aggregation: FedAvg weighted by planned steps (capped: no site dominates), and hostile
+updates (model or EMA) never averaged in."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from common.config import Config, FederationConfig
+from common.errors import InputError
 from server import checkpoint
-from server.aggregation import ServerOptimizer, SiteUpdate, aggregate, update_norm
+from server.aggregation import ServerOptimizer, SiteUpdate, aggregate, capped_weights, update_norm
 
 
 def _state(rng: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray]:
@@ -19,10 +22,12 @@ def _site(name: str, g: dict, delta: dict, steps: float) -> SiteUpdate:
 
 
 def test_fedavg_is_weighted_by_planned_steps() -> None:
+    """Plain FedAvg where the cap does not bind (3:1 under a ratio of 4)."""
     rng = np.random.default_rng(0)
     g = _state(rng)
     d1, d2 = _state(rng, 0.1), _state(rng, 0.1)
-    res = aggregate(g, None, [_site("A", g, d1, 30), _site("B", g, d2, 10)], ServerOptimizer())
+    res = aggregate(g, None, [_site("A", g, d1, 30), _site("B", g, d2, 10)], ServerOptimizer(),
+                    max_weight_ratio=4.0)
     for k in g:
         expected = g[k] + 0.75 * d1[k] + 0.25 * d2[k]
         np.testing.assert_allclose(res.weights[k], expected, rtol=1e-5, atol=1e-6)
@@ -97,7 +102,7 @@ def test_ema_is_the_weighted_mean_of_site_emas() -> None:
     g = _state(rng)
     a, b = _site("A", g, _state(rng, 0.01), 3), _site("B", g, _state(rng, 0.01), 1)
     a.ema, b.ema = _state(rng), _state(rng)
-    res = aggregate(g, g, [a, b], ServerOptimizer())
+    res = aggregate(g, g, [a, b], ServerOptimizer(), max_weight_ratio=4.0)
     for k in g:
         np.testing.assert_allclose(res.ema[k], 0.75 * a.ema[k] + 0.25 * b.ema[k], rtol=1e-5)
 
@@ -118,3 +123,100 @@ def test_checkpoint_round_trip_and_crash_safety(tmp_path) -> None:
     # a crash while writing round 4's arrays leaves round 3 loadable
     (tmp_path / "round-4.npz").write_bytes(b"partial")
     assert checkpoint.load(tmp_path).round == 3
+
+
+# --------------------------------------------------------------- issue 14: no site can dominate
+def _capped_shares(weights: list[float], ratio: float) -> list[float]:
+    """Independent computation: each weight against ratio x the low median of the others."""
+    capped = []
+    for k, w in enumerate(weights):
+        others = sorted(weights[:k] + weights[k + 1:])
+        low_median = others[(len(others) - 1) // 2] if others else None
+        capped.append(w if low_median is None else min(w, ratio * low_median))
+    return [c / sum(capped) for c in capped]
+
+
+def _honest_round(rng: np.random.Generator, g: dict, weights: list[float]) -> list[SiteUpdate]:
+    return [_site(f"S{i}", g, _state(rng, 0.01), w) for i, w in enumerate(weights)]
+
+
+def _applied_shares(g: dict, updates: list[SiteUpdate], res) -> np.ndarray:  # noqa: ANN001
+    """Solve new = g + sum_k p_k delta_k for p (plain FedAvg, server lr 1): what really ran."""
+    D = np.stack([np.concatenate([(u.weights[k] - g[k]).astype(np.float64).ravel() for k in g])
+                  for u in updates], axis=1)
+    y = np.concatenate([(res.weights[k] - g[k]).astype(np.float64).ravel() for k in g])
+    return np.linalg.lstsq(D, y, rcond=None)[0]
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_a_site_reporting_1e9_examples_gets_at_most_the_capped_share(k: int) -> None:
+    rng = np.random.default_rng(10 + k)
+    g = _state(rng)
+    weights = [1e9] + [100.0 + 10 * i for i in range(k - 1)]
+    ups = _honest_round(rng, g, weights)
+    res = aggregate(g, g, ups, ServerOptimizer(), max_weight_ratio=2.0)
+    want = _capped_shares(weights, 2.0)
+    assert len(res.accepted) == k
+    got = [u.metrics["share"] for u in res.accepted]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_allclose(_applied_shares(g, ups, res), want, atol=1e-4)
+    # with equal others the bound is 2/(K+1); here the others are unequal, the low median rules
+    assert got[0] <= 2.0 / (k + 1) + 1e-12
+    equal = _honest_round(rng, g, [1e9] + [50.0] * (k - 1))
+    res = aggregate(g, g, equal, ServerOptimizer())
+    assert res.accepted[0].metrics["share"] == pytest.approx(2.0 / (k + 1))
+
+
+def test_a_site_with_a_tiny_weight_is_unaffected() -> None:
+    rng = np.random.default_rng(20)
+    g = _state(rng)
+    weights = [1e-3, 40.0, 50.0, 60.0]
+    ups = _honest_round(rng, g, weights)
+    res = aggregate(g, g, ups, ServerOptimizer())
+    np.testing.assert_allclose([u.metrics["share"] for u in res.accepted],
+                               [w / sum(weights) for w in weights], rtol=1e-12)
+    assert capped_weights(weights, 2.0) == weights
+
+
+def test_the_cap_is_a_no_op_for_equal_sites() -> None:
+    rng = np.random.default_rng(21)
+    g = _state(rng)
+    ups = _honest_round(rng, g, [7.0, 7.0, 7.0])
+    res = aggregate(g, g, ups, ServerOptimizer())
+    for k in g:  # exactly plain FedAvg: the mean of the deltas
+        expected = g[k].astype(np.float64) + np.mean([u.weights[k].astype(np.float64) - g[k]
+                                                      for u in ups], axis=0)
+        np.testing.assert_allclose(res.weights[k], expected.astype(np.float32), rtol=1e-6,
+                                   atol=1e-7)
+    assert [u.metrics["share"] for u in res.accepted] == pytest.approx([1 / 3] * 3)
+
+
+@pytest.mark.parametrize("attack", ["ema_delta_x1000", "ema_state_x1000"])
+def test_ema_scaled_x1000_is_rejected_and_the_honest_site_kept(attack: str) -> None:
+    """The EMA is the released model: an EMA far from the global EMA the site started from is
+    rejected like a scaled update, with only two sites, and the released EMA is the honest one's."""
+    rng = np.random.default_rng(22)
+    g, g_ema = _state(rng), _state(rng)
+    honest, evil = _honest_round(rng, g, [10.0, 10.0])
+    for u in (honest, evil):
+        u.ema = {k: g_ema[k] + _state(rng, 0.01)[k] for k in g}
+    if attack == "ema_delta_x1000":
+        evil.ema = {k: g_ema[k] + 1000 * (evil.ema[k] - g_ema[k]) for k in g}
+    else:
+        evil.ema = {k: 1000 * evil.ema[k] for k in g}
+    res = aggregate(g, g_ema, [honest, evil], ServerOptimizer())
+    assert [u.site for u in res.accepted] == [honest.site]
+    assert [r.site for r in res.rejected] == [evil.site] and "EMA" in res.rejected[0].reason
+    for k in g:
+        np.testing.assert_allclose(res.ema[k], honest.ema[k], rtol=1e-6)
+
+
+def test_max_weight_ratio_is_a_validated_federation_setting() -> None:
+    assert FederationConfig().max_weight_ratio == 2.0
+    assert Config.from_dict({"federation": {"max_weight_ratio": 3}}).federation.max_weight_ratio \
+        == 3.0
+    for bad in (1.0, 0.5, -2):
+        with pytest.raises(InputError, match="max_weight_ratio"):
+            Config.from_dict({"federation": {"max_weight_ratio": bad}})
+    with pytest.raises(ValueError):
+        capped_weights([1.0, 2.0], 1.0)
