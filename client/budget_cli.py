@@ -1,7 +1,8 @@
 """``ehr-client budget``: print a site's privacy ledger, or re-seal a damaged one.
 
-    ehr-client budget --site A --state-dir DIR [--budget E] [--delta D] [--json]
+    ehr-client budget --site A --state-dir DIR [--budget E] [--json]
     ehr-client budget --site A --state-dir DIR --accept-ledger   # operator recovery
+    ehr-client budget --site A --state-dir DIR --accept-ledger --delta 1e-05   # pin an old ledger
 
 Epsilon is recomputed from the whole ledger history (cumulative after each entry), never read
 from a stored running total. ``--accept-ledger`` never lowers the recorded spend (see
@@ -22,7 +23,7 @@ from rich.table import Table
 
 from common.errors import InputError, cli_errors
 from privacy.accountant import ACCOUNTANTS, epsilon
-from privacy.ledger import Ledger, LedgerCorrupted, accept_ledger
+from privacy.ledger import Ledger, LedgerCorrupted, accept_ledger, check_delta
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", required=True, help="site name (as given to ehr-client --site)")
     p.add_argument("--state-dir", required=True, help="the site's state directory")
     p.add_argument("--budget", type=float, default=None, help="the site's epsilon budget")
-    p.add_argument("--delta", type=float, default=1e-5, help="delta (default 1e-5)")
+    p.add_argument("--delta", type=float, default=None,
+                   help="the site's delta (default: the one pinned in its ledger; a different "
+                        "one is refused). Needed only to pin a ledger written without one")
     p.add_argument("--accountant", choices=ACCOUNTANTS, default="prv")
     p.add_argument("--json", action="store_true", help="print the privacy report as JSON")
     p.add_argument("--accept-ledger", action="store_true",
@@ -43,25 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_errors
 def budget_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 < args.delta < 1:
-        raise InputError("--delta", f"must be in (0, 1), got {args.delta}")
+    if args.delta is not None:
+        check_delta(args.delta)
     try:
         if args.accept_ledger:
             before = _quiet_open(args.state_dir, args.site)
-            ledger = accept_ledger(args.state_dir, args.site)
+            ledger = accept_ledger(args.state_dir, args.site, args.delta)
             verb = "verified, unchanged" if before else "re-sealed"
             print(f"ledger {ledger.path}: {verb}, {len(ledger.entries)} entries", file=sys.stderr)
         else:
-            ledger = Ledger.open(args.state_dir, args.site)
+            ledger = Ledger.open(args.state_dir, args.site, args.delta)
     except LedgerCorrupted as err:
         raise InputError(None, str(err)) from None
-    except ValueError as err:
-        raise InputError("--site", str(err)) from None
-    report = ledger.report(args.delta, args.budget, args.accountant)
+    if ledger.delta is None:  # nothing recorded yet: epsilon 0 at any delta
+        print(f"site {args.site}: no privacy spend recorded in {ledger.path}", file=sys.stderr)
+        ledger = Ledger.open(args.state_dir, args.site, args.delta or 1e-5)
+    delta = float(ledger.delta)  # type: ignore[arg-type]
+    report = ledger.report(delta, args.budget, args.accountant, local=True)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        _print_table(ledger, report, args.delta, args.accountant)
+        _print_table(ledger, report, delta, args.accountant)
     return 0
 
 
@@ -75,24 +80,26 @@ def _quiet_open(state_dir: str, site: str) -> bool:
 
 def _print_table(ledger: Ledger, report: dict, delta: float, accountant: str) -> None:
     table = Table(title=f"privacy ledger of site {ledger.site} ({ledger.path})")
-    for col in ("#", "run", "round", "recorded (UTC)", "steps", "sigma", "q",
+    left_cols = ("mechanism", "run", "recorded (UTC)")
+    for col in ("#", "mechanism", "run", "round", "recorded (UTC)", "steps", "sigma", "q",
                 f"epsilon spent ({accountant})"):
-        table.add_column(col, justify="right" if col not in ("run", "recorded (UTC)") else "left")
+        table.add_column(col, justify="left" if col in left_cols else "right")
     for i, e in enumerate(ledger.entries):
         cumulative = epsilon(ledger.history[: i + 1], delta, accountant)
         when = datetime.fromtimestamp(e.timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
         m = e.mechanism
-        table.add_row(str(i + 1), e.run_id, str(e.round), when, str(m.steps),
-                      f"{m.noise_multiplier:.4g}", f"{m.sample_rate:.4g}", f"{cumulative:.4f}")
+        table.add_row(str(i + 1), e.note or "-", e.run_id, str(e.round), when, str(m.steps),
+                      f"{m.noise_multiplier:.4g}", f"{m.sample_rate:.4g}", f"{cumulative:.2f}")
     console = Console()
     console.print(table)
     left = report["epsilon_left"]
     other = "rdp" if accountant == "prv" else "prv"
     console.print(
-        f"site {ledger.site}: epsilon spent {report['epsilon']:.4f} at delta={delta:g} "
-        f"({accountant}; {other} cross-check {report[f'epsilon_{other}']:.4f}); "
+        f"site {ledger.site}: epsilon spent {report['epsilon']:.2f} at delta={delta:g} "
+        f"({accountant}; {other} cross-check {report[f'epsilon_{other}']:.2f}); "
         f"budget {report['budget'] if report['budget'] is not None else 'not given'}; "
-        f"epsilon left {'n/a' if left is None else f'{left:.4f}'}"
+        f"epsilon left {'n/a' if left is None else f'{left:.2f}'}; "
+        f"ledger head {report['ledger_head'][:16]}"
     )
 
 

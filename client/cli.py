@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import time
 from pathlib import Path
 
 from common.errors import InputError, cli_errors
+from common.names import check_site_name
 
 log = logging.getLogger("ehr-client")
-_SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,6 +31,10 @@ def parser() -> argparse.ArgumentParser:
                    help="the site's private state: privacy ledger, Flower home, logs")
     p.add_argument("--epsilon-budget", required=True, type=float,
                    help="the site's own lifetime epsilon budget (enforced by its ledger)")
+    p.add_argument("--delta", type=float, default=None,
+                   help="the site's own delta, pinned in its ledger at first use (default: the "
+                        "ledger's, or default_delta(n) for a new site); a plan asking for "
+                        "another delta is refused")
     p.add_argument("--holdout", type=float, default=0.2,
                    help="share of patients held out for evaluation, never trained on")
     p.add_argument("--device", default="cpu", help="cpu|cuda|auto")
@@ -51,9 +54,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> list[str]:
-    if not _SITE.match(args.site):
-        raise InputError("--site", f"'{args.site}' is not a valid site name",
-                         "use letters, digits, '_', '.', '-' (at most 64)")
+    check_site_name(args.site)
     host, sep, port = args.server.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InputError("--server", f"'{args.server}' is not HOST:PORT")
@@ -65,6 +66,8 @@ def _check(args: argparse.Namespace) -> list[str]:
         raise InputError("--threads", f"must be 0 (automatic) or positive (got {args.threads})")
     if not 0 < args.holdout < 1:
         raise InputError("--holdout", f"must be in (0, 1) (got {args.holdout})")
+    if args.delta is not None and not 0 < args.delta < 1:
+        raise InputError("--delta", f"must be in (0, 1) (got {args.delta})")
     if args.insecure:
         log.warning("--insecure: plaintext connection, the server is not authenticated")
         return []
@@ -80,23 +83,51 @@ def _check(args: argparse.Namespace) -> list[str]:
     return tls
 
 
+def site_delta(args: argparse.Namespace, state: Path) -> float:
+    """The site's delta: ``--delta``, else the one pinned in its ledger, else
+    ``default_delta(n)`` of its training patients. A ``--delta`` other than the pinned one is
+    refused here (one line, exit 2) before the SuperNode starts."""
+    from privacy.accountant import default_delta
+    from privacy.ledger import Ledger, LedgerCorrupted
+
+    try:
+        ledger = Ledger.open(state, args.site, args.delta)
+    except LedgerCorrupted as err:
+        raise InputError(None, str(err)) from None
+    if ledger.delta is not None and (args.no_check or args.delta is not None):
+        log.info("site %s: delta %g (%s)", args.site, ledger.delta,
+                 "given" if args.delta is not None else "pinned in its ledger")
+        return float(ledger.delta)
+    from client.site_training import load_site_data
+
+    data = load_site_data(args.data, args.format, args.holdout, 0, args.site)
+    log.info("site %s: %d training and %d held-out patients, %d codes", args.site,
+             data.train.shape[0], data.holdout.shape[0], data.train.shape[1])
+    delta = ledger.delta if ledger.delta is not None else default_delta(data.train.shape[0])
+    log.info("site %s: delta %g (%s)", args.site, delta,
+             "pinned in its ledger" if ledger.delta is not None else "default for its size")
+    return float(delta)
+
+
 def run_client(args: argparse.Namespace, tls: list[str]) -> int:
     """Start the SuperNode and wait for it (Ctrl-C stops it)."""
     from common import flower_runtime as fr
 
     state = args.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
-    if not args.no_check:
-        from client.site_training import load_site_data
-
-        data = load_site_data(args.data, args.format, args.holdout, 0, args.site)
-        log.info("site %s: %d training and %d held-out patients, %d codes", args.site,
-                 data.train.shape[0], data.holdout.shape[0], data.train.shape[1])
+    delta = site_delta(args, state)
     node_config = {
         "site": args.site, "data-path": str(args.data.resolve()), "format": args.format,
         "state-dir": str(state), "epsilon-budget": float(args.epsilon_budget),
         "holdout": float(args.holdout), "device": args.device, "threads": int(args.threads),
+        "delta": delta,
     }
+    if args.auth_key is not None:  # the enrolment key also signs the site's ledger heads
+        node_config["signing-key"] = str(args.auth_key.resolve())
+    if getattr(args, "delta", None):  # the site's own delta (pinned in its ledger)
+        node_config["delta"] = float(args.delta)
+    if args.auth_key is not None and not args.insecure:  # signs the site's ledger heads
+        node_config["auth-key"] = str(args.auth_key.resolve())
     delay = 2.0
     with fr.managed() as group:
         while True:

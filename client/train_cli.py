@@ -23,7 +23,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", help="auto|cpu|cuda (override train.device)")
     ap.add_argument("--seed", type=int, help="override train.seed")
     ap.add_argument("--epsilon", type=float, help="train with DP-SGD to this epsilon")
-    ap.add_argument("--delta", type=float, help="DP delta (default min(1e-5, 1/(10 n)))")
+    ap.add_argument("--delta", type=float,
+                    help="DP delta (default: the one pinned in this data set's ledger, else "
+                         "min(1e-5, 1/(10 n)) rounded down to a power of ten)")
+    ap.add_argument("--state-dir",
+                    help="folder of the privacy ledgers (default $XDG_STATE_HOME/fedsynth or "
+                         "~/.local/state/fedsynth); every DP run on the same patients composes "
+                         "in one ledger there, whatever --out is")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
 
@@ -67,7 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     if config.privacy.epsilon is not None:
         from client.private_train import train_centralized_private  # lazy: pulls in opacus
 
-        report = train_centralized_private(matrix, config, out)
+        report = train_centralized_private(matrix, config, out, state_dir=args.state_dir,
+                                           progress=not args.quiet)
+        privacy = report["privacy"]
+        logging.getLogger("ehr-train").info(
+            "epsilon %.2f of %g spent on this data set at delta %g; ledger %s",
+            privacy["epsilon"], config.privacy.epsilon, privacy["delta"], privacy["ledger"])
     else:
         from common.model.central import train_centralized
 

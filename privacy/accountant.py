@@ -67,10 +67,16 @@ class Mechanism:
 
 
 def default_delta(n_site: int) -> float:
-    """delta = min(1e-5, 1/(10 n)): well below 1/n, the level at which one record can leak."""
-    if n_site <= 0:
-        raise ValueError(f"n_site must be positive, got {n_site}")
-    return min(1e-5, 1.0 / (10.0 * n_site))
+    """delta = 10^-k, the largest power of ten <= min(1e-5, 1/(10 n)): well below 1/n, the level
+    at which one record can leak. Rounded down to a decade because a site's delta travels in
+    its privacy reports: it then reveals at most the decade of the site's size (k is the
+    smallest integer >= 5 with 10^k >= 10 n, computed in integers, so exact)."""
+    if int(n_site) != n_site or n_site <= 0:
+        raise ValueError(f"n_site must be a positive integer, got {n_site}")
+    k = 5
+    while 10**k < 10 * int(n_site):
+        k += 1
+    return float(f"1e-{k}")
 
 
 def as_mechanism(item: Mechanism | dict | Sequence[float]) -> Mechanism:

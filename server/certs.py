@@ -36,6 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.atomic import atomic_path
 from common.errors import InputError
+from common.names import check_site_name
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"
 SITES_DIR = "sites"
 WARN_DAYS = 30
-_SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DNS_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
                      r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$")
 
@@ -245,9 +245,8 @@ def init_certs(
 
 
 def check_site(site: str) -> str:
-    if not _SITE_RE.match(site):
-        raise InputError("--site", f"{site!r} is not a valid site name (letters, digits, _ . -)")
-    return site
+    """The one site-name check (``common.names``): matched in full, so ``'A\\n'`` is refused."""
+    return check_site_name(site)
 
 
 def enrolled_dir(cert_dir: str | Path) -> Path:

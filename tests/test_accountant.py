@@ -108,9 +108,17 @@ def test_calibration_rdp() -> None:
 
 def test_default_delta() -> None:
     assert default_delta(1000) == 1e-5
-    assert default_delta(200_000) == pytest.approx(5e-7)
-    assert default_delta(1_000_000) == pytest.approx(1e-7)
+    assert default_delta(10_000) == 1e-5
+    assert default_delta(10_001) == 1e-6  # 1/(10 n) just below 1e-5: the next decade down
+    assert default_delta(200_000) == 1e-7  # 5e-7 rounded down: only the decade of n shows
+    assert default_delta(1_000_000) == 1e-7
     assert default_delta(50) == 1e-5
+    for n in (1, 7, 9_999, 12_345, 99_999, 100_000, 123_456_789):  # independent: floats
+        d = default_delta(n)
+        assert d <= min(1e-5, 1 / (10 * n)) < 10 * d
+        assert math.log10(d) == round(math.log10(d))
+    # two sites of different size in the same decade get the same delta
+    assert default_delta(20_000) == default_delta(90_000)
 
 
 def test_mechanism_validation() -> None:

@@ -25,7 +25,7 @@ HISTORY = [Mechanism(1.5, 0.02, 300), Mechanism(1.2, 0.02, 200), Mechanism(2.0, 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("ledger")
-    led = Ledger.open(d, "A")
+    led = Ledger.open(d, "A", delta=1e-5)
     for i, m in enumerate(HISTORY):
         led.record(m, run_id="run-1", round=i + 1)
     return d
@@ -76,3 +76,4 @@ def _damage_and_open(good: Path, tmp_path_factory: pytest.TempPathFactory, targe
     # undetected only if the damage changed nothing that matters (e.g. JSON whitespace in the
     # head): the full spend history must be intact
     assert led.history == HISTORY
+    assert led.delta == 1e-5  # the pinned delta is part of what must survive or be caught

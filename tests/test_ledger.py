@@ -11,7 +11,16 @@ import pytest
 from client.budget_cli import budget_main
 from common.errors import BudgetExceeded
 from privacy.accountant import Mechanism, epsilon
-from privacy.ledger import Ledger, LedgerCorrupted, accept_ledger
+from privacy.ledger import (
+    DeltaFixed,
+    Ledger,
+    LedgerCorrupted,
+    LedgerUnpinned,
+    accept_ledger,
+    canonical,
+    entry_hash,
+    genesis_hash,
+)
 
 DELTA = 1e-5
 M1 = Mechanism(1.5, 0.02, 300)
@@ -20,7 +29,7 @@ M3 = Mechanism(2.0, 0.05, 100)
 
 
 def _filled(tmp_path: Path, mechs: tuple[Mechanism, ...] = (M1, M2, M3)) -> Ledger:
-    led = Ledger.open(tmp_path, "A")
+    led = Ledger.open(tmp_path, "A", delta=DELTA)
     for i, m in enumerate(mechs):
         led.record(m, run_id="run-1", round=i + 1)
     return led
@@ -41,10 +50,10 @@ def test_record_persists_and_restart_never_resets(tmp_path: Path) -> None:
 def test_check_refuses_past_budget(tmp_path: Path) -> None:
     led = _filled(tmp_path)
     spent = led.epsilon(DELTA)
-    would = led.check(Mechanism(5.0, 0.02, 10), budget_epsilon=spent + 1, delta=DELTA)
+    would = led.check(Mechanism(5.0, 0.02, 10), budget=spent + 1, delta=DELTA)
     assert spent < would < spent + 1
     with pytest.raises(BudgetExceeded, match="budget"):
-        led.check(Mechanism(1.0, 1.0, 3), budget_epsilon=spent + 0.5, delta=DELTA)
+        led.check(Mechanism(1.0, 1.0, 3), budget=spent + 0.5, delta=DELTA)
     assert Ledger.open(tmp_path, "A").history == [M1, M2, M3]  # refusal records nothing
 
 
@@ -156,7 +165,7 @@ def test_budget_cli_table_json_and_recovery(tmp_path: Path, capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["epsilon"] == pytest.approx(epsilon([M1, M2, M3], DELTA))
     assert out["epsilon_left"] == pytest.approx(10 - out["epsilon"])
-    assert out["history"] == [M1.to_dict(), M2.to_dict(), M3.to_dict()]
+    assert [Mechanism.from_dict(h) for h in out["history"]] == [M1, M2, M3]
     assert budget_main(["--site", "A", "--state-dir", str(tmp_path), "--budget", "10"]) == 0
     table = capsys.readouterr().out
     assert "epsilon" in table.lower() and "1.5" in table
@@ -167,3 +176,139 @@ def test_budget_cli_table_json_and_recovery(tmp_path: Path, capsys) -> None:
     assert "--accept-ledger" in capsys.readouterr().err
     assert budget_main(["--site", "A", "--state-dir", str(tmp_path), "--accept-ledger"]) == 0
     assert Ledger.open(tmp_path, "A").history == [M1, M2, M3]
+
+
+# ---------------------------------------------------------------- delta pinned in the ledger
+
+
+def test_delta_is_pinned_at_first_use(tmp_path: Path) -> None:
+    _filled(tmp_path)
+    spent = Ledger.open(tmp_path, "A").epsilon()
+    assert spent == pytest.approx(epsilon([M1, M2, M3], DELTA))
+    # whoever opens the ledger (the coordinator's plan, a flag) cannot pick a looser delta
+    with pytest.raises(DeltaFixed) as err:
+        Ledger.open(tmp_path, "A", delta=9e-3)
+    assert str(err.value) == ("site A's ledger is at delta 1e-05; a site's delta is fixed at its "
+                              "first use (asked for 0.009)")
+    led = Ledger.open(tmp_path, "A")
+    assert led.delta == DELTA
+    for call in (lambda: led.report(9e-3), lambda: led.epsilon(9e-3),
+                 lambda: led.check(M1, 100.0, 9e-3), lambda: led.report(1e-6, 10.0, "prv")):
+        with pytest.raises(DeltaFixed):
+            call()
+    assert epsilon([M1, M2, M3], 9e-3) < spent  # what a looser delta would have printed
+    assert led.report()["epsilon"] == pytest.approx(spent)
+    assert led.report(DELTA)["delta"] == DELTA  # the same delta may be named explicitly
+    # every entry and the head carry it
+    lines = [json.loads(x) for x in (tmp_path / "ledger-A.jsonl").read_text().splitlines()]
+    assert all(e["delta"] == DELTA for e in lines)
+    assert json.loads((tmp_path / "ledger-A.head.json").read_text())["delta"] == DELTA
+
+
+def test_new_ledger_needs_a_delta_and_takes_the_first(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no delta"):
+        Ledger.open(tmp_path, "A").record(M1, "r", 1)
+    assert not (tmp_path / "ledger-A.jsonl").exists()
+    led = Ledger.open(tmp_path, "A")
+    led.check(M1, 100.0, 1e-6)  # an older caller passing its delta: adopted, then fixed
+    with pytest.raises(DeltaFixed):
+        led.report(1e-5)
+    led.record(M1, "r", 1)
+    assert Ledger.open(tmp_path, "A").delta == 1e-6
+
+
+def test_editing_the_pinned_delta_is_detected(tmp_path: Path) -> None:
+    _filled(tmp_path)
+    head = json.loads((tmp_path / "ledger-A.head.json").read_text())
+    head["delta"] = 9e-3
+    (tmp_path / "ledger-A.head.json").write_text(json.dumps(head))
+    with pytest.raises(LedgerCorrupted, match="delta"):
+        Ledger.open(tmp_path, "A")
+    # recovery keeps the strictest delta it can read, and refuses to be told another
+    with pytest.raises(DeltaFixed):
+        accept_ledger(tmp_path, "A", delta=9e-3)
+    rec = accept_ledger(tmp_path, "A")
+    assert rec.delta == DELTA and rec.history == [M1, M2, M3]
+    assert Ledger.open(tmp_path, "A").epsilon() == pytest.approx(epsilon([M1, M2, M3], DELTA))
+
+
+def test_ledger_written_without_delta_is_refused_until_pinned(tmp_path: Path, capsys) -> None:
+    _filled(tmp_path)
+    lines = []
+    prev = genesis_hash("A")
+    for raw in (tmp_path / "ledger-A.jsonl").read_text().splitlines():  # an old-format ledger
+        e = json.loads(raw)
+        del e["delta"]
+        e["prev"] = prev
+        e["hash"] = entry_hash(e)
+        prev = e["hash"]
+        lines.append(canonical(e).decode())
+    (tmp_path / "ledger-A.jsonl").write_text("\n".join(lines) + "\n")
+    head = json.loads((tmp_path / "ledger-A.head.json").read_text())
+    del head["delta"]
+    head["last_hash"] = prev
+    (tmp_path / "ledger-A.head.json").write_text(json.dumps(head))
+    with pytest.raises(LedgerUnpinned, match="--accept-ledger --delta"):
+        Ledger.open(tmp_path, "A", delta=9e-3)  # not adopted: the asker would choose it
+    with pytest.raises(SystemExit) as ex:
+        budget_main(["--site", "A", "--state-dir", str(tmp_path), "--accept-ledger"])
+    assert ex.value.code == 2 and "--delta" in capsys.readouterr().err
+    assert budget_main(["--site", "A", "--state-dir", str(tmp_path), "--accept-ledger",
+                        "--delta", "1e-5"]) == 0
+    led = Ledger.open(tmp_path, "A")
+    assert led.delta == DELTA and led.history == [M1, M2, M3]
+
+
+def test_budget_cli_uses_the_pinned_delta(tmp_path: Path, capsys) -> None:
+    _filled(tmp_path)
+    assert budget_main(["--site", "A", "--state-dir", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["delta"] == DELTA
+    assert out["epsilon"] == pytest.approx(epsilon([M1, M2, M3], DELTA))
+    with pytest.raises(SystemExit) as ex:
+        budget_main(["--site", "A", "--state-dir", str(tmp_path), "--delta", "9e-3"])
+    assert ex.value.code == 2 and "fixed" in capsys.readouterr().err
+
+
+def test_report_labels_every_entry_for_a_reviewer(tmp_path: Path) -> None:
+    led = Ledger.open(tmp_path, "A", delta=DELTA)
+    led.record(Mechanism(3.0, 1.0, 1), "r", 0, note="code counts and site size",
+               max_grad_norm=4.0)
+    led.record(M1, "r", 1, note="DP-SGD round 1", max_grad_norm=1.0, expected_batch=31.4)
+    sent = led.report(budget=5.0)  # what may travel: no q x n (it reveals the site's size)
+    assert [h["mechanism"] for h in sent["history"]] == ["code counts and site size",
+                                                         "DP-SGD round 1"]
+    assert [h["max_grad_norm"] for h in sent["history"]] == [4.0, 1.0]
+    assert all("expected_batch" not in h for h in sent["history"])
+    assert sent["ledger_head"] == led.head()["hash"] == led.entries[-1].hash
+    assert sent["software"].startswith("fedsynth ") and sent["created"].endswith("+00:00")
+    local = led.report(local=True)
+    assert local["history"][1]["expected_batch"] == 31.4
+    # the labelled history still recomputes to the reported epsilon
+    assert epsilon([Mechanism.from_dict(h) for h in local["history"]], DELTA) == \
+        pytest.approx(local["epsilon"])
+
+
+def test_ehr_client_delta_is_the_sites(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    from client.cli import main, site_delta
+    from common.data import demo_cohort, write_matrix
+    from privacy.accountant import default_delta
+
+    m = demo_cohort(n_sites=1, patients_per_site=200, seed=0)
+    data = tmp_path / "a.csv"
+    write_matrix(data, m.X, m.vocab, m.patient_ids)
+    args = argparse.Namespace(site="A", data=data, format="matrix", holdout=0.2, no_check=True,
+                              delta=None)
+    # a new site: default_delta of its training patients (rounded to a decade)
+    assert site_delta(args, tmp_path / "new") == default_delta(160) == 1e-5
+    _filled(tmp_path / "state")  # a site pinned at 1e-5
+    args.delta = None
+    assert site_delta(args, tmp_path / "state") == DELTA
+    with pytest.raises(SystemExit) as ex:  # refused before any SuperNode starts
+        main(["--site", "A", "--data", str(data), "--server", "127.0.0.1:9",
+              "--state-dir", str(tmp_path / "state"), "--epsilon-budget", "3", "--insecure",
+              "--delta", "9e-3", "--format", "matrix", "--once"])
+    assert ex.value.code == 2 and "fixed at its first use" in capsys.readouterr().err
+    assert not (tmp_path / "state" / "flwr-home").exists()
