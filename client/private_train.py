@@ -20,9 +20,9 @@ composed with DP-SGD (PRV) it costs less than that share.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,8 @@ from common.errors import BudgetExceeded, InputError
 from common.model import Generator, OutputStep, build_model, save_model
 from common.model.calibrate import calibrate
 from privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
-from privacy.counts import KEEP_STD, count_epsilon, keep_codes, private_counts
-from privacy.ledger import Ledger, LedgerCorrupted
+from privacy.counts import MECHANISM_NOTE, count_epsilon, estimate, release_counts
+from privacy.ledger import Ledger, LedgerCorrupted, user_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -87,24 +87,50 @@ def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
     return PrivatePlan(n, delta, q, steps, count_noise, sigma, pc.epsilon, list(prior))
 
 
+def data_set_site(matrix: CodeMatrix) -> str:
+    """The ledger name of a data set: ``central-`` + 16 hex of sha256 over its sorted, distinct
+    patient ids.
+
+    Keyed by *who* is in the data, not by the file: the same patients compose whatever the
+    file's name, format, row or column order, and also after a re-extract that changed their
+    codes (composing too much is the safe error). Files without ids get positional ids
+    (``syn-000001`` ...), so such files with equal row counts share a ledger (again the safe
+    side). Not detected: another file holding a subset or superset of the patients gets its own
+    ledger; a person who trains on overlapping extracts gives them one ``--state-dir`` and keeps
+    the same ids."""
+    ids = np.unique(np.asarray(matrix.patient_ids).astype(str))
+    digest = hashlib.sha256(b"fedsynth-data-set-v1\n" + "\n".join(ids).encode()).hexdigest()
+    return f"{SITE}-{digest[:16]}"
+
+
 def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str | Path,
                               state_dir: str | Path | None = None,
-                              progress: bool = True) -> dict[str, Any]:
+                              progress: bool = True, site: str | None = None) -> dict[str, Any]:
     """DP training of the generator on all rows of ``matrix``; writes the model directory and
-    ``out_dir/privacy.json``. The spend goes into the ledger of site ``central`` in
-    ``state_dir`` (default ``out_dir/privacy-state``) before anything is written out."""
+    ``out_dir/privacy.json``. The spend goes into the data set's ledger (``site``, default
+    ``data_set_site(matrix)``) in ``state_dir`` (default ``user_state_dir()``:
+    ``$XDG_STATE_HOME/fedsynth`` or ``~/.local/state/fedsynth``, *not* the output folder, so
+    that every run on the same patients composes) before anything is written out. The ledger's
+    delta is pinned at its first run (``privacy.delta`` or ``default_delta(n)``)."""
     from client.dp_training import train_dp  # opacus
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    pc = config.privacy
-    state = Path(state_dir) if state_dir is not None else out / "privacy-state"
-    try:
-        ledger = Ledger.open(state, SITE)
-    except LedgerCorrupted as err:
-        raise InputError(None, str(err)) from None
+    state = Path(state_dir) if state_dir is not None else user_state_dir()
+    site = site or data_set_site(matrix)
     X = matrix.X
     n, n_codes = X.shape
+    try:
+        ledger = Ledger.open(state, site, config.privacy.delta)  # DeltaFixed if another delta
+        delta = ledger.delta if ledger.delta is not None else default_delta(n)
+        ledger = Ledger.open(state, site, delta)
+    except LedgerCorrupted as err:
+        raise InputError(None, str(err)) from None
+    log.info("privacy ledger of this data set: %s (delta %g, epsilon spent so far %.2f)",
+             ledger.path, delta, ledger.epsilon())
+    config = dataclasses.replace(config, privacy=dataclasses.replace(config.privacy,
+                                                                      delta=delta))
+    pc = config.privacy
     plan = plan_private(n, config, ledger.history)
     mechs = plan.mechanisms
     would = _check_all(ledger, mechs, plan, pc.accountant)
@@ -117,14 +143,13 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
     # 1. private code counts -> modelled codes and target prevalences (post-processing)
     kept = np.arange(n_codes)
     prevalence = None
+    count_info: dict[str, Any] = {}
     if plan.count_noise is not None:
-        ledger.record(mechs[0], run_id=_run_id(), round=0, note="code counts (Gaussian)")
-        rng = np.random.default_rng(secrets.randbits(128))
-        noisy = private_counts(X, pc.count_clip, plan.count_noise, rng)
-        kept = keep_codes(noisy, plan.count_noise * pc.count_clip)
-        prevalence = np.zeros(n_codes)
-        prevalence[kept] = np.clip(noisy[kept] / n, 0.0, 1.0)
-        log.info("private counts: %d of %d codes modelled", len(kept), n_codes)
+        ledger.record(mechs[0], run_id=_run_id(), round=0, note=MECHANISM_NOTE)
+        est = estimate(release_counts(X, pc.count_clip, plan.count_noise))  # OS randomness
+        kept, prevalence, count_info = est.kept, est.prevalence, est.info
+        log.info("private counts: %d of %d codes modelled, %d more in the tail",
+                 len(kept), n_codes, count_info.get("tail_codes", 0))
 
     # 2. DP-SGD on those columns (the binary model's prior: the private prevalence)
     model_cfg = config.private_model()
@@ -140,7 +165,8 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
                        privacy_cfg=pc, noise_multiplier=plan.noise_multiplier,
                        sample_rate=plan.sample_rate, steps=plan.steps, device=device,
                        progress=advance)
-    ledger.record(res.mechanism, run_id=_run_id(), round=1, note="DP-SGD")
+    ledger.record(res.mechanism, run_id=_run_id(), round=1, note="DP-SGD",
+                  max_grad_norm=pc.max_grad_norm, expected_batch=plan.sample_rate * n)
     train_seconds = time.perf_counter() - t0
 
     # 3. calibration to the private prevalence (post-processing; none without counts)
@@ -154,11 +180,11 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
         calibrate(gen, prevalence, "Gaussian-mechanism code counts (in privacy.json)",
                   n=CALIBRATION_SAMPLES)
     step = gen.output_step
-    report = ledger.report(plan.delta, pc.epsilon, pc.accountant)
+    report = ledger.report(plan.delta, pc.epsilon, pc.accountant, local=True)
     report.update({
         "n_patients": n,
         "release": "centralized model (one site); the output step uses only the private counts",
-        "mechanisms": _describe(plan, res.mechanism, pc, len(kept), n_codes),
+        "mechanisms": _describe(plan, res.mechanism, pc, count_info),
         "this_run": [m.to_dict() for m in [*mechs[:-1], res.mechanism]],
         "examples_per_s": round(res.examples_per_s, 1),
         "train_seconds": round(train_seconds, 1),
@@ -168,9 +194,10 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
                 "mean_loss": res.mean_loss, "examples_per_second": round(res.examples_per_s, 1),
                 "codes_modelled": int(len(kept)), "privacy_config": dataclasses.asdict(pc)}
     save_model(out, gen_model, model_cfg, matrix.vocab,
-               extra={"training": training, "privacy": report}, output_step=step, modelled=kept)
+               extra={"training": training, "privacy": report}, output_step=step, modelled=kept,
+               tail=gen.tail)
     write_json(out / "privacy.json", report)
-    log.info("DP model written to %s: epsilon=%.4f (%s), delta=%.3g, %.0f s", out,
+    log.info("DP model written to %s: epsilon=%.2f (%s), delta=%.3g, %.0f s", out,
              report["epsilon"], pc.accountant, plan.delta, time.perf_counter() - t0)
     return {"privacy": report, "training": training}
 
@@ -186,13 +213,15 @@ def _check_all(ledger: Ledger, mechs: list[Mechanism], plan: PrivatePlan,
     return total
 
 
-def _describe(plan: PrivatePlan, ran: Mechanism, pc: Any, kept: int, n_codes: int) -> list[dict]:
+def _describe(plan: PrivatePlan, ran: Mechanism, pc: Any,
+              count_info: dict[str, Any]) -> list[dict]:
     out = []
     if plan.count_noise is not None:
-        out.append({"name": "code counts", "kind": "Gaussian mechanism (q=1, steps=1 entry)",
+        out.append({"name": MECHANISM_NOTE, "kind": "Gaussian mechanism (q=1, steps=1 entry)",
                     "noise_multiplier": plan.count_noise, "l2_sensitivity": pc.count_clip,
-                    "use": f"{kept} of {n_codes} codes modelled (noisy count > {KEEP_STD} std) "
-                           "and per-code output thresholds matched to noisy prevalence"})
+                    "use": "codes modelled (family-wise test over the vocabulary), every "
+                           "code's prevalence (empirical-Bayes shrinkage; calibration target "
+                           "and the independently sampled tail)", "estimate": count_info})
     out.append({"name": "DP-SGD", "kind": "Poisson-subsampled Gaussian (Opacus, ghost clipping)",
                 **ran.to_dict(), "max_grad_norm": pc.max_grad_norm,
                 "noise_multiplicity": pc.noise_multiplicity, "epochs": pc.epochs,

@@ -15,8 +15,7 @@ from common.data import demo_cohort
 from common.errors import BudgetExceeded
 from common.model import load_model
 from privacy.accountant import Mechanism, epsilon
-from privacy.counts import private_counts
-from privacy.ledger import Ledger
+from privacy.ledger import Ledger, user_state_dir
 
 
 def _config(eps: float = 4.0) -> Config:
@@ -42,13 +41,18 @@ def test_private_training_end_to_end(tmp_path: Path, monkeypatch) -> None:
     recomputed = epsilon(hist, 1e-5, "prv")
     assert report["epsilon"] == pytest.approx(recomputed, rel=0.01)
     assert 3.9 <= report["epsilon"] <= 4.0
-    assert Ledger.open(out / "privacy-state", "central").history == hist
+    # the ledger lives in the user's state folder, keyed by the data set, not in --out
+    assert not (out / "privacy-state").exists()
+    assert Ledger.open(user_state_dir(), pt.data_set_site(matrix)).history == hist
     gen = load_model(out)
     S = gen.sample(300, seed=0)
     assert S.shape == (300, len(matrix.vocab)) and S.sum() > 0
     assert gen.modelled is not None and 0 < len(gen.modelled) < len(matrix.vocab)
     unmodelled = np.setdiff1d(np.arange(len(matrix.vocab)), gen.modelled)
-    assert S[:, unmodelled].sum() == 0  # codes below the private-count threshold never appear
+    tail = gen.tail if gen.tail is not None else np.zeros(len(matrix.vocab))
+    never = unmodelled[tail[unmodelled] == 0]
+    assert S[:, never].sum() == 0  # neither modelled nor in the tail: never generated
+    assert np.all(tail <= 5e-4)  # the tail stays below a visible prevalence
     # the binary model's prior is the private prevalence of the modelled codes, not the data's
     prior = torch.sigmoid(gen.model.prior_logit).numpy()
     true = matrix.X[:, gen.modelled].mean(axis=0)
@@ -56,18 +60,6 @@ def test_private_training_end_to_end(tmp_path: Path, monkeypatch) -> None:
     # the ledger persists: the same target again is refused rather than silently re-spent
     with pytest.raises(BudgetExceeded):
         pt.train_centralized_private(matrix, _config(), out, progress=False)
-
-
-def test_private_counts_sensitivity_and_noise() -> None:
-    X = np.zeros((5, 40), dtype=np.uint8)
-    X[0, :36] = 1  # 36 codes: L2 norm 6, scaled to the clip 4
-    X[1:, 3] = 1
-    exact = private_counts(X, clip=4.0, noise_multiplier=1e-9, rng=np.random.default_rng(0))
-    assert exact[3] == pytest.approx(4 + 4 / 6)
-    assert np.linalg.norm(private_counts(X[:1], 4.0, 1e-9, np.random.default_rng(0))) == (
-        pytest.approx(4.0))
-    noisy = [private_counts(X, 4.0, 2.0, np.random.default_rng(s))[39] for s in range(400)]
-    assert np.std(noisy) == pytest.approx(8.0, rel=0.1)
 
 
 def test_count_epsilon_floor_against_hand_values() -> None:

@@ -10,6 +10,9 @@ target, the calibration is post-processing and costs no privacy.
   network learned about the dependencies between codes alone.
 - ``calibrate_output_step`` (EHRDiff's parameterisation, continuous output): per-code
   thresholds at the (1 - p_j) quantile of the model's own output.
+- the tail: codes the network does not model but whose target prevalence is positive (a
+  private model's shrunk estimate, ``privacy.counts.estimate``) are drawn independently at
+  that prevalence by ``Generator.sample`` (``Generator.tail``).
 """
 
 from __future__ import annotations
@@ -71,18 +74,37 @@ def calibrate_output_step(
 ) -> OutputStep:
     """Per-code thresholds so the generator's per-code prevalence matches ``prevalence``."""
     cont = generator.sample_continuous(n, seed=seed)
-    th = fit_per_code_thresholds(cont, prevalence)
+    target = np.asarray(prevalence, dtype=np.float64)
+    if generator.modelled is not None:  # the others are the tail's: never from the network
+        target = np.where(np.isin(np.arange(len(target)), generator.modelled), target, 0.0)
+    th = fit_per_code_thresholds(cont, target)
     return OutputStep("per_code", thresholds=th,
                       info={"method": "per-code quantile of model output matched to prevalence",
                             "prevalence_source": source, "calibration_samples": n,
                             "calibration_seed": seed})
 
 
+def set_tail(generator: Any, prevalence: np.ndarray) -> None:
+    """``generator.tail`` = ``prevalence`` on the codes the network does not model (None when
+    they are all zero)."""
+    tail = np.clip(np.asarray(prevalence, dtype=np.float64), 0.0, 1.0).copy()
+    if generator.modelled is None:
+        tail[:] = 0.0
+    else:
+        tail[generator.modelled] = 0.0
+    generator.tail = tail if np.any(tail > 0) else None
+    if generator.tail is not None:
+        log.info("tail: %d codes drawn independently, %.3f codes per patient",
+                 int((tail > 0).sum()), float(tail.sum()))
+
+
 def calibrate(generator: Any, prevalence: np.ndarray, source: str,
               n: int = CALIBRATION_SAMPLES) -> dict[str, Any]:
     """What every trainer runs after training (``ModelConfig.calibrate``): per-code output
     thresholds for an ``output_step="per_code"`` model, else the binary model's marginal
-    calibration. Changes ``generator`` in place; returns what was done (for config.json)."""
+    calibration; the codes not modelled with a positive ``prevalence`` become the generator's
+    tail. Changes ``generator`` in place; returns what was done (for config.json)."""
+    set_tail(generator, prevalence)
     if generator.cfg.output_kind() == "per_code":
         generator.output_step = calibrate_output_step(generator, prevalence, n, source=source)
         return dict(generator.output_step.info)

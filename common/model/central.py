@@ -50,6 +50,6 @@ def train_centralized(X: np.ndarray, vocab: Any, config: Config, out_dir: str | 
     report["calibration"] = calibration
     meta = {"training": report, "train_config": config.to_dict()["train"], **(extra or {})}
     save_model(out_dir, gen.model, config.model, vocab, extra=meta, output_step=gen.output_step,
-               modelled=modelled)
+               modelled=modelled, tail=gen.tail)  # no tail: every seen code is modelled
     log.info("model written to %s (%.0f s)", out_dir, report["total_seconds"])
     return report

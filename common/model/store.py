@@ -6,8 +6,11 @@ A model directory holds:
 - ``config.json``: ``{"format": "fedsynth-edm/2", "n_codes": D, "codes_modelled": [j, ...] or
   null, "model": ModelConfig fields, "extra": {...}}``. ``codes_modelled``: the vocabulary
   columns the network models (sorted indices; null = all D); the other codes are never
-  emitted. The non-private trainer models the codes seen in training, a private one the codes
-  whose private count clears its threshold. ``extra``: training report, privacy figures, ...
+  emitted by the network. The non-private trainer models the codes seen in training, a private
+  one the codes whose private count clears its test (``privacy.counts.estimate``). ``tail``
+  (optional): ``{"codes": [j, ...], "prevalence": [p_j, ...]}``, codes outside the modelled ones
+  that ``Generator.sample`` draws independently, each at its prevalence (a private model's
+  shrunk estimate of the codes too rare to model). ``extra``: training report, privacy figures.
   Format 1 (no ``codes_modelled``; EHRDiff's parameterisation) still loads;
 - ``vocabulary.json``: the code vocabulary (column order of every sample);
 - ``output_step.json``: how continuous samples become 0/1 codes (see ``common.model.output``):
@@ -50,6 +53,7 @@ CONFIG = "config.json"
 VOCAB = "vocabulary.json"
 OUTPUT = "output_step.json"
 NOISE_CHUNK = 1000
+TAIL_STREAM = 0x7A11  # the tail's random stream, apart from the sampler's noise
 
 
 def save_model(
@@ -60,10 +64,12 @@ def save_model(
     extra: dict[str, Any] | None = None,
     output_step: OutputStep | None = None,
     modelled: np.ndarray | list[int] | None = None,
+    tail: np.ndarray | None = None,
 ) -> Path:
     """Write weights, config, vocabulary (and the output step when given) into ``directory``.
 
-    ``modelled``: the vocabulary columns the network's codes are (None: all of them)."""
+    ``modelled``: the vocabulary columns the network's codes are (None: all of them).
+    ``tail``: (V,) prevalence of the codes sampled independently (``Generator.tail``)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model_or_state, EMA):
@@ -82,8 +88,9 @@ def save_model(
                          f"modelled {'all' if cols is None else len(cols)}")
     with atomic_path(out / WEIGHTS) as tmp:
         torch.save(state, tmp)
+    doc = _tail_doc(_check_tail(tail, len(vocab), cols, "tail"))
     write_json(out / CONFIG, {"format": FORMAT, "n_codes": len(vocab), "codes_modelled": cols,
-                              "model": dataclasses.asdict(cfg), "extra": extra or {}})
+                              "tail": doc, "model": dataclasses.asdict(cfg), "extra": extra or {}})
     vocab.save(out / VOCAB)
     if output_step is not None:
         set_output_step(out, output_step)
@@ -130,7 +137,7 @@ def model_parts(gen: Generator) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     directory holds besides the vocabulary; ``assemble`` turns them back into a Generator."""
     conf = {"format": FORMAT, "n_codes": gen.n_codes,
             "codes_modelled": None if gen.modelled is None else [int(j) for j in gen.modelled],
-            "model": dataclasses.asdict(gen.cfg), "extra": {}}
+            "tail": _tail_doc(gen.tail), "model": dataclasses.asdict(gen.cfg), "extra": {}}
     state = {k: v.detach().cpu().contiguous() for k, v in gen.model.state_dict().items()}
     return conf, state, gen.output_step.to_dict()
 
@@ -159,6 +166,7 @@ def assemble(conf: Any, state: Any, step_doc: Any, vocab: Any, device: str = "au
             modelled = [int(j) for j in modelled]
             _check_modelled(modelled, n_codes, src_conf)
         n_net = n_codes if modelled is None else len(modelled)
+        tail = _read_tail(conf.get("tail"), n_codes, modelled, src_conf)
         with torch.device("meta"):  # shapes only: no memory, whatever the config claims
             shapes = {k: tuple(v.shape) for k, v in build_model(n_net, cfg).state_dict().items()}
     except InputError:
@@ -186,7 +194,47 @@ def assemble(conf: Any, state: Any, step_doc: Any, vocab: Any, device: str = "au
         step = OutputStep("threshold", cfg.threshold, info={"source": "ModelConfig.threshold"})
     extra = conf.get("extra", {})
     return Generator(model, cfg, vocab, step, resolve_device(device),
-                     extra if isinstance(extra, dict) else {}, modelled)
+                     extra if isinstance(extra, dict) else {}, modelled, tail)
+
+
+def _tail_doc(tail: np.ndarray | None) -> dict[str, list] | None:
+    if tail is None:
+        return None
+    codes = np.flatnonzero(tail > 0)
+    return {"codes": [int(j) for j in codes], "prevalence": [float(tail[j]) for j in codes]}
+
+
+def _read_tail(doc: Any, n_codes: int, modelled: list[int] | None,
+               source: object) -> np.ndarray | None:
+    """config.json's ``tail`` as a (V,) prevalence vector (None when absent)."""
+    if doc is None:
+        return None
+    codes, prev = doc["codes"], doc["prevalence"]
+    if not isinstance(codes, list) or not isinstance(prev, list) or len(codes) != len(prev) \
+            or len(codes) > n_codes:
+        raise InputError(source, "tail must hold equally long lists 'codes' and 'prevalence'")
+    idx = [int(j) for j in codes]
+    if any(a >= b for a, b in zip(idx, idx[1:], strict=False)) or \
+            (idx and (idx[0] < 0 or idx[-1] >= n_codes)):
+        raise InputError(source, f"tail codes must be sorted distinct indices in [0, {n_codes})")
+    tail = np.zeros(n_codes)
+    tail[idx] = np.asarray(prev, dtype=np.float64)
+    return _check_tail(tail, n_codes, modelled, source)
+
+
+def _check_tail(tail: np.ndarray | None, n_codes: int, modelled: list[int] | None,
+                source: object) -> np.ndarray | None:
+    """A (V,) vector of probabilities in [0, 1], zero on the modelled codes (None: no tail)."""
+    if tail is None:
+        return None
+    tail = np.asarray(tail, dtype=np.float64)
+    if tail.shape != (n_codes,) or not np.all(np.isfinite(tail)) or \
+            np.any(tail < 0) or np.any(tail > 1):
+        raise InputError(source, f"tail must be {n_codes} prevalences in [0, 1]")
+    if modelled is None and np.any(tail > 0) or \
+            modelled is not None and np.any(tail[np.asarray(modelled, dtype=np.int64)] > 0):
+        raise InputError(source, "tail codes must not be modelled codes")
+    return tail if np.any(tail > 0) else None
 
 
 def _check_modelled(cols: list[int], n_codes: int, source: object) -> None:
@@ -204,12 +252,15 @@ class Generator:
     def __init__(self, model: nn.Module, cfg: ModelConfig, vocab: Vocabulary,
                  output_step: OutputStep, device: torch.device | str = "cpu",
                  extra: dict[str, Any] | None = None,
-                 modelled: np.ndarray | list[int] | None = None) -> None:
+                 modelled: np.ndarray | list[int] | None = None,
+                 tail: np.ndarray | None = None) -> None:
         self.device = torch.device(device)
         self.model = _unwrap(model).to(self.device).eval()
         self.cfg, self.vocab, self.output_step = cfg, vocab, output_step
         self.extra = extra or {}
         self.modelled = None if modelled is None else np.asarray(modelled, dtype=np.int64)
+        self.tail = _check_tail(tail, len(vocab), None if modelled is None else list(
+            self.modelled), "tail")  # (V,) prevalence of independently drawn codes, or None
         self._denoise: Any = None
 
     @property
@@ -268,8 +319,17 @@ class Generator:
     def sample(
         self, n: int, seed: int = 0, batch: int = 1000, progress: bool = False
     ) -> np.ndarray:
-        """(n, n_codes) uint8 0/1 synthetic patients."""
-        return self.output_step.apply(self.sample_continuous(n, seed, batch, progress=progress))
+        """(n, n_codes) uint8 0/1 synthetic patients: the network's codes through the output
+        step, then each tail code drawn independently at its prevalence (batch-independent)."""
+        X = self.output_step.apply(self.sample_continuous(n, seed, batch, progress=progress))
+        if self.tail is not None:
+            cols = np.flatnonzero(self.tail > 0)
+            for start in range(0, n, NOISE_CHUNK):
+                rows = min(n, start + NOISE_CHUNK) - start
+                rng = np.random.default_rng([int(seed) % 2**63, start, TAIL_STREAM])
+                X[start:start + rows, cols] |= (rng.random((rows, len(cols)))
+                                                < self.tail[cols]).astype(X.dtype)
+        return X
 
 
 def _use_bf16(precision: str, device: torch.device, width: int) -> bool:
