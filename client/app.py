@@ -8,8 +8,9 @@ Site configuration comes from the SuperNode's node config (``ehr-client`` sets i
 state folder (``sim-state-dir``) and budget (``sim-epsilon-budget``; 0: the server's target).
 
 Message types: ``query`` (site name, vocabulary, counts), ``train`` (weights + EMA + plan ->
-update + privacy report, or a refusal with its reason), ``evaluate`` (synthetic sample -> the
-site's aggregate fidelity figures on its held-out patients).
+update + privacy report, or a refusal with its reason), ``evaluate`` (the released model ->
+the site evaluates, and audits when asked, on its own; the figures stay in its state folder,
+the reply is the site's name and a constant status; ``client.site_evaluation``).
 """
 
 from __future__ import annotations
@@ -24,16 +25,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from client.site_training import (
     SiteData,
-    SitePlan,
-    evaluate_site,
     load_site_data,
+    open_site_ledger,
     run_site_round,
     site_counts,
+)
+from federation.protocol import (
+    EMA_RECORD,
+    WEIGHTS_RECORD,
+    QueryReply,
+    SitePlan,
+    TrainReply,
+    unpack_state,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,10 @@ class SiteConfig:
     demo_index: int = 0
     seed: int = 0
     threads: int = 0  # torch threads of this site's training; 0: min(2, CPU cores)
+    delta: float = 0.0  # the site's own delta; <= 0: default_delta(n) (a new ledger)
+    # the enrolment key (ehr-client --auth-key, node config ``signing-key``) signs the ledger
+    # heads; "": the state folder's site key (privacy.witness.SiteKey.load_or_create)
+    auth_key: str = ""
 
 
 def site_config(context: Context) -> SiteConfig:
@@ -65,7 +77,8 @@ def site_config(context: Context) -> SiteConfig:
             epsilon_budget=float(node.get("epsilon-budget", 0.0)),
             holdout=float(node.get("holdout", run.get("holdout", 0.2))),
             device=str(node.get("device", "cpu")), seed=int(run.get("seed", 0)),
-            threads=int(node.get("threads", 0)),
+            threads=int(node.get("threads", 0)), delta=float(node.get("delta", 0.0)),
+            auth_key=str(node.get("signing-key", "")),
         )
     pid = int(node.get("partition-id", 0))
     n_parts = int(node.get("num-partitions", 1))
@@ -79,6 +92,7 @@ def site_config(context: Context) -> SiteConfig:
         epsilon_budget=float(run.get("sim-epsilon-budget", 0.0)),
         holdout=float(run.get("holdout", 0.2)), device=str(run.get("device", "cpu")),
         demo_sites=0 if data_dir else n_parts, demo_index=pid, seed=int(run.get("seed", 0)),
+        delta=float(run.get("sim-delta", 0.0)),
     )
 
 
@@ -105,100 +119,146 @@ def _threads(threads: int = 0) -> None:
     logging.getLogger("flwr").setLevel(logging.INFO)  # opacus import sets it to DEBUG
 
 
+def _ledger(cfg: SiteConfig, data: SiteData) -> tuple[Any, str]:
+    """(the site's ledger at its own delta, "") or (None, why the site refuses: a damaged
+    ledger, or a configured delta other than the one its ledger is pinned at)."""
+    from privacy.ledger import LedgerCorrupted
+
+    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        return open_site_ledger(cfg.state_dir, cfg.site, cfg.delta, int(data.train.shape[0])), ""
+    except (LedgerCorrupted, ValueError) as err:  # DeltaFixed is a ValueError
+        log.warning("site %s refuses: %s", cfg.site, err)
+        return None, str(err)
+
+
+def signed_head(cfg: SiteConfig, ledger: Any) -> dict[str, Any]:
+    """The ledger head signed with the site's key: the enrolment key (``--auth-key``) where TLS
+    is on, else ``STATE/site-key-<site>.pem`` (``privacy.witness``)."""
+    from privacy.witness import SiteKey, sign_head
+
+    if ledger is None:
+        return {}
+    key = (SiteKey.from_file(cfg.auth_key) if cfg.auth_key
+           else SiteKey.load_or_create(cfg.state_dir, cfg.site))
+    return sign_head(ledger.head(), key)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """The site's vocabulary (a public code list) and its private code counts."""
-    from privacy.ledger import Ledger
-
+    """The site's vocabulary (a public code list) and its DP release of code counts and size
+    (``federation.protocol.QueryReply``)."""
     cfg = site_config(context)
     data = load_data(cfg)
-    plan = SitePlan.from_json(str(msg.content["plan"]["plan"]))
+    plan = SitePlan.unpack(msg.content)
     budget = cfg.epsilon_budget if cfg.epsilon_budget > 0 else plan.target_epsilon
-    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
-    ledger = Ledger.open(cfg.state_dir, cfg.site)
-    res = site_counts(data, plan, ledger, budget, cfg.state_dir)
-    records: dict[str, Any] = {
-        "site": ConfigRecord({
-            "site": cfg.site, "status": res.status, "reason": res.reason,
-            "vocab": json.dumps({"name": data.vocab.name, "codes": list(data.vocab.codes)}),
-            "privacy": json.dumps(res.privacy),
-        }),
-        "metrics": MetricRecord({"n_train": int(data.train.shape[0]),
-                                 "n_holdout": int(data.holdout.shape[0]),
-                                 "count_noise_std": float(res.noise_std)}),
-    }
-    if res.counts is not None:
-        records["counts"] = ArrayRecord(numpy_ndarrays=[np.asarray(res.counts, np.float64)])
-    return Message(content=RecordDict(records), reply_to=msg)
+    reply = QueryReply(cfg.site, "refused", vocab_name=str(data.vocab.name),
+                       codes=[str(c) for c in data.vocab.codes])
+    ledger, reply.reason = _ledger(cfg, data)
+    if ledger is not None:
+        res = site_counts(data, plan, ledger, budget, cfg.state_dir)
+        reply.status, reply.reason, reply.privacy = res.status, res.reason, res.privacy
+        reply.counts = res.counts
+        reply.ledger_head = signed_head(cfg, ledger)
+    return Message(content=reply.pack(), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    from privacy.ledger import Ledger
-
+    """One DP-SGD round at the site (``client.site_training.run_site_round``); the reply is
+    ``federation.protocol.TrainReply``: the update, the EMA, the public report, the signed
+    ledger head, or a refusal with its reason."""
     cfg = site_config(context)
     _threads(cfg.threads)
-    plan = SitePlan.from_json(str(msg.content["plan"]["plan"]))
+    plan = SitePlan.unpack(msg.content)
     data = load_data(cfg)
     budget = cfg.epsilon_budget if cfg.epsilon_budget > 0 else plan.target_epsilon
-    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
-    ledger = Ledger.open(cfg.state_dir, cfg.site)
-    weights = _numpy(msg.content["weights"])
-    ema = _numpy(msg.content["ema"]) if "ema" in msg.content else None
+    ledger, why = _ledger(cfg, data)
+    if ledger is None:
+        return Message(content=TrainReply(cfg.site, "refused", why).pack(), reply_to=msg)
+    weights = unpack_state(msg.content[WEIGHTS_RECORD])
+    ema = unpack_state(msg.content[EMA_RECORD]) if EMA_RECORD in msg.content else None
     upd = run_site_round(weights, ema, data, plan, ledger, budget, cfg.device)
-    records: dict[str, Any] = {
-        "site": ConfigRecord({"site": upd.site, "status": upd.status, "reason": upd.reason,
-                              "privacy": json.dumps(upd.privacy)}),
-        "metrics": MetricRecord({k: float(v) for k, v in upd.metrics.items()}),
-    }
-    if upd.weights is not None:
-        records["weights"] = _array_record(upd.weights)
-    if upd.ema is not None:
-        records["ema"] = _array_record(upd.ema)
-    return Message(content=RecordDict(records), reply_to=msg)
+    reply = TrainReply(upd.site, upd.status, upd.reason, upd.weights, upd.ema, upd.steps,
+                       upd.privacy, signed_head(cfg, ledger))
+    return Message(content=reply.pack(), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """The site's fidelity figures on its held-out patients; with a model in the message (the
-    coordinator's ``--audit``), also the site's privacy audit of it (aggregates only)."""
+    """The site evaluates the released model itself and keeps the figures (and, when the run
+    is audited, its privacy audit) in its state folder and on its console; the reply carries
+    only the site's name and a constant status. The message brings the released model (weights,
+    config, output step: public DP releases) and the plan (run id, for the file names and the
+    ledger); whatever else it carries (e.g. a matrix to score) is ignored: the site draws its
+    own sample, of its own size (``eval-samples``). Once per run (``client.site_evaluation``)."""
+    from client.site_evaluation import KEPT, keep_evaluation, site_sample
+    from federation.protocol import EvaluateReply
+
     cfg = site_config(context)
-    _threads(cfg.threads)
-    data = load_data(cfg)
-    synth = msg.content["synthetic"]["X"].numpy().astype(np.uint8)
-    figures = evaluate_site(synth, data, seed=cfg.seed)
-    numbers = {k: float(v) for k, v in figures.items() if isinstance(v, int | float)}
-    text = {k: str(v) for k, v in figures.items() if not isinstance(v, int | float)}
-    site = {"site": cfg.site, **text}
-    if "model" in msg.content:
-        site["audit"] = json.dumps(_audit(msg, cfg, data, synth))
-    content = RecordDict({"metrics": MetricRecord(numbers), "site": ConfigRecord(site)})
-    return Message(content=content, reply_to=msg)
+    info = msg.content["model_info"]
+    plan = SitePlan.unpack(msg.content)
+    samples, audit = _evaluation_settings(context, info)
+    done = _kept(cfg, plan.run_id, audit)
+    if not done:
+        _threads(cfg.threads)
+        data = load_data(cfg)
+        gen = _released_model(msg, data)
+        synth = site_sample(gen, samples, cfg.seed)
+        keep_evaluation(gen, data, plan.run_id, cfg.state_dir, samples, cfg.seed, synth=synth)
+        if audit:
+            _audit(gen, synth, cfg, data, plan)
+    else:
+        log.info("site %s: run %s already evaluated here; nothing recomputed", cfg.site,
+                 plan.run_id)
+    return Message(content=EvaluateReply(cfg.site, KEPT).pack(), reply_to=msg)
 
 
-def _audit(msg: Message, cfg: SiteConfig, data: SiteData, synth: np.ndarray) -> dict[str, Any]:
-    from client.site_training import audit_at_site
+
+def _evaluation_settings(context: Context, info: ConfigRecord) -> tuple[int, bool]:
+    """(synthetic patients to draw, whether to audit): the site's own node config
+    (``eval-samples``, ``audit``), in simulation the operator's run config (``sim-eval-samples``,
+    ``sim-audit``); the coordinator's ``audit`` request only adds a local audit (its result
+    stays here too)."""
+    from client.site_evaluation import EVAL_SAMPLES
+
+    node, run = context.node_config, context.run_config
+    if "site" in node:
+        samples = int(node.get("eval-samples", EVAL_SAMPLES))
+        audit = bool(node.get("audit", False))
+    else:
+        samples = int(run.get("sim-eval-samples", EVAL_SAMPLES))
+        audit = bool(run.get("sim-audit", False))
+    return samples, audit or bool(info.get("audit", False))
+
+
+def _kept(cfg: SiteConfig, run_id: str, audit: bool) -> bool:
+    """Whether this run's evaluation (and audit, when asked) is already kept at the site."""
+    from client.site_evaluation import audit_dir, evaluation_path
+
+    done = evaluation_path(cfg.state_dir, cfg.site, run_id).exists()
+    if audit:
+        done = done and (audit_dir(cfg.state_dir, cfg.site, run_id) / "audit.json").exists()
+    return done
+
+
+def _released_model(msg: Message, data: SiteData) -> Any:
+    """The released model from the message's parts, every part checked (``assemble``)."""
     from common.model.store import assemble
-    from privacy.ledger import Ledger
 
     info = msg.content["model_info"]
-    plan = SitePlan.from_json(str(info["plan"]))
     state = dict(msg.content["model"].to_torch_state_dict())
-    gen = assemble(json.loads(str(info["config"])), state,
-                   json.loads(str(info["output_step"])), data.vocab, "cpu",
-                   sources=("coordinator's model", data.vocab.name, "coordinator's weights",
-                            "coordinator's output step"))
+    return assemble(json.loads(str(info["config"])), state,
+                    json.loads(str(info["output_step"])), data.vocab, "cpu",
+                    sources=("coordinator's model", data.vocab.name, "coordinator's weights",
+                             "coordinator's output step"))
+
+
+def _audit(gen: Any, synth: np.ndarray, cfg: SiteConfig, data: SiteData,
+           plan: SitePlan) -> None:
+    """The site's privacy audit of the released model, kept in its state folder."""
+    from client.site_evaluation import keep_audit
+
     budget = cfg.epsilon_budget if cfg.epsilon_budget > 0 else plan.target_epsilon
-    ledger = Ledger.open(cfg.state_dir, cfg.site)
-    return audit_at_site(gen, synth, data, plan, ledger, budget)
-
-
-def _array_record(state: dict[str, np.ndarray]) -> ArrayRecord:
-    import torch
-
-    return ArrayRecord(torch_state_dict={k: torch.from_numpy(np.ascontiguousarray(v))
-                                         for k, v in state.items()})
-
-
-def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
+    ledger = open_site_ledger(cfg.state_dir, cfg.site, cfg.delta, int(data.train.shape[0]))
+    keep_audit(gen, synth, data, plan, ledger, budget, cfg.state_dir)

@@ -124,10 +124,6 @@ def run_client(args: argparse.Namespace, tls: list[str]) -> int:
     }
     if args.auth_key is not None:  # the enrolment key also signs the site's ledger heads
         node_config["signing-key"] = str(args.auth_key.resolve())
-    if getattr(args, "delta", None):  # the site's own delta (pinned in its ledger)
-        node_config["delta"] = float(args.delta)
-    if args.auth_key is not None and not args.insecure:  # signs the site's ledger heads
-        node_config["auth-key"] = str(args.auth_key.resolve())
     delay = 2.0
     with fr.managed() as group:
         while True:

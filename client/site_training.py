@@ -2,11 +2,20 @@
 
 ``run_site_round``: plan the round's mechanism (the site calibrates its own noise multiplier for
 what is left of the plan, counting everything its ledger already holds), check the site's own
-budget (refuse and train nothing if it would be exceeded), train with DP-SGD, record the spend in
-the ledger BEFORE the update is returned, and return the update, the privacy report and metrics.
+budget and delta (refuse and train nothing if the plan would exceed either, or if the
+coordinator refused the site), train with DP-SGD, record the spend in the ledger BEFORE the
+update is returned, and return the update and the privacy report.
 
 ``evaluate_site``: score the global model's synthetic sample against the site's own held-out
-patients (never trained on); only aggregate figures leave the site.
+patients (never trained on); the figures stay at the site.
+
+What leaves the site is declared in ``federation.protocol``: the DP update, the EMA, the public
+privacy report, the signed ledger head and public metadata. The round's loss, timings,
+examples/s, the site's size and expected batch go only to the site's own log and files
+(``STATE/rounds-<site>.jsonl``, ``STATE/privacy-<site>-<run_id>.json``).
+
+The site's delta is its own (``ehr-client --delta``; default ``default_delta(n)``), pinned
+in its ledger at first use (``privacy.ledger``): a plan whose delta exceeds it is refused.
 
 Per-site plan (issue 4): q_k = batch / n_k (Poisson sampling), local steps per round =
 ceil(local_epochs / q_k), planned total = rounds x local steps. The server's ``epsilon`` is the
@@ -28,40 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from common.config import Config
+from common.atomic import atomic_open, write_json
 from common.errors import BudgetExceeded, InputError
+from federation.protocol import SitePlan
 from privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
 
 log = logging.getLogger(__name__)
 
 State = dict[str, np.ndarray]
 MIN_LEFT = 0.02  # refuse a round when less than this share of the target epsilon is left
-
-
-@dataclass
-class SitePlan:
-    """The server's plan for one round, as the site receives it."""
-
-    round: int
-    rounds: int
-    run_id: str
-    target_epsilon: float
-    config: Config
-    delta: float | None = None  # None: the site's default_delta(n)
-    seed: int = 0
-    kept: list[int] | None = None  # modelled code columns (from the private counts); None: all
-
-    def to_json(self) -> str:
-        d = dataclasses.asdict(self)
-        d["config"] = {sec: {k: v for k, v in vals.items() if v is not None}
-                       for sec, vals in d["config"].items()}
-        return json.dumps(d)
-
-    @classmethod
-    def from_json(cls, text: str) -> SitePlan:
-        d = json.loads(text)
-        d["config"] = Config.from_dict(d["config"], source="plan")
-        return cls(**d)
+__all__ = ["SitePlan"]  # re-exported: the plan is declared once, in federation.protocol
 
 
 @dataclass
@@ -85,7 +70,8 @@ class SiteData:
 
 @dataclass
 class SiteUpdate:
-    """A site's answer to a train request."""
+    """A site's answer to a train request (``federation.protocol.TrainReply`` carries it).
+    ``privacy`` is the public report (no size); the round's local figures stay at the site."""
 
     site: str
     status: str  # "ok" | "refused"
@@ -93,7 +79,6 @@ class SiteUpdate:
     weights: State | None = None
     ema: State | None = None
     steps: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, Any] = field(default_factory=dict)
 
 
@@ -139,13 +124,33 @@ def steps_per_round(n_train: int, plan: SitePlan) -> int:
     return max(1, math.ceil(plan.config.federation.local_epochs / q - 1e-9))
 
 
-def site_delta(n_train: int, plan: SitePlan) -> float:
-    if plan.delta is not None and plan.delta > 0:
-        if plan.delta >= 1.0 / max(1, n_train):
-            raise InputError("--delta", f"delta {plan.delta:g} is not below 1/n = "
-                             f"{1.0 / n_train:.3g} for a site with {n_train} patients")
-        return plan.delta
-    return default_delta(n_train)
+def open_site_ledger(state_dir: str | Path, site: str, delta: float | None,
+                     n_train: int) -> Any:
+    """The site's ledger at the site's delta: ``delta`` (its configuration, ``--delta``) or,
+    for a ledger that holds none yet, ``default_delta(n)``. An existing ledger keeps its
+    pinned delta; a configured one that differs raises ``privacy.ledger.DeltaFixed``."""
+    from privacy.ledger import Ledger
+
+    ledger = Ledger.open(state_dir, site, delta if delta and delta > 0 else None)
+    if ledger.delta is None:
+        ledger = Ledger.open(state_dir, site, default_delta(n_train))
+    return ledger
+
+
+def plan_refusal(plan: SitePlan, ledger: Any, n_train: int) -> str:
+    """Why the site refuses ``plan`` before spending anything ("" when it does not): the
+    coordinator refused the site (its witness check failed), the plan's delta exceeds the
+    site's own, or the site's delta is not below 1/n (the reason never states n)."""
+    delta = float(ledger.delta)
+    if plan.refusal:
+        return f"the coordinator refused site {ledger.site}: {plan.refusal}"
+    if plan.delta is not None and plan.delta > delta * (1 + 1e-9):
+        return (f"the plan's delta {plan.delta:g} exceeds site {ledger.site}'s own delta "
+                f"{delta:g}; nothing trained, nothing sent")
+    if delta >= 1.0 / max(1, n_train):
+        return (f"site {ledger.site}'s delta {delta:g} is not below 1/n for its number of "
+                "patients; set a smaller --delta")
+    return ""
 
 
 def plan_mechanism(n_train: int, plan: SitePlan, history: list[Mechanism], budget: float,
@@ -207,11 +212,12 @@ def run_site_round(
     global_ema: State | None,
     data: SiteData,
     plan: SitePlan,
-    ledger: Any,  # privacy.ledger.Ledger
+    ledger: Any,  # privacy.ledger.Ledger, opened at the site's delta (open_site_ledger)
     budget: float,
     device: str = "cpu",
 ) -> SiteUpdate:
-    """Check the ledger, train with DP-SGD, record the spend, return the update."""
+    """Check the plan, the delta and the ledger, train with DP-SGD, record the spend, return
+    the update. Everything is computed at the ledger's delta (the site's own)."""
     import torch
 
     from client.dp_training import train_dp
@@ -219,15 +225,20 @@ def run_site_round(
     from common.model.train import build_model
 
     n = int(data.train.shape[0])
-    delta = site_delta(n, plan)
     accountant = plan.config.privacy.accountant
+    refusal = plan_refusal(plan, ledger, n)
+    if refusal:
+        log.warning("site %s refuses round %d: %s", data.site, plan.round, refusal)
+        return SiteUpdate(data.site, "refused", reason=refusal,
+                          privacy=ledger.report(None, budget, accountant))
+    delta = float(ledger.delta)
     try:
         mech = plan_mechanism(n, plan, list(ledger.history), budget, delta)
         ledger.check(mech, budget, delta, accountant)
     except BudgetExceeded as err:
         log.warning("site %s refuses round %d: %s", data.site, plan.round, err)
         return SiteUpdate(data.site, "refused", reason=str(err),
-                          privacy=ledger.report(delta, budget, accountant))
+                          privacy=ledger.report(None, budget, accountant))
     log.info("site %s round %d: sigma=%.4g q=%.4g steps=%d (target eps %.3g, budget %.3g)",
              data.site, plan.round, mech.noise_multiplier, mech.sample_rate, mech.steps,
              plan.target_epsilon, budget)
@@ -246,76 +257,95 @@ def run_site_round(
     t0 = time.perf_counter()
     res = train_dp(model, X, model_cfg=cfg.model, train_cfg=train_cfg,
                    privacy_cfg=cfg.privacy, noise_multiplier=mech.noise_multiplier,
-                   sample_rate=mech.sample_rate, steps=mech.steps, device=dev)
+                   sample_rate=mech.sample_rate, steps=mech.steps, device=dev,
+                   ema_warmup=global_ema is None)
     ran: Mechanism = res.mechanism
     # Record what actually ran BEFORE anything leaves the site.
-    ledger.record(ran, plan.run_id, plan.round)
+    ledger.record(ran, plan.run_id, plan.round, note=f"DP-SGD round {plan.round}",
+                  max_grad_norm=cfg.privacy.max_grad_norm,
+                  expected_batch=ran.sample_rate * n)
     weights = {k: v.detach().cpu().numpy() for k, v in res.state_dict.items()}
     ema = None
     if res.ema_state is not None:
         ema = {k: v.detach().cpu().numpy() for k, v in res.ema_state.items()}
         if global_ema is not None:
-            # train_dp's EMA started from the round's global weights w0 and was updated once per
-            # step: ema = d^S w0 + sum(...). The run's EMA continues from the global EMA e0:
-            # ema' = ema + d^S (e0 - w0) (exact for a plain EMA, no warm-up).
+            # train_dp's EMA (no warm-up: ema_warmup=False) started from the round's global
+            # weights w0 and took S updates at decay d: ema = d^S w0 + sum_t (1-d) d^(S-1-t) w_t.
+            # The run's EMA continues from the global EMA e0: ema' = ema + d^S (e0 - w0), exact.
             factor = train_cfg.ema_decay ** ran.steps
             for k in ema:
                 if k in global_ema and np.issubdtype(ema[k].dtype, np.floating):
                     ema[k] = (ema[k] + factor * (global_ema[k] - global_state[k])).astype(
                         ema[k].dtype)
-    report = ledger.report(delta, budget, accountant)
-    metrics = {
-        "loss": float(res.mean_loss),
-        "steps": float(ran.steps),
-        # FedAvg weight: planned steps x expected batch = expected examples (prop. to n_k)
-        "planned_examples": float(ran.steps * ran.sample_rate * n),
-        "n_train": float(n),
+    report = ledger.report(None, budget, accountant)
+    keep_locally(ledger, plan, budget, {
+        "event": "train", "run_id": plan.run_id, "round": plan.round,
+        "loss": float(res.mean_loss), "steps": int(ran.steps),
+        "expected_batch": float(ran.sample_rate * n), "n_train": n,
         "examples_per_s": float(res.examples_per_s),
-        "seconds": time.perf_counter() - t0,
-        "sigma": float(ran.noise_multiplier),
-        "q": float(ran.sample_rate),
-        "epsilon": float(report["epsilon"]),
-    }
+        "seconds": round(time.perf_counter() - t0, 3),
+        "sigma": float(ran.noise_multiplier), "q": float(ran.sample_rate),
+        "epsilon": float(report["epsilon"]), "delta": delta})
+    log.info("site %s round %d: mean loss %.4f, %.0f examples/s, epsilon %.2f (kept here, "
+             "not sent)", data.site, plan.round, res.mean_loss, res.examples_per_s,
+             report["epsilon"])
     return SiteUpdate(data.site, "ok", weights=weights, ema=ema, steps=ran.steps,
-                      metrics=metrics, privacy=report)
+                      privacy=report)
+
+
+def keep_locally(ledger: Any, plan: SitePlan, budget: float, entry: dict[str, Any]) -> None:
+    """What stays at the site: one line of ``STATE/rounds-<site>.jsonl`` (the round's loss,
+    timings, size, expected batch) and the full privacy report, expected batch q x n included,
+    ``STATE/privacy-<site>-<run_id>.json``. Both rewritten atomically."""
+    folder = Path(ledger.state_dir)
+    log_path = folder / f"rounds-{ledger.site}.jsonl"
+    old = log_path.read_text(encoding="utf-8") if log_path.exists() else ""
+    with atomic_open(log_path, "w", encoding="utf-8") as fh:
+        fh.write(old + json.dumps({"time": time.time(), **entry}, default=float) + "\n")
+    write_json(folder / f"privacy-{ledger.site}-{plan.run_id}.json",
+               ledger.report(None, budget, plan.config.privacy.accountant, local=True))
 
 
 @dataclass
 class SiteCounts:
-    """A site's answer to the query: its noisy per-code counts (Gaussian mechanism)."""
+    """A site's answer to the query: its DP release of code counts and size
+    (``privacy.counts.NoisyCounts``), or a refusal."""
 
     site: str
     status: str  # "ok" | "refused" | "off"
     reason: str = ""
-    counts: np.ndarray | None = None
-    noise_std: float = 0.0
-    n_train: int = 0
+    counts: Any = None  # privacy.counts.NoisyCounts
     privacy: dict[str, Any] = field(default_factory=dict)
 
 
 def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
-                state_dir: str | Path) -> SiteCounts:
-    """Private per-code counts for the coordinator (which codes to model, and the prevalences
-    the per-code output thresholds are matched to). Gaussian mechanism with each patient's row
-    scaled to L2 norm <= count_clip (privacy.counts.private_counts), noise multiplier
-    calibrated to ``count_epsilon_share`` of the target; recorded in the ledger (round 0)
-    before the counts leave. Asked again in the same run (a resumed coordinator), the site
-    re-sends the counts it already released: post-processing, no new spend."""
-    import secrets
-
-    from privacy.counts import count_epsilon, private_counts
+                state_dir: str | Path | None = None) -> SiteCounts:
+    """Private per-code counts and site size for the coordinator (which codes to model, their
+    prevalences, the FedAvg weight): ``privacy.counts.release_counts``, one Gaussian mechanism
+    on (counts, size) with sensitivity ``count_clip``, noise multiplier calibrated to
+    ``count_epsilon_share`` of the target at the site's delta; recorded in the ledger (round 0,
+    "code counts and site size") before anything leaves. Asked again in the same run (a
+    resumed coordinator), the site re-sends what it already released: no new spend."""
+    from privacy.counts import MECHANISM_NOTE, NoisyCounts, count_epsilon, release_counts
 
     pc = plan.config.privacy
     n = int(data.train.shape[0])
-    delta = site_delta(n, plan)
+    folder = Path(state_dir) if state_dir is not None else Path(ledger.state_dir)
+    refusal = plan_refusal(plan, ledger, n)
+    if refusal:
+        log.warning("site %s refuses the query: %s", data.site, refusal)
+        return SiteCounts(data.site, "refused", reason=refusal,
+                          privacy=ledger.report(None, budget, pc.accountant))
+    delta = float(ledger.delta)
     if pc.count_epsilon_share <= 0:
-        return SiteCounts(data.site, "off", n_train=n)
-    cache = Path(state_dir) / f"counts-{data.site}-{plan.run_id}.npz"
+        return SiteCounts(data.site, "off", privacy=ledger.report(None, budget, pc.accountant))
+    cache = folder / f"counts-{data.site}-{plan.run_id}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as saved:
-            counts, std = saved["counts"], float(saved["noise_std"])
-        return SiteCounts(data.site, "ok", counts=counts, noise_std=std, n_train=n,
-                          privacy=ledger.report(delta, budget, pc.accountant))
+            release = NoisyCounts(saved["counts"], float(saved["size"]),
+                                  float(saved["noise_std"]))
+        return SiteCounts(data.site, "ok", counts=release,
+                          privacy=ledger.report(None, budget, pc.accountant))
     target = min(plan.target_epsilon, budget)
     try:
         z = calibrate_noise(count_epsilon(target, pc.count_epsilon_share, pc.count_epsilon_min),
@@ -324,29 +354,36 @@ def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
         ledger.check(mech, budget, delta, pc.accountant)
     except (BudgetExceeded, ValueError) as err:
         log.warning("site %s refuses the counts: %s", data.site, err)
-        return SiteCounts(data.site, "refused", reason=str(err), n_train=n,
-                          privacy=ledger.report(delta, budget, pc.accountant))
-    ledger.record(mech, plan.run_id, 0, note="code counts (Gaussian)")
-    counts = private_counts(data.train, pc.count_clip, z, np.random.default_rng(
-        secrets.randbits(128)))
+        return SiteCounts(data.site, "refused", reason=str(err),
+                          privacy=ledger.report(None, budget, pc.accountant))
+    ledger.record(mech, plan.run_id, 0, note=MECHANISM_NOTE, max_grad_norm=pc.count_clip,
+                  expected_batch=float(n))
+    release = release_counts(data.train, pc.count_clip, z)
     from common.atomic import atomic_path
 
     with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, counts=counts, noise_std=np.array(z * pc.count_clip))
-    return SiteCounts(data.site, "ok", counts=counts, noise_std=z * pc.count_clip, n_train=n,
-                      privacy=ledger.report(delta, budget, pc.accountant))
+        np.savez(fh, counts=release.counts, size=np.array(release.size),
+                 noise_std=np.array(release.noise_std))
+    keep_locally(ledger, plan, budget, {
+        "event": "counts", "run_id": plan.run_id, "round": 0, "n_train": n,
+        "noise_multiplier": z, "noisy_size": release.size, "delta": delta})
+    return SiteCounts(data.site, "ok", counts=release,
+                      privacy=ledger.report(None, budget, pc.accountant))
 
 
 def evaluate_site(synthetic: np.ndarray, data: SiteData, seed: int = 0) -> dict[str, Any]:
-    """The core metrics of ``synthetic`` against this site's held-out patients (aggregates
-    only: correlations, AUROC ratios, means; never a row)."""
+    """The core metrics of ``synthetic`` against this site's held-out patients ONLY (never a
+    training member: the dimension-wise baseline is fitted on one half of the held-out
+    patients and tested on the other, ``common.metrics.fidelity`` without ``real_train``).
+    Aggregates only (correlations, AUROC ratios, means; never a row); they stay at the site
+    (``client.site_evaluation``)."""
     from common.metrics import fidelity
 
     if data.holdout.shape[0] < 10:
         return {"site": data.site, "n_holdout": int(data.holdout.shape[0]),
                 "skipped": "fewer than 10 held-out patients"}
     try:
-        out = fidelity(data.holdout, synthetic, real_train=data.members, seed=seed)
+        out = fidelity(data.holdout, synthetic, seed=seed)
     except ValueError as err:  # e.g. too few patients for a metric's classifier
         log.warning("site %s: evaluation failed: %s", data.site, err)
         return {"site": data.site, "n_holdout": int(data.holdout.shape[0]),
@@ -360,11 +397,11 @@ def audit_at_site(generator: Any, synthetic: np.ndarray, data: SiteData, plan: S
                   ledger: Any, budget: float) -> dict[str, Any]:
     """The privacy audit of the released generator against this site's own members and
     held-out patients (and its canaries, in simulation), next to the site's own accountant
-    epsilon from its ledger: ``privacy.audit.run.audit_site``. Aggregate figures only."""
+    epsilon from its ledger: ``privacy.audit.run.audit_site``. It is computed on the site's
+    members, so it stays at the site (``client.site_evaluation.keep_audit``): never sent."""
     from privacy.audit.run import audit_site
 
-    delta = site_delta(int(data.train.shape[0]), plan)
-    report = ledger.report(delta, budget, plan.config.privacy.accountant)
+    report = ledger.report(None, budget, plan.config.privacy.accountant)
     return audit_site(generator, data.members, data.holdout, synth=synthetic,
                       canaries=data.canaries, included=data.included, privacy=report,
                       site=data.site)

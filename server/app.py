@@ -6,13 +6,15 @@ timeout (so a dead or silent site never stalls the federation), and the plain
 
 Flow: wait for ``min_sites`` nodes -> ``query`` (vocabulary, counts) -> rounds of ``train``
 (weights + EMA + plan out; update + privacy report or refusal back) -> global model and
-synthetic sample -> ``evaluate`` (the sample out; each site's aggregate figures back).
+synthetic sample -> ``evaluate`` (the released model out; each site evaluates it on its own and
+keeps the figures; only its name and a status come back).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +25,25 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from common.atomic import write_json
-from server.aggregation import SiteUpdate
+from federation.protocol import (
+    EMA_RECORD,
+    PLAN_RECORD,
+    QUERY,
+    TRAIN,
+    WEIGHTS_RECORD,
+    QueryReply,
+    TrainReply,
+    check_reply,
+    describe,
+    pack_state,
+)
 from server.coordinator import Coordinator
 from server.settings import RunSettings
 
 log = logging.getLogger(__name__)
 app = ServerApp()
+# tests: one JSON line per received reply (its message type and full structure) to this file
+CAPTURE_ENV = "FEDSYNTH_CAPTURE_REPLIES"
 
 
 @app.main()
@@ -92,6 +107,7 @@ def exchange(
     """Push messages and pull replies until all are in or ``timeout`` seconds passed."""
     ids = list(grid.push_messages(messages))
     node_of = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
+    type_of = {mid: m.metadata.message_type for mid, m in zip(ids, messages, strict=True)}
     pending = set(ids)
     total = len(pending)
     replies: list[Message] = []
@@ -105,6 +121,8 @@ def exchange(
             pending.discard(mid)
             if msg.has_error():
                 log.warning("node %s: %s", node_of.get(mid), msg.error.reason[:200])
+            else:
+                _capture(type_of[mid], msg)
             got.append(msg)
         replies.extend(got)
         if got and on_reply is not None:
@@ -114,99 +132,90 @@ def exchange(
     return replies
 
 
+def _capture(message_type: str, msg: Message) -> None:
+    """With ``FEDSYNTH_CAPTURE_REPLIES=PATH``: append the reply's full structure (record names
+    and kinds, keys, config values and types, array shapes and dtypes) as one JSON line."""
+    path = os.environ.get(CAPTURE_ENV)
+    if path:
+        line = json.dumps({"message_type": message_type, "node": msg.metadata.src_node_id,
+                           "content": describe(msg.content)}, default=str)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
+def conforming(replies: list[Message], message_type: str) -> tuple[list[Message], list[str]]:
+    """(the replies without error that conform to the declared schema, one line per other
+    reply). A reply with any undeclared record or key is dropped whole, never read."""
+    ok, dropped = [], []
+    for r in replies:
+        node = r.metadata.src_node_id
+        if r.has_error():
+            dropped.append(f"node {node}: {r.error.reason[:300]}")
+            continue
+        problems = check_reply(message_type, r.content)
+        if problems:
+            dropped.append(f"node {node}: {message_type} reply dropped, not the declared "
+                           f"schema: {'; '.join(problems[:5])}")
+            continue
+        ok.append(r)
+    return ok, dropped
+
+
 def _message(grid: Grid, node: int, mtype: str, content: RecordDict, ttl: float) -> Message:
     return Message(content=content, dst_node_id=node, message_type=mtype, ttl=ttl)
 
 
 def query_sites(grid: Grid, nodes: list[int], coord: Coordinator) -> dict[str, Any]:
-    """Ask every site for its vocabulary (public code list) and counts; they must agree."""
+    """Ask every site for its vocabulary (public code list) and DP counts; they must agree."""
     s = coord.settings
-    plan = ConfigRecord({"plan": coord.plan(0)})
-    msgs = [_message(grid, n, "query", RecordDict({"plan": plan}), s.round_timeout)
-            for n in nodes]
-    replies = [r for r in exchange(grid, msgs, s.round_timeout) if not r.has_error()]
+    msgs = [_message(grid, n, QUERY, RecordDict({PLAN_RECORD: coord.plan(0).pack()}),
+                     s.round_timeout) for n in nodes]
+    replies, dropped = conforming(exchange(grid, msgs, s.round_timeout), QUERY)
+    for line in dropped:
+        log.warning("query: %s", line)
     if len(replies) < s.min_sites:
         raise RuntimeError(f"only {len(replies)} of {s.min_sites} sites answered the query")
-    vocabs = {}
-    counts: list[tuple[np.ndarray, float, int]] = []
+    unpacked = []
     for r in replies:
-        info = r.content["site"]
-        site = str(info["site"])
-        vocabs[site] = json.loads(str(info["vocab"]))
-        if info.get("privacy"):
-            coord.site_reports[site] = json.loads(str(info["privacy"]))
-        if str(info.get("status")) == "refused":
-            log.warning("site %s refused the counts: %s", site, info.get("reason"))
-        if "counts" in r.content:
-            arr = next(iter(r.content["counts"].values())).numpy()
-            m = r.content["metrics"]
-            counts.append((arr.astype(np.float64), float(m["count_noise_std"]),
-                           int(m["n_train"])))
-    first = next(iter(vocabs.values()))
-    for site, v in vocabs.items():
-        if v["codes"] != first["codes"]:
-            raise RuntimeError(f"site {site} uses another vocabulary ({v.get('name')}, "
-                               f"{len(v['codes'])} codes) than {first.get('name')}")
-    log.info("%d sites answered the query: %s", len(vocabs), ", ".join(sorted(vocabs)))
-    coord.site_counts = [c for c in counts if len(c[0]) == len(first["codes"])]
-    return first
-
-
-def _state_record(state: dict[str, np.ndarray]) -> ArrayRecord:
-    import torch
-
-    return ArrayRecord(torch_state_dict={k: torch.from_numpy(np.ascontiguousarray(v))
-                                         for k, v in state.items()})
-
-
-def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
+        try:
+            unpacked.append(QueryReply.unpack(r.content))
+        except (KeyError, ValueError, TypeError) as err:
+            log.warning("query: node %s: malformed reply (%s)", r.metadata.src_node_id, err)
+            continue
+        coord.node_sites[r.metadata.src_node_id] = unpacked[-1].site
+    return coord.receive_query(unpacked)
 
 
 def train_round(grid: Grid, coord: Coordinator, rnd: int) -> bool:
     s = coord.settings
     nodes = list(grid.get_node_ids())
-    weights = _state_record(coord.weights)
-    ema = _state_record(coord.ema) if coord.ema is not None else None
-    plan = ConfigRecord({"plan": coord.plan(rnd)})
+    weights = pack_state(coord.weights)
+    ema = pack_state(coord.ema) if coord.ema is not None else None
     msgs = []
-    for node in nodes:
-        rec: dict[str, Any] = {"weights": weights, "plan": plan}
+    for node in nodes:  # a site the coordinator refused gets the reason in its plan
+        plan = coord.plan(rnd, coord.node_sites.get(node)).pack()
+        rec: dict[str, Any] = {WEIGHTS_RECORD: weights, PLAN_RECORD: plan}
         if ema is not None:
-            rec["ema"] = ema
-        msgs.append(_message(grid, node, "train", RecordDict(rec), s.round_timeout))
+            rec[EMA_RECORD] = ema
+        msgs.append(_message(grid, node, TRAIN, RecordDict(rec), s.round_timeout))
     bytes_out = len(nodes) * (weights.count_bytes() + (ema.count_bytes() if ema else 0))
     coord.progress(stage="training", round=rnd, answered=0, expected=len(nodes))
     t0 = time.monotonic()
-    replies = exchange(grid, msgs, s.round_timeout, lambda got, total: coord.progress(
+    received = exchange(grid, msgs, s.round_timeout, lambda got, total: coord.progress(
         stage="training", round=rnd, answered=got, expected=total))
-    updates: list[SiteUpdate] = []
-    refusals: dict[str, str] = {}
-    failures: list[str] = []
-    reports: dict[str, dict[str, Any]] = {}
+    replies, failures = conforming(received, TRAIN)
+    unpacked: list[TrainReply] = []
     bytes_in = 0
     for r in replies:
-        if r.has_error():
-            failures.append(f"node {r.metadata.src_node_id}: {r.error.reason[:300]}")
-            continue
         try:
-            info = r.content["site"]
-            site = str(info["site"])
-            privacy = json.loads(str(info["privacy"])) if info.get("privacy") else {}
-            if privacy:
-                reports[site] = privacy
-            if str(info["status"]) != "ok":
-                refusals[site] = str(info.get("reason", ""))
-                continue
-            metrics = {k: float(v) for k, v in r.content["metrics"].items()}
-            w = _numpy(r.content["weights"])
-            e = _numpy(r.content["ema"]) if "ema" in r.content else None
-            bytes_in += r.content["weights"].count_bytes()
-            weight = float(metrics.get("planned_examples", metrics.get("steps", 0.0)))
-            updates.append(SiteUpdate(site, w, weight, e, metrics))
+            unpacked.append(TrainReply.unpack(r.content))
         except (KeyError, ValueError, TypeError) as err:
             failures.append(f"node {r.metadata.src_node_id}: malformed reply ({err})")
-    missing = len(nodes) - len(replies)
+            continue
+        coord.node_sites[r.metadata.src_node_id] = unpacked[-1].site
+        bytes_in += sum(rec.count_bytes() for rec in r.content.array_records.values())
+    updates, refusals, reports = coord.receive_train(unpacked)
+    missing = len(nodes) - len(received)
     if missing:
         failures.append(f"{missing} site(s) did not answer within {s.round_timeout:g}s")
     for f in failures:
@@ -215,44 +224,36 @@ def train_round(grid: Grid, coord: Coordinator, rnd: int) -> bool:
                               time.monotonic() - t0, reports, bytes_out, bytes_in)
 
 
-def evaluate_sites(grid: Grid, coord: Coordinator, synth: np.ndarray) -> None:
-    """Send the synthetic sample; each site returns aggregate figures on its held-out part."""
+def evaluate_sites(grid: Grid, coord: Coordinator, synth: np.ndarray | None = None) -> None:
+    """Send the released model (weights, config, output step: public DP releases) and the plan;
+    each site evaluates it (and audits it, when asked) on its own and keeps the figures. The
+    coordinator learns only which sites did: ``evaluation.json`` says where each keeps them.
+    ``synth`` (the coordinator's sample) is not sent: a site scores only what it draws."""
+    from common.model.store import model_parts
+    from federation.protocol import EVALUATE, PLAN_RECORD, EvaluateReply, check_reply
+
     s = coord.settings
     nodes = list(grid.get_node_ids())
     coord.progress(stage="evaluating", round=s.rounds, answered=0, expected=len(nodes))
-    sample = ArrayRecord(numpy_ndarrays=[np.ascontiguousarray(synth, dtype=np.uint8)])
-    record = ArrayRecord()
-    record["X"] = next(iter(sample.values()))
-    content: dict[str, Any] = {"synthetic": record}
-    if s.audit:  # the sites audit the released model itself (white-box parts need the weights)
-        from common.model.store import model_parts
-
-        conf, state, step = model_parts(coord.generator)
-        content["model"] = ArrayRecord(torch_state_dict=state)
-        content["model_info"] = ConfigRecord({
-            "config": json.dumps(conf), "output_step": json.dumps(step),
-            "plan": coord.plan(s.rounds)})
+    conf, state, step = model_parts(coord.generator)
+    content: dict[str, Any] = {
+        PLAN_RECORD: coord.plan(s.rounds).pack(),
+        "model": ArrayRecord(torch_state_dict=state),
+        "model_info": ConfigRecord({"config": json.dumps(conf), "output_step": json.dumps(step),
+                                    "audit": bool(s.audit)}),
+    }
     msgs = [_message(grid, n, "evaluate", RecordDict(content), s.round_timeout) for n in nodes]
-    per_site: dict[str, dict[str, Any]] = {}
-    audits: dict[str, dict[str, Any]] = {}
+    statuses: dict[str, str] = {}
     for r in exchange(grid, msgs, s.round_timeout):
         if r.has_error():
             log.warning("evaluation failed at node %s: %s", r.metadata.src_node_id,
                         r.error.reason[:300])
             continue
-        site = str(r.content["site"]["site"])
-        figures: dict[str, Any] = {k: float(v) for k, v in r.content["metrics"].items()}
-        figures.update({k: str(v) for k, v in r.content["site"].items()
-                        if k not in ("site", "audit")})
-        per_site[site] = figures
-        if "audit" in r.content["site"]:
-            try:
-                audits[site] = json.loads(str(r.content["site"]["audit"]))
-            except ValueError as err:
-                log.warning("site %s sent an unreadable audit: %s", site, err)
-    coord.write_evaluation(dict(sorted(per_site.items())))
-    if s.audit:
-        if audits:
-            coord.write_audit(audits)
-        else:
-            log.warning("no site returned an audit")
+        problems = check_reply(EVALUATE, r.content)
+        if problems:  # an undeclared key is dropped, never stored
+            log.warning("node %s: evaluate reply dropped, not the declared schema: %s",
+                        r.metadata.src_node_id, "; ".join(problems[:5]))
+            continue
+        reply = EvaluateReply.unpack(r.content)
+        statuses[reply.site] = reply.status
+    coord.write_evaluation(dict(sorted(statuses.items())))

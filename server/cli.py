@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args, build_config(args), out, args.min_sites,
                                       "deployment")
     settings.wait_sites_timeout = args.wait_sites
+    if args.certs is not None and not args.insecure:  # the witness pins the enrolled keys
+        settings.cert_dir = str(args.certs.resolve())
     tls = tls_args(args)
     after_start = None
     if args.certs is not None and not args.insecure:

@@ -3,7 +3,8 @@ the run's outputs. ``server/app.py`` only moves messages and calls these methods
 
 Outputs in ``OUT/``: ``model/`` (the global model, EMA weights), ``synthetic.csv``,
 ``privacy.json`` (per-site reports; released epsilon = MAX over sites), ``rounds.jsonl`` (one
-line per round), ``evaluation.json`` (per site and pooled), ``checkpoint/``, ``progress.json``
+line per round), ``evaluation.json`` (where each site keeps its own evaluation; no figure),
+``checkpoint/``, ``progress.json``
 (live state for the CLI) and ``status.json`` (written last: completed or failed).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from common.atomic import atomic_open, write_json
-from privacy.counts import keep_codes
+from federation.protocol import QueryReply, SitePlan, TrainReply
+from privacy.counts import NoisyCounts, combine, estimate
+from privacy.witness import Witness, WitnessError
 from server import checkpoint
 from server.aggregation import SiteUpdate, aggregate, server_optimizer
 from server.settings import RunSettings
@@ -35,6 +39,9 @@ RELEASE_ASSUMPTION = (
 
 
 CALIBRATION_SAMPLES = 20_000
+# the largest site delta accepted when the run sets none (--delta): the release is
+# (max eps, max delta) over sites, so one site's loose delta would loosen the whole release
+DEFAULT_MAX_DELTA = 1e-5
 
 
 @dataclass
@@ -49,7 +56,15 @@ class Coordinator:
     rejections: dict[str, int] = field(default_factory=dict)
     kept: list[int] | None = None
     prevalence: list[float] | None = None
-    site_counts: list[tuple[np.ndarray, float, int]] = field(default_factory=list)
+    site_counts: list[Any] = field(default_factory=list)  # privacy.counts.NoisyCounts per site
+    count_info: dict[str, Any] = field(default_factory=dict)  # privacy.counts.estimate's info
+    # what the coordinator can check itself, kept in its checkpoint: each site's noisy size
+    # (its DP counts release: the FedAvg weight), the witness of the sites' signed ledger
+    # heads, and the sites it refused (the next plan to such a site carries the reason)
+    site_sizes: dict[str, float] = field(default_factory=dict)
+    witness: Witness = field(default_factory=Witness)
+    refused_sites: dict[str, str] = field(default_factory=dict)
+    node_sites: dict[int, str] = field(default_factory=dict)  # Flower node id -> site (live)
     generator: Any = None  # the released model, once written (common.model.store.Generator)
 
     def __post_init__(self) -> None:
@@ -57,21 +72,26 @@ class Coordinator:
         self.out.mkdir(parents=True, exist_ok=True)
         cfg = self.settings.model_config()
         self.optimizer = server_optimizer(cfg.federation)
+        if self.settings.resume and checkpoint.exists(self.ckpt_dir):
+            # the witness must hold the last heads before the sites' query replies are checked
+            meta = json.loads((self.ckpt_dir / checkpoint.META).read_text(encoding="utf-8"))
+            self.witness = Witness.from_dict(meta.get("witness"))
+            self.site_sizes = {k: float(v) for k, v in meta.get("site_sizes", {}).items()}
+            self.refused_sites = dict(meta.get("refused_sites", {}))
 
     # ------------------------------------------------------------------ state
     @property
     def ckpt_dir(self) -> Path:
         return self.out / "checkpoint"
 
-    def start(self, vocab: dict[str, Any],
-              counts: list[tuple[np.ndarray, float, int]] | None = None) -> None:
+    def start(self, vocab: dict[str, Any], counts: Sequence[NoisyCounts] | None = None) -> None:
         """Initialise the global model, or load the last checkpoint when resuming.
 
-        ``counts``: each site's (noisy per-code counts, their noise std, n_train). Their sum
-        (noise std sqrt(sum std_k^2)) decides the modelled codes (noisy count above
-        ``privacy.counts.KEEP_STD`` std) and their prevalences (the binary model's prior; the
-        per-code output thresholds of the edm parameterisation): post-processing of the
-        sites' Gaussian-mechanism releases."""
+        ``counts``: each site's DP release (noisy per-code counts and size). Their sum (noise
+        std sqrt(sum std_k^2), ``privacy.counts.combine``) gives, by ``privacy.counts.estimate``,
+        the modelled codes (family-wise test over the vocabulary), every code's shrunk
+        prevalence (the binary model's prior, the calibration target, the tail) and
+        ``count_info`` (for privacy.json): post-processing of the sites' releases."""
         if self.settings.resume and checkpoint.exists(self.ckpt_dir):
             ck = checkpoint.load(self.ckpt_dir)
             if ck.meta.get("vocab", {}).get("codes") != vocab.get("codes"):
@@ -86,18 +106,18 @@ class Coordinator:
             self.vocab = vocab
             self.kept = ck.meta.get("kept")
             self.prevalence = ck.meta.get("prevalence")
+            self.count_info = dict(ck.meta.get("count_info") or {})
             log.info("resuming run %s after round %d", ck.run_id, ck.round)
             return
-        self.kept, self.prevalence = None, None
+        self.kept, self.prevalence, self.count_info = None, None, {}
         if counts:
-            total = np.sum([c for c, _, _ in counts], axis=0)
-            std = float(np.sqrt(sum(s * s for _, s, _ in counts)))
-            n = sum(k for _, _, k in counts)
-            kept = keep_codes(total, std)
-            self.kept = [int(j) for j in kept]
-            self.prevalence = [float(p) for p in np.clip(total / max(1, n), 0.0, 1.0)]
-            log.info("private counts of %d sites: %d of %d codes modelled", len(counts),
-                     len(kept), len(total))
+            est = estimate(combine(counts))
+            self.kept = [int(j) for j in est.kept]
+            self.prevalence = [float(p) for p in est.prevalence]
+            self.count_info = {**est.info, "sites": len(counts)}
+            log.info("private counts of %d sites: %d of %d codes modelled, %d in the tail",
+                     len(counts), len(est.kept), len(est.prevalence),
+                     est.info.get("tail_codes", 0))
         import torch
 
         from common.model.train import build_model
@@ -114,14 +134,114 @@ class Coordinator:
         self.vocab = vocab
         self.next_round = 1
 
-    def plan(self, rnd: int) -> str:
-        """The round's plan for the sites (JSON; read by client.site_training.SitePlan)."""
+    def plan(self, rnd: int, site: str | None = None) -> SitePlan:
+        """The round's plan for ``site`` (``federation.protocol.SitePlan``), carrying the
+        coordinator's refusal when it refused that site."""
         s = self.settings
-        return json.dumps({
-            "round": rnd, "rounds": s.rounds, "run_id": s.run_id,
-            "target_epsilon": s.epsilon, "config": s.config, "delta": s.delta, "seed": s.seed,
-            "kept": self.kept,
-        })
+        return SitePlan(round=rnd, rounds=s.rounds, run_id=s.run_id, target_epsilon=s.epsilon,
+                        config=s.model_config(), delta=s.delta, seed=s.seed, kept=self.kept,
+                        refusal=self.refused_sites.get(site, "") if site else "")
+
+    # ------------------------------------------------------------------ site replies
+    @property
+    def max_delta(self) -> float:
+        return float(self.settings.delta) if self.settings.delta else DEFAULT_MAX_DELTA
+
+    def pinned_key(self, site: str) -> str | None:
+        """The site's enrolled public key (``CERTS/sites/<site>.pub``) when the run has
+        certificates; None: trust on first use."""
+        if not self.settings.cert_dir:
+            return None
+        from server.certs import enrolled_dir, load_public_key
+
+        path = enrolled_dir(self.settings.cert_dir) / f"{site}.pub"
+        if not path.exists():
+            raise WitnessError(f"site {site}: not enrolled ({path} missing); refused")
+        return load_public_key(path).decode()
+
+    def check_site(self, site: str, signed_head: dict[str, Any], privacy: dict[str, Any],
+                   status: str) -> str:
+        """"" when the reply may be used; else why the coordinator refuses the site (one
+        line, logged, kept, and sent in its next plan): its signed ledger head does not verify
+        or is behind the last one seen (``privacy.witness``), or its delta exceeds the run's."""
+        if site in self.refused_sites:
+            return self.refused_sites[site]
+        problem = ""
+        if signed_head or status == "ok":
+            try:
+                self.witness.accept(signed_head, self.pinned_key(site), site=site)
+            except WitnessError as err:
+                problem = str(err)
+        delta = privacy.get("delta") if isinstance(privacy, dict) else None
+        if not problem and status == "ok" and not (
+                isinstance(delta, int | float) and 0 < delta <= self.max_delta * (1 + 1e-9)):
+            problem = (f"site {site}: its delta {delta} exceeds the run's {self.max_delta:g} "
+                       "(ehr-server --delta); refused")
+        if problem:
+            self.refused_sites[site] = problem
+            log.warning("refused site %s: %s", site, problem)
+        return problem
+
+    def receive_query(self, replies: list[QueryReply]) -> dict[str, Any]:
+        """The sites' query replies: their common vocabulary (returned), their DP counts
+        releases (``site_counts``) and noisy sizes (``site_sizes``, the FedAvg weights) from
+        every site the witness and the delta check accept."""
+        vocabs: dict[str, dict[str, Any]] = {}
+        counts: list[Any] = []
+        for rep in replies:
+            vocabs[rep.site] = {"name": rep.vocab_name, "codes": list(rep.codes)}
+            if rep.privacy:
+                self.site_reports[rep.site] = rep.privacy
+            if self.check_site(rep.site, rep.ledger_head, rep.privacy, rep.status):
+                continue
+            if rep.status == "refused":
+                log.warning("site %s refused the counts: %s", rep.site, rep.reason)
+            if rep.counts is not None and np.all(np.isfinite(rep.counts.counts)) \
+                    and np.isfinite(rep.counts.size) and rep.counts.noise_std > 0:
+                counts.append((rep.site, rep.counts))
+        if not vocabs:
+            raise RuntimeError("no site answered the query")
+        first = next(iter(vocabs.values()))
+        for site, v in vocabs.items():
+            if v["codes"] != first["codes"]:
+                raise RuntimeError(f"site {site} uses another vocabulary ({v.get('name')}, "
+                                   f"{len(v['codes'])} codes) than {first.get('name')}")
+        log.info("%d sites answered the query: %s", len(vocabs), ", ".join(sorted(vocabs)))
+        ok = [(site, c) for site, c in counts if len(c.counts) == len(first["codes"])]
+        self.site_counts = [c for _, c in ok]
+        self.site_sizes.update({site: float(c.size) for site, c in ok})
+        return first
+
+    def site_weight(self, sites: list[str]) -> list[float]:
+        """FedAvg weights from what the coordinator can check: each site's noisy size from its
+        DP counts release (at least 1) when every site has one, else equal weights. Never a
+        number from the train reply (``server.aggregation`` caps them)."""
+        if sites and all(s in self.site_sizes for s in sites):
+            return [max(1.0, self.site_sizes[s]) for s in sites]
+        return [1.0] * len(sites)
+
+    def receive_train(self, replies: list[TrainReply]
+                      ) -> tuple[list[SiteUpdate], dict[str, str], dict[str, dict[str, Any]]]:
+        """(updates to aggregate, refusals {site: reason}, privacy reports) from the sites'
+        train replies; a site the coordinator refuses (``check_site``) is not aggregated."""
+        updates: list[SiteUpdate] = []
+        refusals: dict[str, str] = {}
+        reports: dict[str, dict[str, Any]] = {}
+        for rep in replies:
+            if rep.privacy:
+                reports[rep.site] = rep.privacy  # what a site spent counts, refused or not
+            problem = self.check_site(rep.site, rep.ledger_head, rep.privacy, rep.status)
+            if problem:
+                refusals[rep.site] = f"refused by the coordinator: {problem}"
+            elif rep.status != "ok":
+                refusals[rep.site] = rep.reason
+            elif rep.weights is None:
+                refusals[rep.site] = "an ok reply without weights"
+            else:
+                updates.append(SiteUpdate(rep.site, rep.weights, 1.0, rep.ema, {}))
+        for upd, w in zip(updates, self.site_weight([u.site for u in updates]), strict=True):
+            upd.weight = w
+        return updates, refusals, reports
 
     # ------------------------------------------------------------------ rounds
     def finish_round(
@@ -132,8 +252,9 @@ class Coordinator:
     ) -> bool:
         """Aggregate one round's answers. Returns False (model unchanged, no checkpoint) when
         fewer than ``min_sites`` updates were accepted."""
+        fed = self.settings.model_config().federation
         result = aggregate(self.weights, self.ema, updates, self.optimizer,
-                           self.settings.norm_factor)
+                           self.settings.norm_factor, max_weight_ratio=fed.max_weight_ratio)
         # A site's report is its whole ledger: what it spent counts even if its update is
         # rejected or the round does not complete.
         self.site_reports.update(reports or {})
@@ -143,7 +264,6 @@ class Coordinator:
                 log.warning("site %s has sent %d rejected updates", rej.site,
                             self.rejections[rej.site])
         ok = len(result.accepted) >= self.settings.min_sites
-        losses = [float(u.metrics.get("loss", np.nan)) for u in result.accepted]
         entry = {
             "round": rnd,
             "status": "completed" if ok else "insufficient",
@@ -155,9 +275,10 @@ class Coordinator:
             "rejected": {r.site: r.reason for r in result.rejected},
             "refused": refusals,
             "failed": failures,
-            "mean_loss": float(np.nanmean(losses)) if losses else None,
-            "site_metrics": {u.site: {k: v for k, v in u.metrics.items()
-                                      if isinstance(v, int | float)} for u in updates},
+            # only what the coordinator knows itself: no figure computed at a site
+            "weights": {u.site: float(u.weight) for u in result.accepted},
+            "update_norms": {u.site: float(u.metrics["update_norm"]) for u in result.accepted
+                             if "update_norm" in u.metrics},
             "epsilon_spent": self.epsilon_spent(),
             "bytes_sent": bytes_sent,
             "bytes_received": bytes_received,
@@ -186,6 +307,9 @@ class Coordinator:
             "rejections": self.rejections,
             "kept": self.kept,
             "prevalence": self.prevalence,
+            "site_sizes": self.site_sizes,
+            "witness": self.witness.to_dict(),
+            "refused_sites": self.refused_sites,
         }
         checkpoint.save(self.ckpt_dir, checkpoint.Checkpoint(
             rnd, self.settings.run_id, self.weights, self.ema, self.optimizer.state, meta))
@@ -225,13 +349,13 @@ class Coordinator:
             info={"source": "ModelConfig.threshold (fixed in advance)"}), "cpu",
             modelled=self.kept)
         if self.prevalence is not None:  # post-processing of the sites' private counts
-            calibrate(gen, np.asarray(self.prevalence),
+            calibrate(gen, np.asarray(self.prevalence), "empirical-Bayes estimate from the "
                       "sum of the sites' Gaussian-mechanism code counts", n=CALIBRATION_SAMPLES)
         model_dir = self.out / "model"
         save_model(model_dir, gen.model, cfg.model, vocab, extra={
             "federated": True, "run_id": self.settings.run_id,
             "rounds": self.next_round - 1, "privacy": "see ../privacy.json"},
-            output_step=gen.output_step, modelled=self.kept)
+            output_step=gen.output_step, modelled=self.kept, tail=gen.tail)
         self.generator = load_model(model_dir, device="cpu")
         synth = self.generator.sample(self.settings.samples, seed=self.settings.seed)
         from common.data import write_matrix
@@ -262,45 +386,33 @@ class Coordinator:
             "post_processing": "FedAvg, the server, EMA and the sampler only see DP updates",
             "evaluation_note": "evaluation.json holds aggregate figures each site computed on "
                                "held-out patients it never trained on (not covered by epsilon)",
-            "site_size_note": "each site's number of training patients is sent to the "
-                              "coordinator in the clear (prevalence and FedAvg weights); the "
-                              "code counts and model updates are DP",
+            "site_size_note": "a site's size reaches the coordinator only as the noisy size of "
+                              "its DP counts release (recorded in its ledger with the counts); "
+                              "it weighs the site in FedAvg (capped)",
             "codes_modelled": None if self.kept is None else len(self.kept),
         }
         write_json(self.out / "privacy.json", doc)
         return doc
 
-    def write_evaluation(self, per_site: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """evaluation.json: per site and pooled (weighted by held-out patients)."""
-        pooled: dict[str, float] = {}
-        weights = {s: float(m.get("n_holdout", 0)) for s, m in per_site.items()
-                   if "skipped" not in m}
-        keys = {k for s in weights for k, v in per_site[s].items() if isinstance(v, int | float)}
-        total = sum(weights.values())
-        for key in sorted(keys - {"n_holdout"}):
-            vals = [(weights[s], per_site[s][key]) for s in weights
-                    if isinstance(per_site[s].get(key), int | float)
-                    and np.isfinite(per_site[s][key])]
-            if vals and total > 0:
-                pooled[key] = float(sum(w * v for w, v in vals) / sum(w for w, _ in vals))
-        doc = {"sites": per_site, "pooled": pooled, "pooled_n_holdout": int(total),
-               "pooling": "mean over sites weighted by held-out patients",
-               "note": "each site scores the global sample against its own held-out patients, "
-                       "who follow that site's case mix; with non-IID sites these figures are "
-                       "below what the same sample reaches against all sites' patients together"}
+    def write_evaluation(self, statuses: dict[str, str]) -> dict[str, Any]:
+        """evaluation.json: where each site keeps its own evaluation of the released model.
+        No figure: nothing computed on a site's patients reaches the coordinator (``statuses``:
+        each answering site's status, e.g. "kept at site")."""
+        run = self.settings.run_id
+        doc = {
+            "sites": {site: {"status": status,
+                             "evaluation": f"STATE/evaluation-{site}-{run}.json",
+                             "audit": (f"STATE/audit-{site}-{run}/audit.html"
+                                       if self.settings.audit else None)}
+                      for site, status in sorted(statuses.items())},
+            "run_id": run,
+            "note": "each site evaluated the released model on its own held-out patients (its "
+                    "own sample of it, its own choice) and keeps the figures in its state "
+                    "folder (STATE) and on its console; nothing computed on patients left a "
+                    "site, so the coordinator holds no figure",
+        }
         write_json(self.out / "evaluation.json", doc)
         return doc
-
-    def write_audit(self, audits: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """audit.json + audit.html: the sites' own audits side by side with their accountant
-        epsilons and the release epsilon (``privacy.audit.merge_site_audits``)."""
-        from privacy.audit.run import merge_site_audits, write_audit
-
-        privacy = json.loads((self.out / "privacy.json").read_text(encoding="utf-8"))
-        audit = merge_site_audits(dict(sorted(audits.items())), privacy, self.rounds_log)
-        write_audit(self.out, audit)
-        log.info("audit of %d site(s): %s", len(audits), audit["verdict"]["headline"])
-        return audit
 
     def write_status(self, status: str, detail: str = "") -> None:
         write_json(self.out / "status.json", {"status": status, "detail": detail,

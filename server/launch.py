@@ -119,12 +119,19 @@ def summary(out: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
-        ev = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))["pooled"]
-        keys = [k for k in ("cooccurrence_r", "dimwise_auroc_ratio", "prevalence_r") if k in ev]
+        ev = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+        pooled = ev.get("pooled") or {}
+        keys = [k for k in ("cooccurrence_r", "dimwise_auroc_ratio", "prevalence_r") if k in pooled]
         if keys:
-            lines.append("evaluation (each site against its own held-out patients, weighted "
-                         "mean): " + ", ".join(f"{k} {ev[k]:.3f}" for k in keys))
-    except (OSError, ValueError, KeyError, TypeError):
+            lines.append(f"evaluation (by the simulation operator, all sites' held-out patients "
+                         f"pooled, n={ev.get('pooled_n_holdout')}): "
+                         + ", ".join(f"{k} {pooled[k]:.3f}" if pooled[k] is not None
+                                     else f"{k} n/a" for k in keys))
+        if ev.get("sites"):
+            lines.append(f"each site's own evaluation is kept at the site "
+                         f"(STATE/evaluation-<site>-{ev.get('run_id')}.json), not sent: "
+                         + ", ".join(sorted(ev["sites"])))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     return "\n".join(lines)
 
@@ -133,8 +140,22 @@ def audit_status(out: Path) -> int:
     """1 when OUT/audit.json says the audit refutes a site's accountant epsilon, else 0."""
     path = out / "audit.json"
     if not path.exists():
+        if _audits_kept_at_sites(out):  # a deployment: each site holds its own audit
+            log.info("--audit: each site audited the released model and keeps the result in "
+                     "its state folder (STATE/audit-<site>-<run_id>/audit.html); the "
+                     "coordinator holds no audit figure")
+            return 0
         log.warning("--audit: no audit was written (no site answered the evaluation)")
         return 1
     verdict = json.loads(path.read_text(encoding="utf-8")).get("verdict", {})
     log.info("audit written to %s: %s", out / "audit.html", verdict.get("headline", verdict))
     return 1 if verdict.get("status") == "fail" else 0
+
+
+def _audits_kept_at_sites(out: Path) -> bool:
+    """Whether OUT/evaluation.json records sites that kept their evaluation (and audit)."""
+    try:
+        ev = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+        return any(v.get("audit") for v in ev.get("sites", {}).values())
+    except (OSError, ValueError, AttributeError):
+        return False

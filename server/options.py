@@ -44,9 +44,10 @@ def add_plan_args(p: argparse.ArgumentParser, default_rounds: int | None = None)
     g.add_argument("--audit", action="store_true",
                    help="after training, every site audits the released model against its own "
                         "members and held-out patients (membership, attribute disclosure, "
-                        "empirical epsilon lower bound) and sends back aggregate figures: "
-                        "OUT/audit.json + OUT/audit.html; exit 1 if the audit refutes the "
-                        "accountant")
+                        "empirical epsilon lower bound) and keeps the result in its state "
+                        "folder (STATE/audit-<site>-<run_id>/); nothing is sent. ehr-simulate "
+                        "then merges the sites' audits into OUT/audit.json + OUT/audit.html "
+                        "and exits 1 if the audit refutes the accountant")
 
 def build_config(args: argparse.Namespace) -> Config:
     cfg = Config.from_toml(args.config) if args.config else Config()

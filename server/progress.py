@@ -54,17 +54,16 @@ class RoundProgress:
         rows = read_rounds(self.out)
         for row in rows[self._seen:]:
             eps = row.get("epsilon_spent") or {}
-            loss = row.get("mean_loss")
+            # only what the coordinator knows itself (no site's training loss leaves a site)
             line = (f"round {row['round']}/{self.rounds} {row['status']}: "
-                    f"{len(row.get('accepted', []))}/{row.get('sites_expected')} sites, "
-                    f"loss {loss:.4f}" if loss is not None else
-                    f"round {row['round']}/{self.rounds} {row['status']}: no update")
+                    f"{len(row.get('accepted', []))}/{row.get('sites_expected')} sites "
+                    f"aggregated, {float(row.get('seconds') or 0.0):.0f} s")
             if eps:
                 line += f", max eps {max(eps.values()):.3f}"
             for site, why in (row.get("rejected") or {}).items():
                 line += f"\n  rejected {site}: {why}"
             for site, why in (row.get("refused") or {}).items():
-                line += f"\n  refused by {site}: {why}"
+                line += f"\n  refused ({site}): {why}"
             for why in row.get("failed") or []:
                 line += f"\n  {why}"
             if self.enabled:

@@ -31,7 +31,7 @@ class RunSettings:
     rounds: int = 5
     min_sites: int = 2
     epsilon: float = 3.0  # target epsilon of the plan, per site
-    delta: float | None = None  # None: each site's default_delta(n)
+    delta: float | None = None  # None: each site's own (at most coordinator.DEFAULT_MAX_DELTA)
     samples: int = 10_000
     round_timeout: float = 600.0
     wait_sites_timeout: float = 300.0  # how long to wait for min_sites at the start
@@ -43,6 +43,9 @@ class RunSettings:
     mode: str = "deployment"  # deployment | simulation
     audit: bool = False  # every site audits the released model (privacy.audit) at evaluation
     launch_id: str = ""  # new for every ehr-server/ehr-simulate start; echoed in status.json
+    # ``ehr-certs`` folder of a run with certificates: the witness pins each site's enrolled
+    # key (CERTS/sites/<site>.pub); "": trust the first key a site signs with
+    cert_dir: str = ""
     config: dict[str, Any] = field(default_factory=lambda: config_dict(Config()))
 
     def model_config(self) -> Config:

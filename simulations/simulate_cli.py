@@ -6,7 +6,11 @@ machine, with the data split into simulated sites. Same outputs as ``ehr-server`
         --partition dirichlet:0.5 --epsilon 3 --out runs/d5
 
 Each site keeps a held-out part of its patients (default 20%) that it never trains on; it is
-used for evaluation (and ``--audit``) at the site. Ray runs on 127.0.0.1 only.
+used for evaluation (and ``--audit``) at the site, which keeps the figures in its state folder
+(``OUT/state/site<k>/``). Afterwards ``ehr-simulate`` itself, holding every site's data, scores
+``OUT/synthetic.csv`` against all sites' held-out patients pooled (``OUT/evaluation.json``) and
+merges the sites' kept audits (``OUT/audit.json``): ``simulations.pooled``. Ray runs on
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from server.launch import Launch, audit_status, launch, summary
+    from server.launch import Launch, launch, summary
     from simulations.partition import parse_partition, partition
 
     if args.sites < 1:
@@ -119,20 +123,41 @@ def simulate(args: argparse.Namespace) -> int:
         "sim-data-dir": str(out / "sites"), "sim-state-dir": str(out / "state"),
         "sim-epsilon-budget": float(args.epsilon), "holdout": cfg.federation.holdout,
         "seed": int(args.seed),
+        # each simulated site's own delta (pinned in its ledger): --delta, else 0 = the site's
+        # default (privacy.accountant.default_delta)
+        "sim-delta": float(args.delta or 0.0),
+        # each site's own evaluation (kept in its state folder) draws this many patients
+        "sim-eval-samples": int(settings.samples), "sim-audit": bool(args.audit),
     }
     federation_config = {"num-supernodes": args.sites, "client-resources-num-cpus": 2,
                          "client-resources-num-gpus": 0.0}
     status = launch(Launch(settings=settings, simulation=True, run_config=run_config,
                            federation_config=federation_config, progress=not args.no_progress))
     audit_rc = 0
-    if status.get("status") == "completed" and args.audit:
-        audit_rc = audit_status(out)
+    if status.get("status") == "completed":
+        audit_rc = operator_outputs(out, settings.run_id, args.audit, args.seed)
     print(summary(out))
     if status.get("status") != "completed":
         print(f"simulation failed: {status.get('detail', '')}; logs in {out / 'logs'}",
               file=sys.stderr)
         return 1
     return audit_rc
+
+
+def operator_outputs(out: Path, run_id: str, audit: bool, seed: int) -> int:
+    """What the simulation operator (who holds every site's data) computes after the run: the
+    pooled evaluation into OUT/evaluation.json and, with --audit, the sites' kept audits
+    merged into OUT/audit.json + audit.html; returns ``audit_status`` (0 without --audit)."""
+    from server.launch import audit_status
+    from simulations.pooled import merge_local_audits, pooled_evaluation
+
+    pooled_evaluation(out, seed)
+    if not audit:
+        return 0
+    if merge_local_audits(out, run_id) is None:
+        log.warning("--audit: no site kept an audit of run %s in %s", run_id, out / "state")
+        return 1
+    return audit_status(out)
 
 
 @cli_errors

@@ -1,6 +1,7 @@
 """The federated audit's plain functions (no Flower): a site audits the released model against
-its own members, held-out patients and canaries, next to its own ledger's epsilon; the
-coordinator merges the sites' aggregate figures into audit.json + audit.html."""
+its own members, held-out patients and canaries, next to its own ledger's epsilon, and keeps
+the result in its state folder; in a simulation the operator (who holds every site's folder)
+merges the kept audits into OUT/audit.json + audit.html. The coordinator receives none."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from client.site_training import SiteData, SitePlan, audit_at_site
+from client.site_training import SiteData, SitePlan
 from common.config import Config, ModelConfig
 from common.model.output import OutputStep
 from common.model.store import Generator, assemble, model_parts
@@ -20,8 +21,6 @@ from common.vocabulary import Vocabulary
 from privacy.accountant import Mechanism
 from privacy.audit.canaries import insert_canaries
 from privacy.ledger import Ledger
-from server.coordinator import Coordinator
-from server.settings import RunSettings, config_dict
 
 V = 30
 
@@ -41,7 +40,12 @@ def _site(name: str, seed: int) -> SiteData:
     return SiteData(name, with_canaries, hold, None, canaries, included)
 
 
-def test_site_audit_and_coordinator_merge(tmp_path: Path) -> None:
+def test_site_audit_kept_at_site_and_operator_merge(tmp_path: Path) -> None:
+    """Each site keeps its audit in its state folder (nothing of it is sent); the simulation
+    operator, who holds every site's folder, merges them into OUT/audit.json + audit.html."""
+    from client.site_evaluation import keep_audit
+    from simulations.pooled import merge_local_audits
+
     gen = _generator()
     # the model travels as its parts (what the evaluate message carries) and is rebuilt
     conf, state, step = model_parts(gen)
@@ -50,29 +54,48 @@ def test_site_audit_and_coordinator_merge(tmp_path: Path) -> None:
     assert np.array_equal(synth, gen.sample(100, seed=1))
     cfg = Config()
     plan = SitePlan(round=2, rounds=2, run_id="r", target_epsilon=3.0, config=cfg, delta=1e-3)
-    audits, reports = {}, {}
+    out = tmp_path / "run"
+    reports = {}
     for k in range(2):
         data = _site(f"site{k}", k)
         assert len(data.members) == 80 and data.included is not None
-        ledger = Ledger.open(tmp_path / "state", data.site)
+        np.savez(_mkdir(out / "sites") / f"site{k}.npz", train=data.train, holdout=data.holdout)
+        state_dir = out / "state" / data.site
+        ledger = Ledger.open(state_dir, data.site, delta=1e-3)
         ledger.record(Mechanism(1.5, 0.1, 20 + k), "r", 1)
-        audit = audit_at_site(rebuilt, synth, data, plan, ledger, 3.0)
-        json.dumps(audit)  # aggregate figures only: it must serialise as it is sent
-        assert audit["n_members"] == 80 and audit["white_box"]["kind"] == "canaries"
-        reports[data.site] = ledger.report(1e-3, 3.0, "prv")
-        assert audit["epsilon"] == pytest.approx(reports[data.site]["epsilon"])
-        audits[data.site] = audit
-    coord = Coordinator(RunSettings(out_dir=str(tmp_path / "run"), rounds=2,
-                                    config=config_dict(cfg)))
-    coord.site_reports = reports
-    coord.rounds_log = [{"round": r, "epsilon_spent": {s: rep["epsilon"] * r / 2
-                                                       for s, rep in reports.items()}}
-                        for r in (1, 2)]
-    coord.write_privacy()
-    merged = coord.write_audit(audits)
-    saved = json.loads((tmp_path / "run" / "audit.json").read_text())
-    assert set(saved["sites"]) == {"site0", "site1"} == set(merged["sites"])
+        folder = keep_audit(rebuilt, synth, data, plan, ledger, 3.0, state_dir)
+        kept = json.loads((folder / "audit.json").read_text())["sites"][data.site]
+        assert kept["n_members"] == 80 and kept["white_box"]["kind"] == "canaries"
+        reports[data.site] = ledger.report(None, 3.0, "prv")
+        assert kept["epsilon"] == pytest.approx(reports[data.site]["epsilon"])
+        # once per run: asked again, the site re-reads its folder (the file is unchanged)
+        before = (folder / "audit.json").read_bytes()
+        assert keep_audit(rebuilt, synth, data, plan, ledger, 3.0, state_dir) == folder
+        assert (folder / "audit.json").read_bytes() == before
+    privacy = {"epsilon": max(r["epsilon"] for r in reports.values()), "delta": 1e-3,
+               "sites": reports, "run_id": "r"}
+    (out / "privacy.json").write_text(json.dumps(privacy))
+    (out / "rounds.jsonl").write_text("".join(
+        json.dumps({"round": r, "epsilon_spent": {s: rep["epsilon"] * r / 2
+                                                  for s, rep in reports.items()}}) + "\n"
+        for r in (1, 2)))
+    merged = merge_local_audits(out, "r")
+    saved = json.loads((out / "audit.json").read_text())
+    assert merged is not None and set(saved["sites"]) == {"site0", "site1"} == set(merged["sites"])
     assert saved["epsilon"] == pytest.approx(max(r["epsilon"] for r in reports.values()))
     assert len(saved["epsilon_by_round"]["site1"]) == 2
     assert saved["verdict"]["status"] in ("pass", "fail")
-    assert (tmp_path / "run" / "audit.html").stat().st_size > 1000
+    assert (out / "audit.html").stat().st_size > 1000
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_no_kept_audit_means_no_merged_audit(tmp_path: Path) -> None:
+    from simulations.pooled import merge_local_audits
+
+    _mkdir(tmp_path / "sites")
+    np.savez(tmp_path / "sites" / "site0.npz", train=np.zeros((2, V)), holdout=np.zeros((2, V)))
+    assert merge_local_audits(tmp_path, "r") is None and not (tmp_path / "audit.json").exists()

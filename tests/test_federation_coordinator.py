@@ -9,7 +9,7 @@ import json
 import numpy as np
 
 from common.config import Config
-from privacy.counts import keep_codes
+from privacy.counts import NoisyCounts
 from server.aggregation import SiteUpdate
 from server.coordinator import Coordinator
 from server.settings import RunSettings, config_dict
@@ -23,18 +23,12 @@ def _cfg() -> Config:
     return cfg
 
 
-def test_keep_codes_threshold_and_minimum() -> None:
-    noisy = np.array([100.0, 5.0, 40.0, -3.0])
-    assert list(keep_codes(noisy, 10.0)) == [0, 2]
-    assert list(keep_codes(noisy, 1000.0)) == [0, 2]  # at least MIN_CODES, the largest
-
-
 def _coord(tmp_path, min_sites: int = 2) -> Coordinator:
     s = RunSettings(out_dir=str(tmp_path), rounds=2, min_sites=min_sites,
                     config=config_dict(_cfg()))
     c = Coordinator(s)
-    counts = [(np.array([50.0, 1.0, 30.0, 0.0]), 2.0, 100),
-              (np.array([40.0, 2.0, 35.0, 1.0]), 2.0, 100)]
+    counts = [NoisyCounts(np.array([50.0, 1.0, 30.0, 0.0]), 100.0, 2.0),
+              NoisyCounts(np.array([40.0, 2.0, 35.0, 1.0]), 100.0, 2.0)]
     c.start({"name": "t", "codes": ["a", "b", "c", "d"]}, counts)
     return c
 
@@ -47,8 +41,11 @@ def _upd(c: Coordinator, site: str, scale: float) -> SiteUpdate:
 
 def test_round_without_enough_sites_changes_nothing(tmp_path) -> None:
     c = _coord(tmp_path)
-    assert c.kept == [0, 2]  # count > 3 x sqrt(2^2 + 2^2)
-    assert np.allclose(c.prevalence, [0.45, 0.015, 0.325, 0.005])
+    assert c.kept == [0, 2]  # count > Phi^-1(1 - 0.01/4) x sqrt(2^2 + 2^2)
+    # modelled codes: about their noisy prevalence; the others shrunk and capped (tail)
+    assert np.allclose(np.asarray(c.prevalence)[[0, 2]], [0.45, 0.325], atol=0.01)
+    assert max(c.prevalence[1], c.prevalence[3]) <= 5e-4
+    assert c.count_info["method"] == "eb" and c.count_info["sites"] == 2
     before = {k: v.copy() for k, v in c.weights.items()}
     big = _upd(c, "B", 1000.0)
     ok = c.finish_round(1, [_upd(c, "A", 0.01), big], {}, [], 2, 1.0,

@@ -42,15 +42,26 @@ def test_simulate_demo_two_sites(tmp_path: Path) -> None:
     header = (out / "synthetic.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "patient_id" and len(header) == 2091
     assert len((out / "synthetic.csv").read_text().splitlines()) == 151
+    # evaluation: each site kept its own figures in its state folder (the coordinator got only
+    # its name and status); ehr-simulate, holding every site's data, pooled the held-out rows
     ev = json.loads((out / "evaluation.json").read_text())
     assert set(ev["sites"]) == {"site0", "site1"}
+    assert all(set(v) == {"status", "evaluation", "audit"} for v in ev["sites"].values())
+    assert ev["pooled_n_holdout"] == 40 and "simulation operator" in ev["computed_by"]
+    assert ev["pooled"]["n_real"] == 40 and ev["pooled"]["n_synth"] == 150
+    run_id = privacy["run_id"]
+    for k in range(2):
+        kept = json.loads((out / "state" / f"site{k}" / f"evaluation-site{k}-{run_id}.json")
+                          .read_text())
+        assert kept["figures"]["n_holdout"] == 20 and kept["n_synthetic"] == 150
+        assert (out / "state" / f"site{k}" / f"audit-site{k}-{run_id}" / "audit.html").exists()
     assert (out / "flwr-home").is_dir()  # FLWR_HOME inside the run directory
     # held-out rows were never trained on: the site files keep them apart
     with np.load(out / "sites" / "site0.npz") as d:
         assert d["holdout"].shape[0] == 20 and d["train"].shape[0] == 80
         assert d["canaries"].shape == (20, 2090)
     # --audit: every site audited the released model itself (canaries, its own ledger's
-    # epsilon) and sent aggregates; the coordinator merged them
+    # epsilon) and kept it; ehr-simulate (the operator, not the coordinator) merged them
     audit = json.loads((out / "audit.json").read_text())
     assert set(audit["sites"]) == {"site0", "site1"}
     for name, site in audit["sites"].items():

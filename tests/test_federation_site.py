@@ -20,6 +20,8 @@ from common.model.train import build_model
 from privacy.accountant import Mechanism, epsilon
 from privacy.ledger import Ledger
 
+DELTA = 1e-5  # the site's own delta, pinned in its ledger
+
 
 def _config() -> Config:
     cfg = Config()
@@ -80,7 +82,7 @@ def test_plan_recalibrates_when_the_kept_sigma_would_overspend() -> None:
 
 def test_round_records_spend_before_returning_and_respects_budget(tmp_path) -> None:
     data = _data()
-    ledger = Ledger.open(tmp_path, "A")
+    ledger = Ledger.open(tmp_path, "A", DELTA)
     g = _global(data.train.shape[1])
     upd = run_site_round(g, g, data, _plan(1), ledger, budget=3.0)
     assert upd.status == "ok" and upd.steps == 2
@@ -95,7 +97,7 @@ def test_round_records_spend_before_returning_and_respects_budget(tmp_path) -> N
 
 def test_site_refuses_and_trains_nothing_when_budget_is_spent(tmp_path) -> None:
     data = _data()
-    ledger = Ledger.open(tmp_path, "A")
+    ledger = Ledger.open(tmp_path, "A", DELTA)
     g = _global(data.train.shape[1])
     run_site_round(g, g, data, _plan(1, rounds=1, eps=3.0), ledger, budget=3.0)
     before = list(ledger.history)
@@ -108,11 +110,12 @@ def test_site_refuses_and_trains_nothing_when_budget_is_spent(tmp_path) -> None:
 
 def test_counts_are_recorded_once_per_run_and_resent(tmp_path) -> None:
     data = _data()
-    ledger = Ledger.open(tmp_path, "A")
+    ledger = Ledger.open(tmp_path, "A", DELTA)
     first = site_counts(data, _plan(0), ledger, 3.0, tmp_path)
     again = site_counts(data, _plan(0), Ledger.open(tmp_path, "A"), 3.0, tmp_path)
-    assert first.status == "ok" and first.counts.shape == (data.train.shape[1],)
-    np.testing.assert_array_equal(first.counts, again.counts)
+    assert first.status == "ok" and first.counts.counts.shape == (data.train.shape[1],)
+    np.testing.assert_array_equal(first.counts.counts, again.counts.counts)
+    assert first.counts.size == again.counts.size
     assert len(Ledger.open(tmp_path, "A").history) == 1  # one release, one entry
     # the DP-SGD plan then accounts for the counts: total stays within the target
     g = _global(4)

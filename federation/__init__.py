@@ -1,0 +1,1 @@
+"""What crosses the site <-> coordinator boundary: one declared, typed schema (``protocol``)."""
