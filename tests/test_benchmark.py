@@ -149,13 +149,20 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
 
 
 def test_round_overhead_from_rounds_log(tmp_path: Path) -> None:
+    """The coordinator's rounds.jsonl has only its own wall time (no site timing leaves a
+    site); the local training time comes from the sites' own logs, which the simulation
+    operator holds."""
     from simulations.baselines.ours import round_overhead
 
-    lines = [{"round": 1, "seconds": 30.0, "site_metrics": {"a": {"seconds": 10.0},
-                                                            "b": {"seconds": 12.0}}},
-             {"round": 2, "seconds": 26.0, "site_metrics": {"a": {"seconds": 9.0},
-                                                            "b": {"seconds": 11.0}}}]
+    lines = [{"round": 1, "seconds": 30.0}, {"round": 2, "seconds": 26.0}]
     (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    for site, secs in (("a", (10.0, 9.0)), ("b", (12.0, 11.0))):
+        folder = tmp_path / "state" / site
+        folder.mkdir(parents=True)
+        events = [{"event": "counts", "round": 0}] + [
+            {"event": "train", "round": r, "seconds": s} for r, s in zip((1, 2), secs)]
+        (folder / f"rounds-{site}.jsonl").write_text(
+            "\n".join(json.dumps(x) for x in events) + "\n")
     res = round_overhead(tmp_path)
     assert res is not None
     assert res["mean_round_seconds"] == pytest.approx(28.0)

@@ -145,28 +145,36 @@ def fit_ours_federated(
 
 
 def round_overhead(run_dir: str | Path) -> dict[str, Any] | None:
-    """Flower round overhead from a federated run's ``rounds.jsonl``: the round's wall time
-    minus its sites' local training time (``site_metrics[site]["seconds"]``; summed, since the
-    simulation runs the sites one after another on this machine). None without timings."""
-    path = Path(run_dir) / "rounds.jsonl"
+    """Flower round overhead of a simulated federation: the round's wall time (the
+    coordinator's ``rounds.jsonl``) minus its sites' local training time, which only the sites
+    know (``OUT/state/site<k>/rounds-site<k>.jsonl``: the simulation operator holds every site's
+    folder; summed, since the simulation runs the sites one after another here). None without
+    timings."""
+    run_dir = Path(run_dir)
+    path = run_dir / "rounds.jsonl"
     if not path.exists():
         return None
+    local: dict[int, list[float]] = {}
+    for site_log in sorted(run_dir.glob("state/*/rounds-*.jsonl")):
+        for line in site_log.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line) if line.strip() else {}
+            if entry.get("event") == "train" and isinstance(entry.get("seconds"), int | float):
+                local.setdefault(int(entry["round"]), []).append(float(entry["seconds"]))
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         r = json.loads(line)
-        wall = r.get("seconds")
-        local = [m.get("seconds") for m in (r.get("site_metrics") or {}).values()
-                 if isinstance(m, dict)]
-        local = [x for x in local if isinstance(x, int | float)]
-        if not isinstance(wall, int | float) or not local:
+        wall, sites = r.get("seconds"), local.get(int(r.get("round", -1)), [])
+        if not isinstance(wall, int | float) or not sites:
             continue
         rows.append({"round": r.get("round"), "round_seconds": float(wall),
-                     "local_train_seconds": float(np.sum(local)), "sites": len(local)})
+                     "local_train_seconds": float(np.sum(sites)), "sites": len(sites)})
     if not rows:
         return None
     wall = float(np.mean([r["round_seconds"] for r in rows]))
-    local = float(np.mean([r["local_train_seconds"] for r in rows]))
-    return {"rounds": rows, "mean_round_seconds": wall, "mean_local_train_seconds": local,
-            "mean_overhead_seconds": wall - local, "mode": "simulation (sites run in turn)"}
+    local_mean = float(np.mean([r["local_train_seconds"] for r in rows]))
+    return {"rounds": rows, "mean_round_seconds": wall, "mean_local_train_seconds": local_mean,
+            "mean_overhead_seconds": wall - local_mean, "mode": "simulation (sites run in turn)"}
+
+
