@@ -102,8 +102,8 @@ class PrivacyConfig:
     hidden: tuple[int, ...] = (256, 256)  # denoiser widths under DP (centralized)
     time_dim: int = 64
     count_epsilon_share: float = 0.1  # epsilon share of the private code counts (0: none)
-    # ... but at least this epsilon, at most 30% of the budget (privacy.counts.count_epsilon)
-    count_epsilon_min: float = 0.3
+    # ... but at least this epsilon, at most half the budget (privacy.counts.count_epsilon)
+    count_epsilon_min: float = 0.5
     count_clip: float = 3.0  # L2 bound of a patient's (codes, 1) vector in the counts: 8 codes
     # unscaled (diabetes130: 95% of patients have <= 7); 4.0 kept 20% fewer codes at 5 sites
 

@@ -23,6 +23,7 @@ import numpy as np
 from common.atomic import atomic_open, write_json
 from federation.protocol import QueryReply, SitePlan, TrainReply
 from privacy.counts import NoisyCounts, combine, estimate
+from privacy.report import software_version
 from privacy.witness import Witness, WitnessError
 from server import checkpoint
 from server.aggregation import SiteUpdate, aggregate, server_optimizer
@@ -307,6 +308,7 @@ class Coordinator:
             "rejections": self.rejections,
             "kept": self.kept,
             "prevalence": self.prevalence,
+            "count_info": self.count_info,
             "site_sizes": self.site_sizes,
             "witness": self.witness.to_dict(),
             "refused_sites": self.refused_sites,
@@ -384,12 +386,16 @@ class Coordinator:
             "run_id": self.settings.run_id,
             "rounds": self.next_round - 1,
             "post_processing": "FedAvg, the server, EMA and the sampler only see DP updates",
-            "evaluation_note": "evaluation.json holds aggregate figures each site computed on "
-                               "held-out patients it never trained on (not covered by epsilon)",
+            "evaluation_note": "each site evaluates the released model on its own held-out "
+                               "patients and keeps the figures (STATE/evaluation-<site>-<run>"
+                               ".json); none reaches the coordinator",
             "site_size_note": "a site's size reaches the coordinator only as the noisy size of "
                               "its DP counts release (recorded in its ledger with the counts); "
                               "it weighs the site in FedAvg (capped)",
             "codes_modelled": None if self.kept is None else len(self.kept),
+            "code_counts": self.count_info,
+            "software": software_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_json(self.out / "privacy.json", doc)
         return doc

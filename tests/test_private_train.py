@@ -63,20 +63,20 @@ def test_private_training_end_to_end(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_count_epsilon_floor_against_hand_values() -> None:
-    """privacy.counts.count_epsilon = max(share*eps, min(floor, 0.3*eps)), computed by hand."""
+    """privacy.counts.count_epsilon = max(share*eps, min(floor, 0.5*eps)), computed by hand."""
     from privacy.counts import count_epsilon
 
     assert count_epsilon(3.0, 0.1, 0.3) == pytest.approx(0.3)  # share and floor agree
-    assert count_epsilon(1.0, 0.1, 0.3) == pytest.approx(0.3)  # floor: 0.3, not 0.1
-    assert count_epsilon(10.0, 0.1, 0.3) == pytest.approx(1.0)  # share above the floor
-    assert count_epsilon(0.5, 0.1, 0.3) == pytest.approx(0.15)  # floor capped at 30%
+    assert count_epsilon(1.0, 0.1, 0.5) == pytest.approx(0.5)  # floor: 0.5, not 0.1
+    assert count_epsilon(10.0, 0.1, 0.5) == pytest.approx(1.0)  # share above the floor
+    assert count_epsilon(0.5, 0.1, 0.5) == pytest.approx(0.25)  # floor capped at 50%
     assert count_epsilon(1.0, 0.0, 0.3) == 0.0  # share 0: no counts at all
     assert count_epsilon(1.0, 0.1, 0.0) == pytest.approx(0.1)  # no floor: the plain share
 
 
 def test_plan_private_counts_use_the_floor_at_low_epsilon() -> None:
-    """At epsilon 1 the counts are calibrated to epsilon 0.3 (the floor), not 0.1 (the share):
-    the counts' mechanism alone, accounted independently, spends 0.3."""
+    """At epsilon 1 the counts are calibrated to epsilon 0.5 (the floor), not 0.1 (the share):
+    the counts' mechanism alone, accounted independently, spends 0.5."""
     from client.private_train import plan_private
     from common.config import Config
     from privacy.accountant import Mechanism, epsilon
@@ -85,5 +85,5 @@ def test_plan_private_counts_use_the_floor_at_low_epsilon() -> None:
     cfg.privacy.epsilon, cfg.privacy.delta = 1.0, 1e-6
     plan = plan_private(40_000, cfg, [])
     spent = epsilon([Mechanism(plan.count_noise, 1.0, 1)], 1e-6, "prv")
-    assert spent == pytest.approx(0.3, rel=0.05)
+    assert spent == pytest.approx(0.5, rel=0.05)
     assert epsilon(plan.mechanisms, 1e-6, "prv") <= 1.0 + 1e-6
