@@ -59,3 +59,16 @@ def mimic_path() -> Path:
     if not MIMIC_DIAG.exists():
         pytest.skip(f"{MIMIC_DIAG} not present")
     return MIMIC_DIAG
+
+
+def tiny_site_config():  # -> common.config.Config
+    """A site-training config small enough for plain-function round tests (seconds)."""
+    from common.config import Config
+
+    cfg = Config()
+    cfg.model.hidden = (16, 16)
+    cfg.model.time_dim = 8
+    cfg.privacy.noise_multiplicity = 1
+    cfg.federation.sample_rate = 0.25
+    cfg.federation.local_epochs = 0.5
+    return cfg

@@ -160,7 +160,7 @@ def test_round_overhead_from_rounds_log(tmp_path: Path) -> None:
         folder = tmp_path / "state" / site
         folder.mkdir(parents=True)
         events = [{"event": "counts", "round": 0}] + [
-            {"event": "train", "round": r, "seconds": s} for r, s in zip((1, 2), secs)]
+            {"event": "train", "round": r, "seconds": s} for r, s in zip((1, 2), secs, strict=True)]
         (folder / f"rounds-{site}.jsonl").write_text(
             "\n".join(json.dumps(x) for x in events) + "\n")
     res = round_overhead(tmp_path)

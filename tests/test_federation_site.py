@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tiny_site_config
 
 from client.site_training import (
     SiteData,
@@ -15,22 +16,13 @@ from client.site_training import (
     site_counts,
     steps_per_round,
 )
-from common.config import Config
 from common.model.train import build_model
 from privacy.accountant import Mechanism, epsilon
 from privacy.ledger import Ledger
 
 DELTA = 1e-5  # the site's own delta, pinned in its ledger
 
-
-def _config() -> Config:
-    cfg = Config()
-    cfg.model.hidden = (16, 16)
-    cfg.model.time_dim = 8
-    cfg.privacy.noise_multiplicity = 1
-    cfg.federation.sample_rate = 0.25
-    cfg.federation.local_epochs = 0.5
-    return cfg
+_config = tiny_site_config
 
 
 def _data(n: int = 120, v: int = 12, seed: int = 0) -> SiteData:

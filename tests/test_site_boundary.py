@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_FLOWER_CONFIG as TINY
+from conftest import tiny_site_config
 from test_federation_deploy import BIN, Procs, check_outputs, rounds
 
 from client.site_training import SiteData, open_site_ledger, run_site_round, site_counts
-from common.config import Config
 from common.flower_runtime import free_port
 from federation.protocol import SCHEMA, QueryReply, SitePlan, TrainReply, check_structure
 from privacy.accountant import Mechanism
@@ -35,16 +35,8 @@ from server.settings import RunSettings, config_dict
 FORBIDDEN = ("loss", "seconds", "examples_per_s", "n_train", "n_holdout", "planned_examples",
              "dimwise", "expected_batch", "auroc", "metrics")
 
-
 # ---------------------------------------------------------------------------- plain functions
-def _config() -> Config:
-    cfg = Config()
-    cfg.model.hidden = (16, 16)
-    cfg.model.time_dim = 8
-    cfg.privacy.noise_multiplicity = 1
-    cfg.federation.sample_rate = 0.25
-    cfg.federation.local_epochs = 0.5
-    return cfg
+_config = tiny_site_config
 
 
 def _data(n: int = 120, v: int = 12) -> SiteData:
