@@ -193,7 +193,6 @@ def train_dp(
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
     noise_seed: int | None = None,
-    ema_warmup: bool = True,
 ) -> DPResult:
     """Train ``model`` on the 0/1 rows of ``X`` for ``steps`` DP-SGD steps (Poisson rate
     ``sample_rate``, clip ``privacy_cfg.max_grad_norm``, noise multiplier ``noise_multiplier``,
@@ -215,8 +214,7 @@ def train_dp(
                          max_grad_norm=privacy_cfg.max_grad_norm, sample_rate=sample_rate,
                          n_rows=n, mode=privacy_cfg.grad_sample_mode,
                          accountant=privacy_cfg.accountant, noise_seed=noise_seed)
-    ema = EMA(parts.module, train_cfg.ema_decay, warmup=ema_warmup)  # False: a federated
-    # round continues the run's EMA (client.site_training), so no per-round warm-up
+    ema = EMA(parts.module, train_cfg.ema_decay)
     k = int(privacy_cfg.noise_multiplicity)
 
     def loss_fn(module: nn.Module, xb: Tensor) -> Tensor:

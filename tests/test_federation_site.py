@@ -123,3 +123,37 @@ def test_evaluation_returns_only_aggregate_numbers() -> None:
     out = evaluate_site(synth, data)
     assert out["site"] == "A" and out["n_holdout"] == 100
     assert all(np.isscalar(v) for v in out.values())
+
+
+def test_released_ema_rule(tmp_path, monkeypatch) -> None:
+    """The EMA a site releases is the round's EMA (trained with the warm-up, from the round's
+    global weights w0) plus d^S (e0 - w0), e0 the global EMA, d the run's decay, S the steps:
+    the rule that measured best (client/site_training.py). Recomputed here by hand from what
+    train_dp returned."""
+    import client.dp_training as dp
+    from client.site_training import _ema_decay
+
+    data = _data()
+    g = _global(data.train.shape[1])
+    e0 = {k: v + 0.5 for k, v in g.items()}  # a global EMA away from the global weights
+    seen = {}
+
+    def fake_train_dp(model, X, **kw):  # what ran: weights w0 + 1, round EMA w0 + 2
+        seen["warm-up default"] = "ema_warmup" not in kw
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return dp.DPResult({k: v + 1 for k, v in state.items()},
+                           {k: v + 2 for k, v in state.items()},
+                           Mechanism(kw["noise_multiplier"], kw["sample_rate"], kw["steps"]),
+                           0.0, 1.0)
+
+    monkeypatch.setattr(dp, "train_dp", fake_train_dp)
+    plan = _plan(1)
+    upd = run_site_round(g, e0, data, plan, Ledger.open(tmp_path, "A", DELTA), budget=3.0)
+    d = _ema_decay(plan, upd.steps)
+    for k in g:
+        if np.issubdtype(g[k].dtype, np.floating):
+            want = (g[k] + 2) + d ** upd.steps * (e0[k] - g[k])
+            np.testing.assert_allclose(upd.ema[k], want, rtol=1e-6, atol=1e-6)
+    assert seen["warm-up default"]  # the round's EMA is built with its warm-up
+    k = next(k for k in g if np.issubdtype(g[k].dtype, np.floating))
+    np.testing.assert_allclose(upd.weights[k], g[k] + 1, rtol=1e-6)  # the DP iterate as is
