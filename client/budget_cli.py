@@ -17,11 +17,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from common.errors import InputError, cli_errors
+from common.names import check_site_name
 from privacy.accountant import ACCOUNTANTS, epsilon
 from privacy.ledger import Ledger, LedgerCorrupted, accept_ledger, check_delta
 
@@ -48,6 +50,17 @@ def budget_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.delta is not None:
         check_delta(args.delta)
+    if args.budget is not None and not args.budget > 0:
+        raise InputError("--budget", f"must be a positive epsilon (got {args.budget:g})")
+    state = Path(args.state_dir)
+    if not state.is_dir():
+        raise InputError(state, "no such state folder (the site's --state-dir)",
+                         "check the path; nothing was created")
+    check_site_name(args.site)
+    if not args.accept_ledger and not any(p.exists() for p in Ledger.paths(state, args.site)):
+        print(f"site {args.site}: no privacy ledger in {state} (nothing spent, nothing created)",
+              file=sys.stderr)
+        return 0
     try:
         if args.accept_ledger:
             before = _quiet_open(args.state_dir, args.site)
@@ -67,6 +80,10 @@ def budget_main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         _print_table(ledger, report, delta, args.accountant)
+    if args.budget is not None and report["epsilon"] > args.budget:
+        print(f"warning: site {args.site} has spent epsilon {report['epsilon']:.2f}, more than "
+              f"its budget {args.budget:g}: it refuses to train", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -21,7 +21,10 @@ log = logging.getLogger("ehr-client")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ehr-client", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="ehr-client", description=__doc__.split("\n\n")[0],
+        epilog="The site's privacy ledger: `ehr-client budget --site A --state-dir DIR "
+               "[--budget E] [--json]` (see `ehr-client budget --help`).")
     p.add_argument("--site", required=True, help="site name (letters, digits, _ . -)")
     p.add_argument("--data", required=True, type=Path, help="the site's patients")
     p.add_argument("--format", default="auto",
@@ -64,6 +67,12 @@ def _check(args: argparse.Namespace) -> list[str]:
         raise InputError("--epsilon-budget", f"must be positive (got {args.epsilon_budget})")
     if args.threads < 0:
         raise InputError("--threads", f"must be 0 (automatic) or positive (got {args.threads})")
+    try:
+        from common.device import resolve_device
+
+        resolve_device(args.device)
+    except ValueError as err:
+        raise InputError("--device", str(err)) from None
     if not 0 < args.holdout < 1:
         raise InputError("--holdout", f"must be in (0, 1) (got {args.holdout})")
     if args.delta is not None and not 0 < args.delta < 1:

@@ -76,10 +76,33 @@ def tls_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def check_port(host: str, port: int) -> None:
+    """A port the SuperLink can listen on: 1-65535 and free on ``host`` (one-line errors)."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise InputError("--port", f"{port} is not a TCP port (1-65535)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        raise InputError("--host", f"{host!r} does not resolve ({err})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: connections of a stopped SuperLink in TIME_WAIT (a --resume on the same
+        # port) do not count; a socket listening there does
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise InputError("--port", f"cannot listen on {host}:{port} ({err.strerror})",
+                             "another process holds it: choose another --port") from None
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
+    check_port(args.host, args.port)
     from server.launch import Launch, audit_status, launch, summary
 
     if args.resume is not None:
