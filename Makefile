@@ -1,5 +1,6 @@
 # The two set-up commands a fresh machine needs (README):
 #   make demo   -> creates .venv, installs fedsynth, runs a 3-site simulation on the demo cohort
+#                  into a new runs/demo-<date>-<time>/
 #   make test   -> creates .venv, installs fedsynth + dev tools, runs ruff and the test suite
 PY ?= python3
 VENV := .venv
@@ -19,8 +20,11 @@ $(STAMP): pyproject.toml
 .PHONY: install demo test lint
 install: $(STAMP)
 
+# a new run folder each time (ehr-simulate refuses to overwrite a run): make demo DEMO_OUT=DIR
+DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+
 demo: $(STAMP)
-	$(BIN)/ehr-simulate --data demo --sites 3 --out runs/demo
+	$(BIN)/ehr-simulate --data demo --sites 3 --out $(DEMO_OUT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
