@@ -11,8 +11,6 @@ synthetic patients).
   draws (count noise, a few thousand values).
 - ``torch_generator(device)``: a ``torch.Generator`` for DP-SGD noise (millions of values per
   step), its whole state drawn from ``os.urandom``; make a new one at every step.
-- ``numpy_generator()``: a numpy ``Generator`` seeded with 128 secret bits, for numpy consumers
-  that need other distributions.
 
 Measured (2 CPU cores, default federated model 512-512 over 2,090 codes: 2.48M parameters):
 Box-Muller over urandom costs ~50 ns per value, +17% on a DP-SGD step of batch 525 and +98% at
@@ -104,11 +102,3 @@ def torch_generator(device: torch.device | str = "cpu") -> torch.Generator:
     state[_MT_NEXT:_MT_NEXT + 8].view("<u8")[0] = 0
     gen.set_state(torch.from_numpy(state))
     return gen
-
-
-def numpy_generator() -> np.random.Generator:
-    """A numpy ``Generator`` (PCG64) seeded with 128 bits from ``secrets``; never a config."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(secrets.randbits(128))))
-
-
-secure_rng = numpy_generator  # the name privacy/counts.py looks up
