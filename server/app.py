@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -83,9 +82,9 @@ def run_federation(grid: Grid, coord: Coordinator) -> None:
                                f"{attempts} attempts")
         wait_for_nodes(grid, s.min_sites, s.wait_sites_timeout, coord)
     coord.progress(stage="sampling", round=s.rounds)
-    synth = coord.write_model_and_sample()
+    coord.write_model_and_sample()  # OUT/model and OUT/synthetic.csv
     coord.write_privacy()
-    evaluate_sites(grid, coord, synth)
+    evaluate_sites(grid, coord)
 
 
 def wait_for_nodes(grid: Grid, k: int, timeout: float, coord: Coordinator) -> list[int]:
@@ -224,13 +223,13 @@ def train_round(grid: Grid, coord: Coordinator, rnd: int) -> bool:
                               time.monotonic() - t0, reports, bytes_out, bytes_in)
 
 
-def evaluate_sites(grid: Grid, coord: Coordinator, synth: np.ndarray | None = None) -> None:
+def evaluate_sites(grid: Grid, coord: Coordinator) -> None:
     """Send the released model (weights, config, output step: public DP releases) and the plan;
     each site evaluates it (and audits it, when asked) on its own and keeps the figures. The
     coordinator learns only which sites did: ``evaluation.json`` says where each keeps them.
-    ``synth`` (the coordinator's sample) is not sent: a site scores only what it draws."""
+    The coordinator's own sample is not sent: a site scores only what it draws."""
     from common.model.store import model_parts
-    from federation.protocol import EVALUATE, PLAN_RECORD, EvaluateReply, check_reply
+    from federation.protocol import EVALUATE, EvaluateReply
 
     s = coord.settings
     nodes = list(grid.get_node_ids())
@@ -242,18 +241,12 @@ def evaluate_sites(grid: Grid, coord: Coordinator, synth: np.ndarray | None = No
         "model_info": ConfigRecord({"config": json.dumps(conf), "output_step": json.dumps(step),
                                     "audit": bool(s.audit)}),
     }
-    msgs = [_message(grid, n, "evaluate", RecordDict(content), s.round_timeout) for n in nodes]
+    msgs = [_message(grid, n, EVALUATE, RecordDict(content), s.round_timeout) for n in nodes]
+    replies, dropped = conforming(exchange(grid, msgs, s.round_timeout), EVALUATE)
+    for line in dropped:  # an error, or an undeclared key: dropped, never stored
+        log.warning("evaluate: %s", line)
     statuses: dict[str, str] = {}
-    for r in exchange(grid, msgs, s.round_timeout):
-        if r.has_error():
-            log.warning("evaluation failed at node %s: %s", r.metadata.src_node_id,
-                        r.error.reason[:300])
-            continue
-        problems = check_reply(EVALUATE, r.content)
-        if problems:  # an undeclared key is dropped, never stored
-            log.warning("node %s: evaluate reply dropped, not the declared schema: %s",
-                        r.metadata.src_node_id, "; ".join(problems[:5]))
-            continue
+    for r in replies:
         reply = EvaluateReply.unpack(r.content)
         statuses[reply.site] = reply.status
     coord.write_evaluation(dict(sorted(statuses.items())))

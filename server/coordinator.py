@@ -66,6 +66,7 @@ class Coordinator:
     witness: Witness = field(default_factory=Witness)
     refused_sites: dict[str, str] = field(default_factory=dict)
     node_sites: dict[int, str] = field(default_factory=dict)  # Flower node id -> site (live)
+    resumed: checkpoint.Checkpoint | None = field(default=None, repr=False)  # --resume: read once
     generator: Any = None  # the released model, once written (common.model.store.Generator)
 
     def __post_init__(self) -> None:
@@ -75,7 +76,8 @@ class Coordinator:
         self.optimizer = server_optimizer(cfg.federation)
         if self.settings.resume and checkpoint.exists(self.ckpt_dir):
             # the witness must hold the last heads before the sites' query replies are checked
-            meta = json.loads((self.ckpt_dir / checkpoint.META).read_text(encoding="utf-8"))
+            self.resumed = checkpoint.load(self.ckpt_dir)
+            meta = self.resumed.meta
             self.witness = Witness.from_dict(meta.get("witness"))
             self.site_sizes = {k: float(v) for k, v in meta.get("site_sizes", {}).items()}
             self.refused_sites = dict(meta.get("refused_sites", {}))
@@ -93,8 +95,8 @@ class Coordinator:
         the modelled codes (family-wise test over the vocabulary), every code's shrunk
         prevalence (the binary model's prior, the calibration target, the tail) and
         ``count_info`` (for privacy.json): post-processing of the sites' releases."""
-        if self.settings.resume and checkpoint.exists(self.ckpt_dir):
-            ck = checkpoint.load(self.ckpt_dir)
+        if self.resumed is not None:
+            ck = self.resumed
             if ck.meta.get("vocab", {}).get("codes") != vocab.get("codes"):
                 raise RuntimeError("the sites' vocabulary differs from the checkpoint's")
             self.weights, self.ema = ck.weights, ck.ema
