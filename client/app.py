@@ -38,6 +38,7 @@ from client.site_training import (
 from federation.protocol import (
     EMA_RECORD,
     WEIGHTS_RECORD,
+    EvaluateReply,
     QueryReply,
     SitePlan,
     TrainReply,
@@ -65,6 +66,10 @@ class SiteConfig:
     # the enrolment key (ehr-client --auth-key, node config ``signing-key``) signs the ledger
     # heads; "": the state folder's site key (privacy.witness.SiteKey.load_or_create)
     auth_key: str = ""
+
+    def budget(self, plan: SitePlan) -> float:
+        """The site's epsilon budget: its own, else (none configured) the plan's target."""
+        return self.epsilon_budget if self.epsilon_budget > 0 else plan.target_epsilon
 
 
 def site_config(context: Context) -> SiteConfig:
@@ -151,7 +156,7 @@ def query(msg: Message, context: Context) -> Message:
     cfg = site_config(context)
     data = load_data(cfg)
     plan = SitePlan.unpack(msg.content)
-    budget = cfg.epsilon_budget if cfg.epsilon_budget > 0 else plan.target_epsilon
+    budget = cfg.budget(plan)
     reply = QueryReply(cfg.site, "refused", vocab_name=str(data.vocab.name),
                        codes=[str(c) for c in data.vocab.codes])
     ledger, reply.reason = _ledger(cfg, data)
@@ -172,7 +177,7 @@ def train(msg: Message, context: Context) -> Message:
     _threads(cfg.threads)
     plan = SitePlan.unpack(msg.content)
     data = load_data(cfg)
-    budget = cfg.epsilon_budget if cfg.epsilon_budget > 0 else plan.target_epsilon
+    budget = cfg.budget(plan)
     ledger, why = _ledger(cfg, data)
     if ledger is None:
         return Message(content=TrainReply(cfg.site, "refused", why).pack(), reply_to=msg)
@@ -193,7 +198,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     ledger); whatever else it carries (e.g. a matrix to score) is ignored: the site draws its
     own sample, of its own size (``eval-samples``). Once per run (``client.site_evaluation``)."""
     from client.site_evaluation import KEPT, keep_evaluation, site_sample
-    from federation.protocol import EvaluateReply
 
     cfg = site_config(context)
     info = msg.content["model_info"]
@@ -212,7 +216,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         log.info("site %s: run %s already evaluated here; nothing recomputed", cfg.site,
                  plan.run_id)
     return Message(content=EvaluateReply(cfg.site, KEPT).pack(), reply_to=msg)
-
 
 
 def _evaluation_settings(context: Context, info: ConfigRecord) -> tuple[int, bool]:
@@ -259,6 +262,6 @@ def _audit(gen: Any, synth: np.ndarray, cfg: SiteConfig, data: SiteData,
     """The site's privacy audit of the released model, kept in its state folder."""
     from client.site_evaluation import keep_audit
 
-    budget = cfg.epsilon_budget if cfg.epsilon_budget > 0 else plan.target_epsilon
+    budget = cfg.budget(plan)
     ledger = open_site_ledger(cfg.state_dir, cfg.site, cfg.delta, int(data.train.shape[0]))
     keep_audit(gen, synth, data, plan, ledger, budget, cfg.state_dir)
