@@ -28,14 +28,14 @@ import pandas as pd
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from client.site_training import (
+from fedsynth.client.site_training import (
     SiteData,
     load_site_data,
     open_site_ledger,
     run_site_round,
     site_counts,
 )
-from federation.protocol import (
+from fedsynth.federation.protocol import (
     EMA_RECORD,
     WEIGHTS_RECORD,
     EvaluateReply,
@@ -103,7 +103,7 @@ def site_config(context: Context) -> SiteConfig:
 
 def load_data(cfg: SiteConfig) -> SiteData:
     if cfg.demo_sites:
-        from common.data import demo_cohort, split_holdout
+        from fedsynth.common.data import demo_cohort, split_holdout
 
         cohort = demo_cohort(n_sites=cfg.demo_sites, seed=cfg.seed)
         sites = cohort.covariates["site"].astype(str).to_numpy()
@@ -127,7 +127,7 @@ def _threads(threads: int = 0) -> None:
 def _ledger(cfg: SiteConfig, data: SiteData) -> tuple[Any, str]:
     """(the site's ledger at its own delta, "") or (None, why the site refuses: a damaged
     ledger, or a configured delta other than the one its ledger is pinned at)."""
-    from privacy.ledger import LedgerCorrupted
+    from fedsynth.privacy.ledger import LedgerCorrupted
 
     Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
     try:
@@ -140,7 +140,7 @@ def _ledger(cfg: SiteConfig, data: SiteData) -> tuple[Any, str]:
 def signed_head(cfg: SiteConfig, ledger: Any) -> dict[str, Any]:
     """The ledger head signed with the site's key: the enrolment key (``--auth-key``) where TLS
     is on, else ``STATE/site-key-<site>.pem`` (``privacy.witness``)."""
-    from privacy.witness import SiteKey, sign_head
+    from fedsynth.privacy.witness import SiteKey, sign_head
 
     if ledger is None:
         return {}
@@ -197,7 +197,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     config, output step: public DP releases) and the plan (run id, for the file names and the
     ledger); whatever else it carries (e.g. a matrix to score) is ignored: the site draws its
     own sample, of its own size (``eval-samples``). Once per run (``client.site_evaluation``)."""
-    from client.site_evaluation import KEPT, keep_evaluation, site_sample
+    from fedsynth.client.site_evaluation import KEPT, keep_evaluation, site_sample
 
     cfg = site_config(context)
     info = msg.content["model_info"]
@@ -223,7 +223,7 @@ def _evaluation_settings(context: Context, info: ConfigRecord) -> tuple[int, boo
     (``eval-samples``, ``audit``), in simulation the operator's run config (``sim-eval-samples``,
     ``sim-audit``); the coordinator's ``audit`` request only adds a local audit (its result
     stays here too)."""
-    from client.site_evaluation import EVAL_SAMPLES
+    from fedsynth.client.site_evaluation import EVAL_SAMPLES
 
     node, run = context.node_config, context.run_config
     if "site" in node:
@@ -237,7 +237,7 @@ def _evaluation_settings(context: Context, info: ConfigRecord) -> tuple[int, boo
 
 def _kept(cfg: SiteConfig, run_id: str, audit: bool) -> bool:
     """Whether this run's evaluation (and audit, when asked) is already kept at the site."""
-    from client.site_evaluation import audit_dir, evaluation_path
+    from fedsynth.client.site_evaluation import audit_dir, evaluation_path
 
     done = evaluation_path(cfg.state_dir, cfg.site, run_id).exists()
     if audit:
@@ -247,7 +247,7 @@ def _kept(cfg: SiteConfig, run_id: str, audit: bool) -> bool:
 
 def _released_model(msg: Message, data: SiteData) -> Any:
     """The released model from the message's parts, every part checked (``assemble``)."""
-    from common.model.store import assemble
+    from fedsynth.common.model.store import assemble
 
     info = msg.content["model_info"]
     state = dict(msg.content["model"].to_torch_state_dict())
@@ -260,7 +260,7 @@ def _released_model(msg: Message, data: SiteData) -> Any:
 def _audit(gen: Any, synth: np.ndarray, cfg: SiteConfig, data: SiteData,
            plan: SitePlan) -> None:
     """The site's privacy audit of the released model, kept in its state folder."""
-    from client.site_evaluation import keep_audit
+    from fedsynth.client.site_evaluation import keep_audit
 
     budget = cfg.budget(plan)
     ledger = open_site_ledger(cfg.state_dir, cfg.site, cfg.delta, int(data.train.shape[0]))

@@ -22,10 +22,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from common.errors import InputError, cli_errors
-from common.names import check_site_name
-from privacy.accountant import ACCOUNTANTS, epsilon
-from privacy.ledger import Ledger, LedgerCorrupted, accept_ledger, check_delta
+from fedsynth.common.errors import InputError, cli_errors
+from fedsynth.common.names import check_site_name
+from fedsynth.privacy.accountant import ACCOUNTANTS, epsilon
+from fedsynth.privacy.ledger import Ledger, LedgerCorrupted, accept_ledger, check_delta
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _print_table(ledger: Ledger, report: dict, delta: float, accountant: str) ->
     )
 
 
-def main() -> None:  # pragma: no cover - convenience entry for `python -m client.budget_cli`
+def main() -> None:  # pragma: no cover - `python -m fedsynth.client.budget_cli`
     sys.exit(budget_main())
 
 

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from common.errors import InputError, cli_errors
-from common.names import check_site_name
+from fedsynth.common.errors import InputError, cli_errors
+from fedsynth.common.names import check_site_name
 
 log = logging.getLogger("ehr-client")
 
@@ -68,7 +68,7 @@ def _check(args: argparse.Namespace) -> list[str]:
     if args.threads < 0:
         raise InputError("--threads", f"must be 0 (automatic) or positive (got {args.threads})")
     try:
-        from common.device import resolve_device
+        from fedsynth.common.device import resolve_device
 
         resolve_device(args.device)
     except ValueError as err:
@@ -96,8 +96,8 @@ def site_delta(args: argparse.Namespace, state: Path) -> float:
     """The site's delta: ``--delta``, else the one pinned in its ledger, else
     ``default_delta(n)`` of its training patients. A ``--delta`` other than the pinned one is
     refused here (one line, exit 2) before the SuperNode starts."""
-    from privacy.accountant import default_delta
-    from privacy.ledger import Ledger, LedgerCorrupted
+    from fedsynth.privacy.accountant import default_delta
+    from fedsynth.privacy.ledger import Ledger, LedgerCorrupted
 
     try:
         ledger = Ledger.open(state, args.site, args.delta)
@@ -107,7 +107,7 @@ def site_delta(args: argparse.Namespace, state: Path) -> float:
         log.info("site %s: delta %g (%s)", args.site, ledger.delta,
                  "given" if args.delta is not None else "pinned in its ledger")
         return float(ledger.delta)
-    from client.site_training import load_site_data
+    from fedsynth.client.site_training import load_site_data
 
     data = load_site_data(args.data, args.format, args.holdout, 0, args.site)
     log.info("site %s: %d training and %d held-out patients, %d codes", args.site,
@@ -120,7 +120,7 @@ def site_delta(args: argparse.Namespace, state: Path) -> float:
 
 def run_client(args: argparse.Namespace, tls: list[str]) -> int:
     """Start the SuperNode and wait for it (Ctrl-C stops it)."""
-    from common import flower_runtime as fr
+    from fedsynth.federation import flower_runtime as fr
 
     state = args.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def run_client(args: argparse.Namespace, tls: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "budget":
-        from client.budget_cli import budget_main
+        from fedsynth.client.budget_cli import budget_main
 
         return budget_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -29,10 +29,10 @@ import torch
 from opacus import PrivacyEngine
 from torch import Tensor, nn
 
-from common.config import ModelConfig, PrivacyConfig, TrainConfig
-from common.model import EMA, per_example_loss
-from privacy import secure_random
-from privacy.accountant import Mechanism
+from fedsynth.common.config import ModelConfig, PrivacyConfig, TrainConfig
+from fedsynth.common.model import EMA, per_example_loss
+from fedsynth.privacy import secure_random
+from fedsynth.privacy.accountant import Mechanism
 
 log = logging.getLogger(__name__)
 

@@ -30,15 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.atomic import write_json
-from common.config import Config
-from common.data import CodeMatrix
-from common.errors import BudgetExceeded, InputError
-from common.model import Generator, OutputStep, build_model, save_model
-from common.model.calibrate import calibrate
-from privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
-from privacy.counts import MECHANISM_NOTE, count_epsilon, estimate, release_counts
-from privacy.ledger import Ledger, LedgerCorrupted, user_state_dir
+from fedsynth.common.atomic import write_json
+from fedsynth.common.config import Config
+from fedsynth.common.data import CodeMatrix
+from fedsynth.common.errors import BudgetExceeded, InputError
+from fedsynth.common.model import Generator, OutputStep, build_model, save_model
+from fedsynth.common.model.calibrate import calibrate
+from fedsynth.privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
+from fedsynth.privacy.counts import MECHANISM_NOTE, count_epsilon, estimate, release_counts
+from fedsynth.privacy.ledger import Ledger, LedgerCorrupted, user_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
     ``$XDG_STATE_HOME/fedsynth`` or ``~/.local/state/fedsynth``, *not* the output folder, so
     that every run on the same patients composes) before anything is written out. The ledger's
     delta is pinned at its first run (``privacy.delta`` or ``default_delta(n)``)."""
-    from client.dp_training import train_dp  # opacus
+    from fedsynth.client.dp_training import train_dp  # opacus
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -234,7 +234,7 @@ def _run_id() -> str:
 
 
 def _device(name: str) -> torch.device:
-    from common.device import resolve_device
+    from fedsynth.common.device import resolve_device
 
     return resolve_device(name)
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from client.site_training import SiteData, SitePlan, audit_at_site, evaluate_site
-from common.atomic import write_json
-from common.errors import InputError
+from fedsynth.client.site_training import SiteData, SitePlan, audit_at_site, evaluate_site
+from fedsynth.common.atomic import write_json
+from fedsynth.common.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def keep_audit(generator: Any, synth: np.ndarray, data: SiteData, plan: SitePlan
     """The site's privacy audit of the released model (``audit_at_site``), written to
     ``STATE/audit-<site>-<run_id>/audit.json`` + ``audit.html`` next to its own ledger's
     epsilon; once per run. Returns the folder."""
-    from privacy.audit.run import merge_site_audits, write_audit
+    from fedsynth.privacy.audit.run import merge_site_audits, write_audit
 
     folder = audit_dir(state_dir, data.site, plan.run_id)
     if (folder / "audit.json").exists():

@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import atomic_open, write_json
-from common.errors import BudgetExceeded, InputError
-from federation.protocol import SitePlan
-from privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
+from fedsynth.common.atomic import atomic_open, write_json
+from fedsynth.common.errors import BudgetExceeded, InputError
+from fedsynth.federation.protocol import SitePlan
+from fedsynth.privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: 
     """Load the site's patients and split off its held-out part (deterministic in ``seed``)."""
     path = Path(path)
     if path.suffix == ".npz":  # a simulated site's partition (written by ehr-simulate)
-        from common.vocabulary import Vocabulary
+        from fedsynth.common.vocabulary import Vocabulary
 
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -100,7 +100,7 @@ def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: 
         except (OSError, KeyError, ValueError) as err:
             raise InputError(path, f"not a simulated site file ({err})") from None
         return SiteData(site, train, hold, vocab, canaries, included)
-    from common.data import load_codes, split_holdout
+    from fedsynth.common.data import load_codes, split_holdout
 
     matrix = load_codes(path, fmt)
     if holdout > 0:
@@ -129,7 +129,7 @@ def open_site_ledger(state_dir: str | Path, site: str, delta: float | None,
     """The site's ledger at the site's delta: ``delta`` (its configuration, ``--delta``) or,
     for a ledger that holds none yet, ``default_delta(n)``. An existing ledger keeps its
     pinned delta; a configured one that differs raises ``privacy.ledger.DeltaFixed``."""
-    from privacy.ledger import Ledger
+    from fedsynth.privacy.ledger import Ledger
 
     ledger = Ledger.open(state_dir, site, delta if delta and delta > 0 else None)
     if ledger.delta is None:
@@ -220,9 +220,9 @@ def run_site_round(
     the update. Everything is computed at the ledger's delta (the site's own)."""
     import torch
 
-    from client.dp_training import train_dp
-    from common.device import resolve_device
-    from common.model.train import build_model
+    from fedsynth.client.dp_training import train_dp
+    from fedsynth.common.device import resolve_device
+    from fedsynth.common.model.train import build_model
 
     n = int(data.train.shape[0])
     accountant = plan.config.privacy.accountant
@@ -329,7 +329,7 @@ def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
     ``count_epsilon_share`` of the target at the site's delta; recorded in the ledger (round 0,
     "code counts and site size") before anything leaves. Asked again in the same run (a
     resumed coordinator), the site re-sends what it already released: no new spend."""
-    from privacy.counts import MECHANISM_NOTE, NoisyCounts, count_epsilon, release_counts
+    from fedsynth.privacy.counts import MECHANISM_NOTE, NoisyCounts, count_epsilon, release_counts
 
     pc = plan.config.privacy
     n = int(data.train.shape[0])
@@ -362,7 +362,7 @@ def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
     ledger.record(mech, plan.run_id, 0, note=MECHANISM_NOTE, max_grad_norm=pc.count_clip,
                   expected_batch=float(n))
     release = release_counts(data.train, pc.count_clip, z)
-    from common.atomic import atomic_path
+    from fedsynth.common.atomic import atomic_path
 
     with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, counts=release.counts, size=np.array(release.size),
@@ -380,7 +380,7 @@ def evaluate_site(synthetic: np.ndarray, data: SiteData, seed: int = 0) -> dict[
     patients and tested on the other, ``common.metrics.fidelity`` without ``real_train``).
     Aggregates only (correlations, AUROC ratios, means; never a row); they stay at the site
     (``client.site_evaluation``)."""
-    from common.metrics import fidelity
+    from fedsynth.common.metrics import fidelity
 
     if data.holdout.shape[0] < 10:
         return {"site": data.site, "n_holdout": int(data.holdout.shape[0]),
@@ -402,7 +402,7 @@ def audit_at_site(generator: Any, synthetic: np.ndarray, data: SiteData, plan: S
     held-out patients (and its canaries, in simulation), next to the site's own accountant
     epsilon from its ledger: ``privacy.audit.run.audit_site``. It is computed on the site's
     members, so it stays at the site (``client.site_evaluation.keep_audit``): never sent."""
-    from privacy.audit.run import audit_site
+    from fedsynth.privacy.audit.run import audit_site
 
     report = ledger.report(None, budget, plan.config.privacy.accountant)
     return audit_site(generator, data.members, data.holdout, synth=synthetic,

@@ -8,9 +8,9 @@ import logging
 import sys
 from pathlib import Path
 
-from common.config import Config
-from common.data import load_codes
-from common.errors import InputError, cli_errors
+from fedsynth.common.config import Config
+from fedsynth.common.data import load_codes
+from fedsynth.common.errors import InputError, cli_errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = build_config(args)
     try:
-        from common.device import resolve_device
+        from fedsynth.common.device import resolve_device
 
         resolve_device(config.train.device)
     except ValueError as err:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError(args.data, f"only {matrix.n_patients} patient(s): nothing to train on")
     out = Path(args.out)
     if config.privacy.epsilon is not None:
-        from client.private_train import train_centralized_private  # lazy: pulls in opacus
+        from fedsynth.client.private_train import train_centralized_private  # lazy: pulls in opacus
 
         report = train_centralized_private(matrix, config, out, state_dir=args.state_dir,
                                            progress=not args.quiet)
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             "epsilon %.2f of %g spent on this data set at delta %g; ledger %s",
             privacy["epsilon"], config.privacy.epsilon, privacy["delta"], privacy["ledger"])
     else:
-        from common.model.central import train_centralized
+        from fedsynth.common.model.central import train_centralized
 
         report = train_centralized(matrix.X, matrix.vocab, config, out, progress=not args.quiet,
                                    extra={"data": matrix.report.to_dict()})

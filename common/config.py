@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common.errors import InputError
+from fedsynth.common.errors import InputError
 
 T = TypeVar("T")
 

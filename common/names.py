@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from common.errors import InputError
+from fedsynth.common.errors import InputError
 
 SITE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 

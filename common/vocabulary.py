@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.atomic import write_json
-from common.errors import InputError
+from fedsynth.common.atomic import write_json
+from fedsynth.common.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def _icd9_category_codes() -> tuple[str, ...]:
 @functools.cache
 def icd9_categories() -> Vocabulary:
     """Every ICD-9-CM 3-digit category: 001-999, V01-V91, E000-E999 (2,090 codes), public."""
-    from common.data.titles import icd9_category_titles
+    from fedsynth.common.data.titles import icd9_category_titles
 
     return Vocabulary(_icd9_category_codes(), icd9_category_titles(), ICD9_CATEGORIES_NAME)
 
@@ -211,7 +211,7 @@ def icd9_categories() -> Vocabulary:
 def icd10_categories() -> Vocabulary:
     """ICD-10-CM 3-character categories, public: the official list when a package ships it
     offline, else every letter + 2 digits (A00-Z99) plus the alphanumeric categories."""
-    from common.data.titles import icd10_category_list
+    from fedsynth.common.data.titles import icd10_category_list
 
     codes, titles = icd10_category_list()
     return Vocabulary(codes, titles, ICD10_CATEGORIES_NAME)

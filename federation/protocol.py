@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from common.config import Config
+from fedsynth.common.config import Config
 
 State = dict[str, np.ndarray]
 
@@ -204,7 +204,7 @@ class QueryReply:
         info = content[SITE_RECORD]
         counts = None
         if COUNTS_RECORD in content:
-            from privacy.counts import NoisyCounts
+            from fedsynth.privacy.counts import NoisyCounts
 
             arr = content[COUNTS_RECORD][COUNTS].numpy().astype(np.float64)
             counts = NoisyCounts(counts=arr, size=float(info[NOISY_SIZE]),

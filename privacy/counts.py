@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from privacy.secure_random import gaussian
+from fedsynth.privacy.secure_random import gaussian
 
 log = logging.getLogger(__name__)
 

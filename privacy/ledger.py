@@ -56,11 +56,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_open, write_json
-from common.errors import BudgetExceeded, InputError
-from common.names import check_site_name
-from privacy.accountant import Mechanism, epsilon
-from privacy.report import site_report
+from fedsynth.common.atomic import atomic_open, write_json
+from fedsynth.common.errors import BudgetExceeded, InputError
+from fedsynth.common.names import check_site_name
+from fedsynth.privacy.accountant import Mechanism, epsilon
+from fedsynth.privacy.report import site_report
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
-from privacy.accountant import Mechanism, epsilon
+from fedsynth.privacy.accountant import Mechanism, epsilon
 
 RELEASE_ASSUMPTION = (
     "each patient's records are at one site only (sites hold disjoint patients); a patient "

@@ -49,10 +49,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from common.atomic import atomic_path
-from common.errors import InputError
-from common.names import check_site_name
-from privacy.ledger import canonical, genesis_hash
+from fedsynth.common.atomic import atomic_path
+from fedsynth.common.errors import InputError
+from fedsynth.common.names import check_site_name
+from fedsynth.privacy.ledger import canonical, genesis_hash
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import FederationConfig
+from fedsynth.common.config import FederationConfig
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from common.atomic import write_json
-from federation.protocol import (
+from fedsynth.common.atomic import write_json
+from fedsynth.federation.protocol import (
     EMA_RECORD,
     PLAN_RECORD,
     QUERY,
@@ -36,8 +36,8 @@ from federation.protocol import (
     describe,
     pack_state,
 )
-from server.coordinator import Coordinator
-from server.settings import RunSettings
+from fedsynth.server.coordinator import Coordinator
+from fedsynth.server.settings import RunSettings
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -228,8 +228,8 @@ def evaluate_sites(grid: Grid, coord: Coordinator) -> None:
     each site evaluates it (and audits it, when asked) on its own and keeps the figures. The
     coordinator learns only which sites did: ``evaluation.json`` says where each keeps them.
     The coordinator's own sample is not sent: a site scores only what it draws."""
-    from common.model.store import model_parts
-    from federation.protocol import EVALUATE, EvaluateReply
+    from fedsynth.common.model.store import model_parts
+    from fedsynth.federation.protocol import EVALUATE, EvaluateReply
 
     s = coord.settings
     nodes = list(grid.get_node_ids())

@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from common.atomic import atomic_path
-from common.errors import InputError
-from common.names import check_site_name
+from fedsynth.common.atomic import atomic_path
+from fedsynth.common.errors import InputError
+from fedsynth.common.names import check_site_name
 
 log = logging.getLogger(__name__)
 

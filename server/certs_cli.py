@@ -14,9 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from common.atomic import atomic_path
-from common.errors import InputError, cli_errors
-from server import certs
+from fedsynth.common.atomic import atomic_path
+from fedsynth.common.errors import InputError, cli_errors
+from fedsynth.server import certs
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import atomic_path, write_json
-from common.errors import InputError
+from fedsynth.common.atomic import atomic_path, write_json
+from fedsynth.common.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import logging
 import sys
 from pathlib import Path
 
-from common.errors import InputError, cli_errors
-from server.options import add_plan_args, build_config, settings_from_args
-from server.settings import RUN_FILE, RunSettings
+from fedsynth.common.errors import InputError, cli_errors
+from fedsynth.server.options import add_plan_args, build_config, settings_from_args
+from fedsynth.server.settings import RUN_FILE, RunSettings
 
 log = logging.getLogger("ehr-server")
 
@@ -55,7 +55,7 @@ def tls_args(args: argparse.Namespace) -> list[str]:
         log.warning("--insecure: plaintext connections and no site authentication")
         return []
     if args.certs is not None:
-        from server.certs import superlink_tls_args
+        from fedsynth.server.certs import superlink_tls_args
 
         out = superlink_tls_args(args.certs)
         args.ssl_ca_certfile = Path(out[out.index("--ssl-ca-certfile") + 1])
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
     check_port(args.host, args.port)
-    from server.launch import Launch, audit_status, launch, summary
+    from fedsynth.server.launch import Launch, audit_status, launch, summary
 
     if args.resume is not None:
         out = args.resume
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     after_start = None
     if args.certs is not None and not args.insecure:
         def after_start(address: str) -> None:
-            from server.certs import register_enrolled
+            from fedsynth.server.certs import register_enrolled
 
             sites = register_enrolled(args.certs, address)
             log.info("registered %d enrolled site key(s): %s", len(sites), ", ".join(sites))

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import atomic_open, write_json
-from federation.protocol import QueryReply, SitePlan, TrainReply
-from privacy.counts import NoisyCounts, combine, estimate
-from privacy.report import software_version
-from privacy.witness import Witness, WitnessError
-from server import checkpoint
-from server.aggregation import SiteUpdate, aggregate, server_optimizer
-from server.settings import RunSettings
+from fedsynth.common.atomic import atomic_open, write_json
+from fedsynth.federation.protocol import QueryReply, SitePlan, TrainReply
+from fedsynth.privacy.counts import NoisyCounts, combine, estimate
+from fedsynth.privacy.report import software_version
+from fedsynth.privacy.witness import Witness, WitnessError
+from fedsynth.server import checkpoint
+from fedsynth.server.aggregation import SiteUpdate, aggregate, server_optimizer
+from fedsynth.server.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Coordinator:
                      est.info.get("tail_codes", 0))
         import torch
 
-        from common.model.train import build_model
+        from fedsynth.common.model.train import build_model
 
         cfg = self.settings.model_config()
         torch.manual_seed(self.settings.seed)
@@ -155,7 +155,7 @@ class Coordinator:
         certificates; None: trust on first use."""
         if not self.settings.cert_dir:
             return None
-        from server.certs import enrolled_dir, load_public_key
+        from fedsynth.server.certs import enrolled_dir, load_public_key
 
         path = enrolled_dir(self.settings.cert_dir) / f"{site}.pub"
         if not path.exists():
@@ -337,10 +337,10 @@ class Coordinator:
         """The global model (EMA weights) to OUT/model and OUT/synthetic.csv; returns the sample."""
         import torch
 
-        from common.model import Generator, OutputStep, build_model
-        from common.model.calibrate import calibrate
-        from common.model.store import load_model, save_model
-        from common.vocabulary import Vocabulary
+        from fedsynth.common.model import Generator, OutputStep, build_model
+        from fedsynth.common.model.calibrate import calibrate
+        from fedsynth.common.model.store import load_model, save_model
+        from fedsynth.common.vocabulary import Vocabulary
 
         cfg = self.settings.model_config()
         codes = tuple(self.vocab["codes"])
@@ -362,7 +362,7 @@ class Coordinator:
             output_step=gen.output_step, modelled=self.kept, tail=gen.tail)
         self.generator = load_model(model_dir, device="cpu")
         synth = self.generator.sample(self.settings.samples, seed=self.settings.seed)
-        from common.data import write_matrix
+        from fedsynth.common.data import write_matrix
 
         write_matrix(self.out / "synthetic.csv", synth, vocab)
         return synth

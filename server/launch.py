@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.progress import RoundProgress
-from server.settings import RUN_FILE, RunSettings
+from fedsynth.server.progress import RoundProgress
+from fedsynth.server.settings import RUN_FILE, RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Launch:
 
 def launch(job: Launch) -> dict[str, Any]:
     """Run the federation; returns OUT/status.json's content (status completed|failed)."""
-    from common import flower_runtime as fr
+    from fedsynth.federation import flower_runtime as fr
 
     out = Path(job.settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,9 @@ import argparse
 import math
 from pathlib import Path
 
-from common.config import Config
-from common.errors import InputError
-from server.settings import RunSettings, config_dict
+from fedsynth.common.config import Config
+from fedsynth.common.errors import InputError
+from fedsynth.server.settings import RunSettings, config_dict
 
 
 def add_plan_args(p: argparse.ArgumentParser, default_rounds: int | None = None) -> None:

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.atomic import write_json
-from common.config import Config
-from common.errors import InputError
+from fedsynth.common.atomic import write_json
+from fedsynth.common.config import Config
+from fedsynth.common.errors import InputError
 
 RUN_FILE = "run.json"
 

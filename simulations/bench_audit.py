@@ -1,6 +1,6 @@
 """Benchmark of the privacy audit: does it flag a memorising model and clear a DP one?
 
-    python -m simulations.bench_audit [--data PATH|demo] [--out DIR] [--quick]
+    python -m fedsynth.simulations.bench_audit [--data PATH|demo] [--out DIR] [--quick]
 
 Two models are trained on the same few hundred member patients plus canaries (each canary in
 with probability 1/2):
@@ -25,16 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.atomic import write_json
-from common.config import ModelConfig, PrivacyConfig, TrainConfig
-from common.errors import cli_errors
-from common.model.output import OutputStep, fit_scalar_threshold
-from common.model.store import Generator
-from common.model.train import build_model, train_model
-from common.vocabulary import Vocabulary
-from privacy.audit.canaries import insert_canaries
-from privacy.audit.config import AuditConfig
-from privacy.audit.run import audit_site, merge_site_audits, write_audit
+from fedsynth.common.atomic import write_json
+from fedsynth.common.config import ModelConfig, PrivacyConfig, TrainConfig
+from fedsynth.common.errors import cli_errors
+from fedsynth.common.model.output import OutputStep, fit_scalar_threshold
+from fedsynth.common.model.store import Generator
+from fedsynth.common.model.train import build_model, train_model
+from fedsynth.common.vocabulary import Vocabulary
+from fedsynth.privacy.audit.canaries import insert_canaries
+from fedsynth.privacy.audit.config import AuditConfig
+from fedsynth.privacy.audit.run import audit_site, merge_site_audits, write_audit
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class BenchConfig:
 
 
 def load_cohort(data: str, seed: int) -> tuple[np.ndarray, Any]:
-    from common.data import demo_cohort, load_codes
+    from fedsynth.common.data import demo_cohort, load_codes
 
     if data == "demo":
         m = demo_cohort(n_sites=1, patients_per_site=6000, seed=seed)
@@ -93,9 +93,9 @@ def train_nonprivate(X: np.ndarray, cfg: ModelConfig, bc: BenchConfig) -> dict:
 
 
 def train_private(X: np.ndarray, cfg: ModelConfig, bc: BenchConfig) -> tuple[dict, dict]:
-    from client.dp_training import train_dp
-    from privacy.accountant import calibrate_noise, default_delta
-    from privacy.report import site_report
+    from fedsynth.client.dp_training import train_dp
+    from fedsynth.privacy.accountant import calibrate_noise, default_delta
+    from fedsynth.privacy.report import site_report
 
     n = len(X)
     q = min(1.0, bc.dp_batch / n)
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("common.model.train").setLevel(logging.WARNING)  # one line per epoch
+    logging.getLogger("fedsynth.common.model.train").setLevel(logging.WARNING)  # one line per epoch
     bc = BenchConfig(seed=args.seed)
     if args.quick:
         bc = BenchConfig(n_members=200, n_non_members=600, canaries=120, hidden=(256, 256),

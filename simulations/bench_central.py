@@ -1,7 +1,7 @@
 """Centralized (non-private) benchmark: train on 80% of the development split's patients,
 evaluate on the other 20%; prints and writes a JSON + Markdown table.
 
-    python -m simulations.bench_central --out results/bench_central
+    python -m fedsynth.simulations.bench_central --out results/bench_central
 
 The first row is exactly what ``ehr-train`` (defaults) then ``ehr-sample --n 20000`` give:
 ``common.model.central.train_centralized`` with the package defaults, sampled with the
@@ -32,15 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.atomic import atomic_open, write_json
-from common.config import Config
-from common.data import load_codes, split_holdout
-from common.errors import cli_errors
-from common.metrics import fidelity
-from common.model.calibrate import calibrate_output_step
-from common.model.central import train_centralized
-from common.model.output import OutputStep, fit_scalar_threshold
-from common.model.store import Generator, load_model
+from fedsynth.common.atomic import atomic_open, write_json
+from fedsynth.common.config import Config
+from fedsynth.common.data import load_codes, split_holdout
+from fedsynth.common.errors import cli_errors
+from fedsynth.common.metrics import fidelity
+from fedsynth.common.model.calibrate import calibrate_output_step
+from fedsynth.common.model.central import train_centralized
+from fedsynth.common.model.output import OutputStep, fit_scalar_threshold
+from fedsynth.common.model.store import Generator, load_model
 
 log = logging.getLogger("bench_central")
 

@@ -12,7 +12,7 @@ reports per method over ``--draws`` noise draws:
 - ``modelled``: codes the diffusion model models (mean); ``occ``: share of the real code
   occurrences in modelled codes (mean).
 
-    python -m simulations.bench_counts [--draws 20] [--diabetes PATH]
+    python -m fedsynth.simulations.bench_counts [--draws 20] [--diabetes PATH]
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from common.config import PrivacyConfig
-from privacy.accountant import calibrate_noise, default_delta
-from privacy.counts import (
+from fedsynth.common.config import PrivacyConfig
+from fedsynth.privacy.accountant import calibrate_noise, default_delta
+from fedsynth.privacy.counts import (
     FWER,
     METHODS,
     NoisyCounts,
@@ -91,8 +91,8 @@ def run(setting: Setting, draws: int, pc: PrivacyConfig, fwer: float = FWER,
 
 
 def settings(diabetes: str, demo_patients: int) -> list[Setting]:
-    from common.data import demo_cohort, load_codes
-    from simulations.partition import parse_partition, partition
+    from fedsynth.common.data import demo_cohort, load_codes
+    from fedsynth.simulations.partition import parse_partition, partition
 
     out = []
     data = {"diabetes130": load_codes(diabetes, "diabetes130").X,

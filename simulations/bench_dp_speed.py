@@ -1,6 +1,6 @@
 """DP-SGD vs non-private training speed, side by side, same model, data and batches.
 
-    python -m simulations.bench_dp_speed [--data FILE --format F] [--rows 4000] [--steps 6]
+    python -m fedsynth.simulations.bench_dp_speed [--data FILE --format F] [--rows 4000] [--steps 6]
 
 Modes: non-private (Adam on the mean loss), and Opacus DP-SGD with per-sample gradients by
 hooks, functorch, and ghost clipping (norms only). Every mode uses the same noise multiplicity
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.atomic import write_json
-from common.config import Config, ModelConfig, PrivacyConfig
-from common.errors import cli_errors
-from common.model import build_model, per_example_loss
+from fedsynth.common.atomic import write_json
+from fedsynth.common.config import Config, ModelConfig, PrivacyConfig
+from fedsynth.common.errors import cli_errors
+from fedsynth.common.model import build_model, per_example_loss
 
 log = logging.getLogger(__name__)
 MODES = ("non-private", "ghost", "functorch", "hooks")
@@ -30,11 +30,11 @@ MODES = ("non-private", "ghost", "functorch", "hooks")
 def load_rows(data: str | None, fmt: str, rows: int, seed: int) -> np.ndarray:
     """Rows of the real data (only its non-empty columns) or of the demo cohort."""
     if data:
-        from common.data import load_codes
+        from fedsynth.common.data import load_codes
 
         X = load_codes(data, format=fmt).X
     else:
-        from common.data import demo_cohort
+        from fedsynth.common.data import demo_cohort
 
         X = demo_cohort(n_sites=1, patients_per_site=rows, seed=seed).X
     X = X[:, X.sum(axis=0) > 0]
@@ -44,7 +44,7 @@ def load_rows(data: str | None, fmt: str, rows: int, seed: int) -> np.ndarray:
 
 def time_mode(mode: str, X: np.ndarray, cfg: ModelConfig, pc: PrivacyConfig, batch: int,
               steps: int, seed: int) -> dict[str, Any]:
-    from client.dp_training import dp_step, make_private
+    from fedsynth.client.dp_training import dp_step, make_private
 
     torch.manual_seed(seed)
     Xt = torch.as_tensor(X, dtype=torch.float32)

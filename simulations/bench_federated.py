@@ -2,12 +2,13 @@
 per round, bytes sent/received per round, peak memory of the whole process tree, the privacy
 release and the pooled held-out figures.
 
-    python -m simulations.bench_federated \\
+    python -m fedsynth.simulations.bench_federated \\
         --data ../shared/data/diabetes130/diabetic_data_dev.csv.gz \\
         --format diabetes130 --sites 5 --partition dirichlet:0.5 --epsilon 3 --out runs/bench
-    python -m simulations.bench_federated --sites 50 --rounds 3 --data demo --out runs/scale50
-    python -m simulations.bench_federated --summarise runs/deploy runs/bench/sim   # side by side
-    python -m simulations.bench_federated --compare \
+    python -m fedsynth.simulations.bench_federated --sites 50 --rounds 3 \\
+        --data demo --out runs/scale50
+    python -m fedsynth.simulations.bench_federated --summarise runs/deploy runs/bench/sim
+    python -m fedsynth.simulations.bench_federated --compare \
         --data ../shared/data/diabetes130/diabetic_data_dev.csv.gz --format diabetes130 \
         --sites 5 --partition dirichlet:0.5 --epsilon 3 --out runs/compare
 
@@ -32,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_open, write_json
-from common.errors import cli_errors
-from common.flower_runtime import run_processes
+from fedsynth.common.atomic import atomic_open, write_json
+from fedsynth.common.errors import cli_errors
+from fedsynth.federation.flower_runtime import run_processes
 
 
 def _tree_rss(pid: int, home: Path) -> int:
@@ -97,9 +98,9 @@ def summarise(run: Path) -> dict[str, Any]:
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     """Centralized non-private vs centralized DP vs federated DP on one held-out split."""
-    from common.data import load_codes, split_holdout
-    from common.metrics import fidelity
-    from simulations.baselines.ours import FederatedOptions, fit_ours, fit_ours_federated
+    from fedsynth.common.data import load_codes, split_holdout
+    from fedsynth.common.metrics import fidelity
+    from fedsynth.simulations.baselines.ours import FederatedOptions, fit_ours, fit_ours_federated
 
     matrix = load_codes(args.data, args.format)
     train, hold = split_holdout(matrix, 0.2, seed=args.seed)
@@ -139,7 +140,7 @@ COMPARE_KEYS = ("prevalence_r", "cooccurrence_r", "dimwise_auroc_ratio", "discri
 def compare_from_benchmark(path: Path, eps: float) -> dict[str, Any]:
     """The same table from an ``ehr-benchmark`` run (benchmark.json), whose ``ours`` and
     ``ours_federated`` rows are these three fits on the same 80/20 split (seed 0)."""
-    from simulations.benchmark import read_result
+    from fedsynth.simulations.benchmark import read_result
 
     doc = read_result(path)
     want = [("ours", None, "centralized, non-private"),

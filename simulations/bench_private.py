@@ -1,6 +1,7 @@
 """Centralized DP training at several epsilons on an 80/20 patient split: fidelity on held-out.
 
-    python -m simulations.bench_private --data ../shared/data/diabetes130/diabetic_data_dev.csv.gz \
+    python -m fedsynth.simulations.bench_private \
+        --data ../shared/data/diabetes130/diabetic_data_dev.csv.gz \
         --format diabetes130 --epsilons 1 3 10 --out runs/bench_private
 
 Writes ``OUT/bench_private.json`` and ``OUT/bench_private.md`` (one row per epsilon: epsilon
@@ -16,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_open, write_json
-from common.config import Config
-from common.data import load_codes, split_holdout
-from common.errors import cli_errors
-from common.metrics import fidelity
-from common.model import load_model
+from fedsynth.common.atomic import atomic_open, write_json
+from fedsynth.common.config import Config
+from fedsynth.common.data import load_codes, split_holdout
+from fedsynth.common.errors import cli_errors
+from fedsynth.common.metrics import fidelity
+from fedsynth.common.model import load_model
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ COLUMNS = ("epsilon", "epsilon_reached", "sigma", "steps", "codes_modelled", "mi
 
 def run_one(train: Any, holdout: Any, eps: float, delta: float, out: Path, config: Config,
             samples: int, seed: int) -> dict[str, Any]:
-    from client.private_train import train_centralized_private
+    from fedsynth.client.private_train import train_centralized_private
 
     config.privacy.epsilon, config.privacy.delta = eps, delta
     t0 = time.perf_counter()

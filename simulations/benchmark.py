@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import atomic_open, atomic_path, write_json
-from common.errors import BudgetExceeded, InputError
+from fedsynth.common.atomic import atomic_open, atomic_path, write_json
+from fedsynth.common.errors import BudgetExceeded, InputError
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Dataset:
 def load_dataset(s: BenchmarkSettings) -> Dataset:
     """The named dataset (default: diabetes130 dev split; the demo cohort when absent), split
     80/20 by patient, subsampled for quick runs."""
-    from common.data import demo_cohort, load_codes, split_holdout
+    from fedsynth.common.data import demo_cohort, load_codes, split_holdout
 
     if s.data is not None:
         matrix, source = load_codes(s.data, s.format), str(s.data)
@@ -138,8 +138,8 @@ def load_dataset(s: BenchmarkSettings) -> Dataset:
 
 def _fit(name: str, ds: Dataset, eps: float | None, delta: float, seed: int,
          s: BenchmarkSettings, workdir: Path) -> Any:
-    from simulations.baselines.ours import FederatedOptions, fit_ours, fit_ours_federated
-    from simulations.baselines.registry import BASELINES, fit_baseline
+    from fedsynth.simulations.baselines.ours import FederatedOptions, fit_ours, fit_ours_federated
+    from fedsynth.simulations.baselines.registry import BASELINES, fit_baseline
 
     if name in BASELINES:
         return fit_baseline(name, ds.train.X, eps, delta if eps else None, seed=seed,
@@ -154,7 +154,7 @@ def _fit(name: str, ds: Dataset, eps: float | None, delta: float, seed: int,
 
 def membership_auroc(synth: np.ndarray, members: np.ndarray, non_members: np.ndarray) -> float:
     """AUROC of 'member' = small Hamming distance to the closest synthetic record."""
-    from privacy.audit.membership import nearest_stats, roc_summary
+    from fedsynth.privacy.audit.membership import nearest_stats, roc_summary
 
     dm = nearest_stats(members, synth).hamming
     dn = nearest_stats(non_members, synth).hamming
@@ -163,9 +163,9 @@ def membership_auroc(synth: np.ndarray, members: np.ndarray, non_members: np.nda
 
 def score(synth: np.ndarray, ds: Dataset, s: BenchmarkSettings, seed: int) -> dict[str, Any]:
     """Fidelity against the held-out patients, and the two disclosure attacks."""
-    from common.metrics import fidelity
-    from privacy.audit.attribute import attribute_disclosure
-    from privacy.audit.config import AuditConfig
+    from fedsynth.common.metrics import fidelity
+    from fedsynth.privacy.audit.attribute import attribute_disclosure
+    from fedsynth.privacy.audit.config import AuditConfig
 
     rng = np.random.default_rng(seed)
     train_X, hold_X = ds.train.X, ds.holdout.X
@@ -192,7 +192,7 @@ def score(synth: np.ndarray, ds: Dataset, s: BenchmarkSettings, seed: int) -> di
 def run_cell(name: str, eps: float | None, seed: int, ds: Dataset, s: BenchmarkSettings,
              workdir: Path) -> tuple[dict[str, Any], Any]:
     """Train, sample and score one (generator, epsilon, seed); failures become a row status."""
-    from privacy.accountant import default_delta
+    from fedsynth.privacy.accountant import default_delta
 
     delta = s.delta or default_delta(ds.train.n_patients)
     row: dict[str, Any] = {"generator": name, "epsilon": eps, "seed": seed, "status": "ok"}
@@ -457,8 +457,8 @@ def dp_speed(X: np.ndarray, full: bool) -> dict[str, Any]:
     """Examples/s of our model's training step: non-private vs Opacus DP-SGD with hooks,
     functorch and ghost clipping (``simulations.bench_dp_speed.time_mode``, the privacy
     engineer's measurement), same model (the DP defaults), data and batches, in one run."""
-    from common.config import Config, PrivacyConfig
-    from simulations.bench_dp_speed import MODES, time_mode
+    from fedsynth.common.config import Config, PrivacyConfig
+    from fedsynth.simulations.bench_dp_speed import MODES, time_mode
 
     pc = PrivacyConfig()
     cfg = Config().private_model()
@@ -476,7 +476,7 @@ def speed_section(ours: Any, fed_dirs: list[str], ds: Dataset, s: BenchmarkSetti
                   ) -> dict[str, Any]:
     """DP vs non-private training speed (privacy engineer's bench_dp_speed), sampler steps,
     Flower round overhead (from the federated run's round log)."""
-    from simulations.baselines.ours import round_overhead
+    from fedsynth.simulations.baselines.ours import round_overhead
 
     out: dict[str, Any] = {}
     try:
@@ -508,7 +508,7 @@ def run_benchmark(s: BenchmarkSettings, progress: Progress | None = None) -> dic
     """Run every (generator, epsilon, seed) cell, write the report into ``s.out``."""
     import torch
 
-    from privacy.accountant import default_delta
+    from fedsynth.privacy.accountant import default_delta
 
     unknown = set(s.generators) - set(GENERATORS)
     if unknown:

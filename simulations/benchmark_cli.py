@@ -15,8 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-from common.errors import InputError, cli_errors
-from simulations.benchmark import (
+from fedsynth.common.errors import InputError, cli_errors
+from fedsynth.simulations.benchmark import (
     EPSILONS,
     GENERATORS,
     BenchmarkSettings,

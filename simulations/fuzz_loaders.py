@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.atomic import atomic_open, write_json
-from common.config import Config
-from common.data import load_codes
-from common.errors import InputError, cli_errors
+from fedsynth.common.atomic import atomic_open, write_json
+from fedsynth.common.config import Config
+from fedsynth.common.data import load_codes
+from fedsynth.common.errors import InputError, cli_errors
 
 SEEDS: dict[str, bytes] = {
     "mimic.csv": b"ROW_ID,SUBJECT_ID,HADM_ID,SEQ_NUM,ICD9_CODE\n1,10,100,1,25000\n2,10,100,2,"

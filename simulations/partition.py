@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from common.errors import InputError
+from fedsynth.common.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import write_json
-from common.errors import InputError
+from fedsynth.common.atomic import write_json
+from fedsynth.common.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def site_files(out: Path) -> list[Path]:
 
 def pooled_holdout(out: Path) -> tuple[np.ndarray, Any]:
     """Every simulated site's held-out rows stacked, and the sites' vocabulary."""
-    from common.vocabulary import Vocabulary
+    from fedsynth.common.vocabulary import Vocabulary
 
     parts, vocab = [], None
     for path in site_files(out):
@@ -52,8 +52,8 @@ def pooled_holdout(out: Path) -> tuple[np.ndarray, Any]:
 def pooled_evaluation(out: Path, seed: int = 0) -> dict[str, Any]:
     """``common.metrics.fidelity(holdout_all, synthetic)`` into OUT/evaluation.json (next to
     the coordinator's record of where each site keeps its own figures)."""
-    from common.data import load_codes
-    from common.metrics import fidelity
+    from fedsynth.common.data import load_codes
+    from fedsynth.common.metrics import fidelity
 
     holdout, vocab = pooled_holdout(out)
     synth = load_codes(out / "synthetic.csv", "matrix", vocab=vocab).X
@@ -82,7 +82,7 @@ def merge_local_audits(out: Path, run_id: str) -> dict[str, Any] | None:
     """The sites' own audits (kept in OUT/state/site<k>/) merged into OUT/audit.json +
     audit.html with the release epsilon (``privacy.audit.run.merge_site_audits``); None when
     no site kept one."""
-    from privacy.audit.run import merge_site_audits, read_run_outputs, write_audit
+    from fedsynth.privacy.audit.run import merge_site_audits, read_run_outputs, write_audit
 
     audits: dict[str, dict[str, Any]] = {}
     for path in site_files(out):

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import InputError, cli_errors
-from server.options import add_plan_args, build_config, settings_from_args
+from fedsynth.common.errors import InputError, cli_errors
+from fedsynth.server.options import add_plan_args, build_config, settings_from_args
 
 log = logging.getLogger("ehr-simulate")
 SIM_ROUND_TIMEOUT = 24 * 3600.0  # sites run one after another: no per-round deadline
@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
 
 def load_cohort(args: argparse.Namespace) -> Any:
     """A CodeMatrix from --data (or the demo cohort with one site per simulated site)."""
-    from common.data import demo_cohort, load_codes
+    from fedsynth.common.data import demo_cohort, load_codes
 
     if args.data == "demo":
         if args.demo_patients < 10:
@@ -68,8 +68,8 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
     """``site<k>.npz`` per simulated site: its train and held-out rows, the vocabulary and,
     with ``canaries`` > 0, the site's audit canaries (``privacy.audit.canaries.make_canaries``)
     and which of them the site trains on (each with probability 1/2)."""
-    from common.atomic import atomic_path
-    from common.data import split_holdout
+    from fedsynth.common.atomic import atomic_path
+    from fedsynth.common.data import split_holdout
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = json.dumps({"name": matrix.vocab.name, "codes": list(matrix.vocab.codes)})
@@ -78,7 +78,7 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
         train, hold = split_holdout(matrix.subset(idx), holdout, seed + k)
         arrays = {"train": train.X, "holdout": hold.X, "vocab": np.array(vocab)}
         if canaries > 0:
-            from privacy.audit.canaries import insert_canaries
+            from fedsynth.privacy.audit.canaries import insert_canaries
 
             _, arrays["canaries"], arrays["included"] = insert_canaries(
                 train.X, canaries, seed=seed + 1000 + k)
@@ -90,8 +90,8 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from server.launch import Launch, launch, summary
-    from simulations.partition import parse_partition, partition
+    from fedsynth.server.launch import Launch, launch, summary
+    from fedsynth.simulations.partition import parse_partition, partition
 
     if args.sites < 1:
         raise InputError("--sites", f"must be at least 1 (got {args.sites})")
@@ -148,8 +148,8 @@ def operator_outputs(out: Path, run_id: str, audit: bool, seed: int) -> int:
     """What the simulation operator (who holds every site's data) computes after the run: the
     pooled evaluation into OUT/evaluation.json and, with --audit, the sites' kept audits
     merged into OUT/audit.json + audit.html; returns ``audit_status`` (0 without --audit)."""
-    from server.launch import audit_status
-    from simulations.pooled import merge_local_audits, pooled_evaluation
+    from fedsynth.server.launch import audit_status
+    from fedsynth.simulations.pooled import merge_local_audits, pooled_evaluation
 
     pooled_evaluation(out, seed)
     if not audit:

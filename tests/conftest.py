@@ -63,7 +63,7 @@ def mimic_path() -> Path:
 
 def tiny_site_config():  # -> common.config.Config
     """A site-training config small enough for plain-function round tests (seconds)."""
-    from common.config import Config
+    from fedsynth.common.config import Config
 
     cfg = Config()
     cfg.model.hidden = (16, 16)

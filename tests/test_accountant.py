@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from scipy.special import gammaln, logsumexp
 
-from privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon, epsilon_both
+from fedsynth.privacy.accountant import (
+    Mechanism,
+    calibrate_noise,
+    default_delta,
+    epsilon,
+    epsilon_both,
+)
 
 
 def rdp_sampled_gaussian(q: float, sigma: float, alpha: int) -> float:

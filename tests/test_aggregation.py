@@ -6,10 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.config import Config, FederationConfig
-from common.errors import InputError
-from server import checkpoint
-from server.aggregation import ServerOptimizer, SiteUpdate, aggregate, capped_weights, update_norm
+from fedsynth.common.config import Config, FederationConfig
+from fedsynth.common.errors import InputError
+from fedsynth.server import checkpoint
+from fedsynth.server.aggregation import (
+    ServerOptimizer,
+    SiteUpdate,
+    aggregate,
+    capped_weights,
+    update_norm,
+)
 
 
 def _state(rng: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from privacy.audit.attribute import attribute_disclosure, knn_infer, known_columns
-from privacy.audit.config import AuditConfig
+from fedsynth.privacy.audit.attribute import attribute_disclosure, knn_infer, known_columns
+from fedsynth.privacy.audit.config import AuditConfig
 
 
 def _clustered(n: int, rng: np.random.Generator, V: int = 60) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simulations.bench_audit import expectations
+from fedsynth.simulations.bench_audit import expectations
 
 GOOD = {
     "nonprivate": {"epsilon": None, "eps_lb": 2.9, "canary_auroc": 1.0, "loss_attack_auroc": 0.71,

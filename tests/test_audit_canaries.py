@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from common.config import ModelConfig
-from common.model.train import build_model
-from privacy.audit.canaries import (
+from fedsynth.common.config import ModelConfig
+from fedsynth.common.model.train import build_model
+from fedsynth.privacy.audit.canaries import (
     audit_sigmas,
     canary_audit,
     denoising_losses,
@@ -17,7 +17,7 @@ from privacy.audit.canaries import (
     make_canaries,
     score_canaries,
 )
-from privacy.audit.config import AuditConfig
+from fedsynth.privacy.audit.config import AuditConfig
 
 
 def _data(n: int = 200, V: int = 80, seed: int = 0) -> np.ndarray:
@@ -118,7 +118,7 @@ def test_denoising_loss_of_the_binary_model_is_its_cross_entropy() -> None:
 
 
 def test_split_threshold_gdp_estimate_is_reported_apart_from_the_bound() -> None:
-    from privacy.audit.canaries import split_threshold_bound
+    from fedsynth.privacy.audit.canaries import split_threshold_bound
 
     rng = np.random.default_rng(0)
     included = rng.random(400) < 0.5

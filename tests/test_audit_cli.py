@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import ModelConfig
-from common.data import write_matrix
-from common.model.store import save_model
-from common.model.train import build_model
-from common.vocabulary import Vocabulary
-from privacy.audit import cli
+from fedsynth.common.config import ModelConfig
+from fedsynth.common.data import write_matrix
+from fedsynth.common.model.store import save_model
+from fedsynth.common.model.train import build_model
+from fedsynth.common.vocabulary import Vocabulary
+from fedsynth.privacy.audit import cli
 
 V = 30
 
@@ -57,7 +57,7 @@ def test_cli_writes_json_and_html(files: Path, tmp_path: Path) -> None:
 def test_cli_exits_1_when_the_audit_refutes_the_claim(
     files: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import privacy.audit.run as run
+    import fedsynth.privacy.audit.run as run
 
     real = run.loss_attack
 
@@ -109,7 +109,7 @@ def test_cli_finds_privacy_json_next_to_the_model(files: Path, tmp_path: Path) -
 
 
 def test_cli_canary_file_gives_the_canary_bound(files: Path, tmp_path: Path) -> None:
-    from privacy.audit.canaries import insert_canaries, save_canaries
+    from fedsynth.privacy.audit.canaries import insert_canaries, save_canaries
 
     _, canaries, included = insert_canaries(np.zeros((50, V), np.uint8), 40, seed=0, n_codes=4)
     save_canaries(tmp_path / "canaries.npz", canaries, included)

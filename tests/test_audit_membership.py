@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from privacy.audit.config import AuditConfig
-from privacy.audit.membership import membership_attacks, nearest_stats, roc_summary
+from fedsynth.privacy.audit.config import AuditConfig
+from fedsynth.privacy.audit.membership import membership_attacks, nearest_stats, roc_summary
 
 
 def _population(n: int, V: int, rng: np.random.Generator, parts: int = 1) -> list[np.ndarray]:

@@ -12,16 +12,22 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import ModelConfig
-from common.model.output import OutputStep
-from common.model.store import Generator
-from common.model.train import build_model
-from common.vocabulary import Vocabulary
-from privacy.accountant import Mechanism
-from privacy.audit.config import AuditConfig
-from privacy.audit.report import SECTIONS
-from privacy.audit.run import audit_site, merge_site_audits, run_audit, verdict, write_audit
-from privacy.report import site_report
+from fedsynth.common.config import ModelConfig
+from fedsynth.common.model.output import OutputStep
+from fedsynth.common.model.store import Generator
+from fedsynth.common.model.train import build_model
+from fedsynth.common.vocabulary import Vocabulary
+from fedsynth.privacy.accountant import Mechanism
+from fedsynth.privacy.audit.config import AuditConfig
+from fedsynth.privacy.audit.report import SECTIONS
+from fedsynth.privacy.audit.run import (
+    audit_site,
+    merge_site_audits,
+    run_audit,
+    verdict,
+    write_audit,
+)
+from fedsynth.privacy.report import site_report
 
 V = 40
 
@@ -160,7 +166,7 @@ def test_reads_ehr_server_outputs(tmp_path: Path) -> None:
         {"epsilon": reports["site0"]["epsilon"], "delta": 1e-5, "sites": reports}))
     rows = [{"round": r, "epsilon_spent": {"site0": 0.5 * r, "site1": 0.4 * r}} for r in (1, 2)]
     (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    from privacy.audit import audit_federation, read_run_outputs
+    from fedsynth.privacy.audit import audit_federation, read_run_outputs
 
     privacy, rounds = read_run_outputs(tmp_path)
     sites = {s: (_rows(60, i), _rows(60, 5 + i)) for i, s in enumerate(("site0", "site1"))}

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from client.site_training import SiteData, SitePlan
-from common.config import Config, ModelConfig
-from common.model.output import OutputStep
-from common.model.store import Generator, assemble, model_parts
-from common.model.train import build_model
-from common.vocabulary import Vocabulary
-from privacy.accountant import Mechanism
-from privacy.audit.canaries import insert_canaries
-from privacy.ledger import Ledger
+from fedsynth.client.site_training import SiteData, SitePlan
+from fedsynth.common.config import Config, ModelConfig
+from fedsynth.common.model.output import OutputStep
+from fedsynth.common.model.store import Generator, assemble, model_parts
+from fedsynth.common.model.train import build_model
+from fedsynth.common.vocabulary import Vocabulary
+from fedsynth.privacy.accountant import Mechanism
+from fedsynth.privacy.audit.canaries import insert_canaries
+from fedsynth.privacy.ledger import Ledger
 
 V = 30
 
@@ -43,8 +43,8 @@ def _site(name: str, seed: int) -> SiteData:
 def test_site_audit_kept_at_site_and_operator_merge(tmp_path: Path) -> None:
     """Each site keeps its audit in its state folder (nothing of it is sent); the simulation
     operator, who holds every site's folder, merges them into OUT/audit.json + audit.html."""
-    from client.site_evaluation import keep_audit
-    from simulations.pooled import merge_local_audits
+    from fedsynth.client.site_evaluation import keep_audit
+    from fedsynth.simulations.pooled import merge_local_audits
 
     gen = _generator()
     # the model travels as its parts (what the evaluate message carries) and is rebuilt
@@ -94,7 +94,7 @@ def _mkdir(path: Path) -> Path:
 
 
 def test_no_kept_audit_means_no_merged_audit(tmp_path: Path) -> None:
-    from simulations.pooled import merge_local_audits
+    from fedsynth.simulations.pooled import merge_local_audits
 
     _mkdir(tmp_path / "sites")
     np.savez(tmp_path / "sites" / "site0.npz", train=np.zeros((2, V)), holdout=np.zeros((2, V)))

@@ -11,23 +11,23 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from common.errors import BudgetExceeded
-from privacy.accountant import Mechanism, calibrate_noise
-from simulations.baselines import dp_sgd
-from simulations.baselines.dp_marginals import (
+from fedsynth.common.errors import BudgetExceeded
+from fedsynth.privacy.accountant import Mechanism, calibrate_noise
+from fedsynth.simulations.baselines import dp_sgd
+from fedsynth.simulations.baselines.dp_marginals import (
     MarginalsConfig,
     clip_codes,
     fit_marginals,
     l2_sensitivity,
     noisy_counts,
 )
-from simulations.baselines.nets import (
+from fedsynth.simulations.baselines.nets import (
     OUTPUT_PRIOR,
     ConvAutoencoder,
     Discriminator,
     conv_layout,
 )
-from simulations.baselines.registry import BASELINES, fit_baseline
+from fedsynth.simulations.baselines.registry import BASELINES, fit_baseline
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from simulations import benchmark
-from simulations.benchmark_cli import main
+from fedsynth.simulations import benchmark
+from fedsynth.simulations.benchmark_cli import main
 
 
 def _row(gen: str, eps: float | None, seed: int, **metrics: float) -> dict:
@@ -152,7 +152,7 @@ def test_round_overhead_from_rounds_log(tmp_path: Path) -> None:
     """The coordinator's rounds.jsonl has only its own wall time (no site timing leaves a
     site); the local training time comes from the sites' own logs, which the simulation
     operator holds."""
-    from simulations.baselines.ours import round_overhead
+    from fedsynth.simulations.baselines.ours import round_overhead
 
     lines = [{"round": 1, "seconds": 30.0}, {"round": 2, "seconds": 26.0}]
     (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -175,7 +175,7 @@ def test_compare_from_benchmark_reads_the_rows_and_rejects_a_bad_file(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """bench_federated --compare --from-benchmark: the three fits from a benchmark.json (seed 0),
     and a one-line error (exit 2) for a file that is not one."""
-    from simulations import bench_federated
+    from fedsynth.simulations import bench_federated
 
     extra = {"epsilon_spent": 3.0, "codes_per_patient": 3.5, "train_seconds": 60.0}
     rows = [_row("ours", None, 0, cooccurrence_r=0.98, **extra),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from privacy.bounds import (
+from fedsynth.privacy.bounds import (
     clopper_pearson_epsilon,
     gdp_epsilon_estimate,
     one_run_epsilon,

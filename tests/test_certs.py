@@ -13,9 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from common.errors import InputError
-from server import certs
-from server.certs_cli import main
+from fedsynth.common.errors import InputError
+from fedsynth.server import certs
+from fedsynth.server.certs_cli import main
 
 
 def _load(path: Path) -> x509.Certificate:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.train_cli import main as train_main
-from common.cli.evaluate import main as evaluate_main
-from common.cli.sample import main as sample_main
-from common.data import icd9_categories, load_codes, write_matrix
-from common.model import load_model
+from fedsynth.client.train_cli import main as train_main
+from fedsynth.common.cli.evaluate import main as evaluate_main
+from fedsynth.common.cli.sample import main as sample_main
+from fedsynth.common.data import icd9_categories, load_codes, write_matrix
+from fedsynth.common.model import load_model
 
 CODES = ["250", "401", "428", "414", "427", "584", "276", "V45", "E888", "038", "486", "599"]
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import ModelConfig
-from common.data import Vocabulary
-from common.errors import InputError
-from common.model import OutputStep, build_model, load_model, save_model
-from common.model.calibrate import calibrate
-from common.model.store import Generator
-from privacy.counts import NoisyCounts, combine, estimate, release_counts
+from fedsynth.common.config import ModelConfig
+from fedsynth.common.data import Vocabulary
+from fedsynth.common.errors import InputError
+from fedsynth.common.model import OutputStep, build_model, load_model, save_model
+from fedsynth.common.model.calibrate import calibrate
+from fedsynth.common.model.store import Generator
+from fedsynth.privacy.counts import NoisyCounts, combine, estimate, release_counts
 
 VISIBLE = 1e-3  # a prevalence a reader of the synthetic data would notice
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.data import demo_cohort, split_holdout
-from common.data.demo import CLUSTERS, TAIL, site_names
+from fedsynth.common.data import demo_cohort, split_holdout
+from fedsynth.common.data.demo import CLUSTERS, TAIL, site_names
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from client.dp_training import dp_step, make_private, poisson_batch, train_dp
-from common.config import ModelConfig, PrivacyConfig, TrainConfig
-from common.model import Generator, OutputStep, build_model, per_example_loss
-from privacy.accountant import Mechanism
+from fedsynth.client.dp_training import dp_step, make_private, poisson_batch, train_dp
+from fedsynth.common.config import ModelConfig, PrivacyConfig, TrainConfig
+from fedsynth.common.model import Generator, OutputStep, build_model, per_example_loss
+from fedsynth.privacy.accountant import Mechanism
 
 TINY = ModelConfig(hidden=(32, 32), time_dim=16, sample_steps=4)
 
@@ -107,6 +107,6 @@ def test_train_dp_reports_what_ran_and_the_model_samples() -> None:
 
 
 def _vocab(n: int):  # noqa: ANN202
-    from common.vocabulary import Vocabulary
+    from fedsynth.common.vocabulary import Vocabulary
 
     return Vocabulary(tuple(f"C{i:02d}" for i in range(n)), {}, "test")

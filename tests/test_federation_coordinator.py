@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 
-from common.config import Config
-from privacy.counts import NoisyCounts
-from server.aggregation import SiteUpdate
-from server.coordinator import Coordinator
-from server.settings import RunSettings, config_dict
+from fedsynth.common.config import Config
+from fedsynth.privacy.counts import NoisyCounts
+from fedsynth.server.aggregation import SiteUpdate
+from fedsynth.server.coordinator import Coordinator
+from fedsynth.server.settings import RunSettings, config_dict
 
 
 def _cfg() -> Config:

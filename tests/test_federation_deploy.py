@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import TINY_FLOWER_CONFIG as TINY
 
-from common.flower_runtime import free_port
+from fedsynth.federation.flower_runtime import free_port
 
 BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from common.data import demo_cohort, write_matrix
+    from fedsynth.common.data import demo_cohort, write_matrix
 
     folder = tmp_path_factory.mktemp("sites")
     cohort = demo_cohort(n_sites=3, patients_per_site=80, seed=0)
@@ -192,6 +192,6 @@ def test_server_killed_after_round_one_resume_finishes(sites, procs, tmp_path) -
 
 
 def _listening(port: int) -> bool:
-    from common.flower_runtime import port_open
+    from fedsynth.federation.flower_runtime import port_open
 
     return port_open("127.0.0.1", port)

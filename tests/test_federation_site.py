@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_site_config
 
-from client.site_training import (
+from fedsynth.client.site_training import (
     SiteData,
     SitePlan,
     evaluate_site,
@@ -16,9 +16,9 @@ from client.site_training import (
     site_counts,
     steps_per_round,
 )
-from common.model.train import build_model
-from privacy.accountant import Mechanism, epsilon
-from privacy.ledger import Ledger
+from fedsynth.common.model.train import build_model
+from fedsynth.privacy.accountant import Mechanism, epsilon
+from fedsynth.privacy.ledger import Ledger
 
 DELTA = 1e-5  # the site's own delta, pinned in its ledger
 
@@ -130,8 +130,8 @@ def test_released_ema_rule(tmp_path, monkeypatch) -> None:
     global weights w0) plus d^S (e0 - w0), e0 the global EMA, d the run's decay, S the steps:
     the rule that measured best (client/site_training.py). Recomputed here by hand from what
     train_dp returned."""
-    import client.dp_training as dp
-    from client.site_training import _ema_decay
+    import fedsynth.client.dp_training as dp
+    from fedsynth.client.site_training import _ema_decay
 
     data = _data()
     g = _global(data.train.shape[1])

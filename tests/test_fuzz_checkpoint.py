@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.errors import InputError
-from server import checkpoint
+from fedsynth.common.errors import InputError
+from fedsynth.server import checkpoint
 
 EXAMPLES = int(os.environ.get("FEDSYNTH_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES * 2, deadline=None, database=None,

@@ -12,8 +12,8 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.config import Config
-from common.errors import InputError
+from fedsynth.common.config import Config
+from fedsynth.common.errors import InputError
 
 EXAMPLES = int(os.environ.get("FEDSYNTH_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES * 4, deadline=None, database=None,

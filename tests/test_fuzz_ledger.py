@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from privacy.accountant import Mechanism
-from privacy.ledger import Ledger, LedgerCorrupted
+from fedsynth.privacy.accountant import Mechanism
+from fedsynth.privacy.ledger import Ledger, LedgerCorrupted
 
 EXAMPLES = int(os.environ.get("FEDSYNTH_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,

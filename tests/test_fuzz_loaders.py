@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.data import load_codes, write_matrix
-from common.data import writer as writer_mod
-from common.errors import InputError
-from common.vocabulary import Vocabulary, icd9_categories, icd9_category
+from fedsynth.common.data import load_codes, write_matrix
+from fedsynth.common.data import writer as writer_mod
+from fedsynth.common.errors import InputError
+from fedsynth.common.vocabulary import Vocabulary, icd9_categories, icd9_category
 
 EXAMPLES = int(os.environ.get("FEDSYNTH_FUZZ_EXAMPLES", "25"))
 FORMATS = ("auto", "mimic", "diabetes130", "long", "matrix")

@@ -14,10 +14,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.config import ModelConfig
-from common.errors import InputError
-from common.model import build_model, load_model, save_model
-from common.vocabulary import Vocabulary
+from fedsynth.common.config import ModelConfig
+from fedsynth.common.errors import InputError
+from fedsynth.common.model import build_model, load_model, save_model
+from fedsynth.common.vocabulary import Vocabulary
 
 EXAMPLES = int(os.environ.get("FEDSYNTH_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from server.aggregation import ServerOptimizer, SiteUpdate, aggregate
+from fedsynth.server.aggregation import ServerOptimizer, SiteUpdate, aggregate
 
 EXAMPLES = int(os.environ.get("FEDSYNTH_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES * 2, deadline=None, database=None,

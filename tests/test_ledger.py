@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from client.budget_cli import budget_main
-from common.errors import BudgetExceeded
-from privacy.accountant import Mechanism, epsilon
-from privacy.ledger import (
+from fedsynth.client.budget_cli import budget_main
+from fedsynth.common.errors import BudgetExceeded
+from fedsynth.privacy.accountant import Mechanism, epsilon
+from fedsynth.privacy.ledger import (
     DeltaFixed,
     Ledger,
     LedgerCorrupted,
@@ -95,7 +95,7 @@ def _corrupt_delete_ledger(tmp: Path) -> None:
 
 def _corrupt_rehash_edit(tmp: Path) -> None:
     """Edit an entry and recompute its whole chain: the head still catches it."""
-    from privacy.ledger import canonical, entry_hash, genesis_hash
+    from fedsynth.privacy.ledger import canonical, entry_hash, genesis_hash
 
     p = tmp / "ledger-A.jsonl"
     entries = [json.loads(x) for x in p.read_text().splitlines()]
@@ -292,9 +292,9 @@ def test_report_labels_every_entry_for_a_reviewer(tmp_path: Path) -> None:
 def test_ehr_client_delta_is_the_sites(tmp_path: Path, capsys) -> None:
     import argparse
 
-    from client.cli import main, site_delta
-    from common.data import demo_cohort, write_matrix
-    from privacy.accountant import default_delta
+    from fedsynth.client.cli import main, site_delta
+    from fedsynth.common.data import demo_cohort, write_matrix
+    from fedsynth.privacy.accountant import default_delta
 
     m = demo_cohort(n_sites=1, patients_per_site=200, seed=0)
     data = tmp_path / "a.csv"

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.data import CodeMatrix, Vocabulary, load_codes, write_matrix
-from common.data.crosswalk import gem_table
-from common.errors import InputError
+from fedsynth.common.data import CodeMatrix, Vocabulary, load_codes, write_matrix
+from fedsynth.common.data.crosswalk import gem_table
+from fedsynth.common.errors import InputError
 
 MIMIC3_ROWS = [  # (subject, code) as MIMIC-III stores them (undotted)
     ("10006", "4019"), ("10006", "V4581"), ("10006", "E8889"), ("10006", "40190"),
@@ -361,7 +361,7 @@ def test_kept_icd10_columns_round_trip_and_icd10_vocabulary(tmp_path):
     np.testing.assert_array_equal(back.X, m.X)
     plain = load_codes(tmp_path / "syn.csv")  # ICD-9 vocabulary: the ICD-10 columns reported
     assert plain.report.out_of_vocabulary == {"icd10:E11": 2, "icd10:I10": 1, "icd10:U07": 1}
-    from common.data import icd10_categories
+    from fedsynth.common.data import icd10_categories
 
     ten = load_codes(f, icd10="keep", vocab=icd10_categories())
     assert _cols(ten, "2") == {"I10", "E11"}
@@ -388,7 +388,7 @@ def test_mimic_covariates_from_patients_table(tmp_path, mimic_path):
 
 
 def test_out_of_vocabulary_listing_is_capped_but_counts_every_row(tmp_path, monkeypatch):
-    import common.data.build as build
+    import fedsynth.common.data.build as build
 
     monkeypatch.setattr(build, "OOV_LISTED", 2)
     f = tmp_path / "l.csv"
@@ -400,7 +400,7 @@ def test_out_of_vocabulary_listing_is_capped_but_counts_every_row(tmp_path, monk
 
 def test_matrix_fast_path_agrees_with_pandas(tmp_path):
     """Our own output is parsed with numpy; irregular files fall back to pandas: same matrix."""
-    from common.data.fastmatrix import read_binary_csv
+    from fedsynth.common.data.fastmatrix import read_binary_csv
 
     rng = np.random.default_rng(3)
     vocab = Vocabulary(("250", "401", "V45", "E888", "038"), name="five")

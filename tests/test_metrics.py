@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.metrics import codes_per_patient, cooccurrence_r, fidelity, prevalence_r
+from fedsynth.common.metrics import codes_per_patient, cooccurrence_r, fidelity, prevalence_r
 
 
 def correlated(n: int, d: int = 40, seed: int = 0) -> np.ndarray:

@@ -10,9 +10,9 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from common.config import ModelConfig
-from common.model import build_model, edm_sigmas, heun_sample, per_example_loss
-from common.model.binary import BinaryPosterior, prior_logit
+from fedsynth.common.config import ModelConfig
+from fedsynth.common.model import build_model, edm_sigmas, heun_sample, per_example_loss
+from fedsynth.common.model.binary import BinaryPosterior, prior_logit
 
 
 class _Zero(nn.Module):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from common.config import ModelConfig
-from common.model import (
+from fedsynth.common.config import ModelConfig
+from fedsynth.common.model import (
     EMA,
     build_model,
     edm_sigmas,
@@ -21,7 +21,7 @@ from common.model import (
     per_example_loss,
     preconditioning,
 )
-from common.model.output import NEVER, OutputStep
+from fedsynth.common.model.output import NEVER, OutputStep
 
 
 def test_preconditioning_matches_hand_computation():

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import ModelConfig
-from common.data import Vocabulary
-from common.errors import InputError
-from common.model import EMA, OutputStep, build_model, load_model, save_model
-from common.model.store import Generator
+from fedsynth.common.config import ModelConfig
+from fedsynth.common.data import Vocabulary
+from fedsynth.common.errors import InputError
+from fedsynth.common.model import EMA, OutputStep, build_model, load_model, save_model
+from fedsynth.common.model.store import Generator
 
 VOCAB = Vocabulary(tuple(f"{i:03d}" for i in range(1, 13)), {}, "test")
 CFG = ModelConfig(hidden=(16, 16), time_dim=8, sample_steps=3, sample_precision="fp32")

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.errors import InputError
-from simulations.partition import parse_partition, partition, patient_labels
+from fedsynth.common.errors import InputError
+from fedsynth.simulations.partition import parse_partition, partition, patient_labels
 
 
 def _matrix(n: int = 600, v: int = 40, seed: int = 0) -> np.ndarray:

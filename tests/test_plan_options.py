@@ -6,9 +6,9 @@ import argparse
 
 import pytest
 
-from client.site_training import SitePlan, sample_rate
-from common.errors import InputError
-from server.options import add_plan_args, build_config
+from fedsynth.client.site_training import SitePlan, sample_rate
+from fedsynth.common.errors import InputError
+from fedsynth.server.options import add_plan_args, build_config
 
 
 def _args(*flags: str) -> argparse.Namespace:
@@ -43,8 +43,8 @@ def test_bad_plan_values_are_input_errors() -> None:
 
 
 def test_federation_trains_its_own_wider_model() -> None:
-    from common.config import Config
-    from server.options import federated_config
+    from fedsynth.common.config import Config
+    from fedsynth.server.options import federated_config
 
     cfg = federated_config(build_config(_args()))
     assert cfg.model.hidden == Config().federation.hidden == (512, 512)
@@ -52,7 +52,7 @@ def test_federation_trains_its_own_wider_model() -> None:
 
 
 def test_empty_federation_widths_fall_back_to_the_private_ones(tmp_path) -> None:  # noqa: ANN001
-    from server.options import federated_config
+    from fedsynth.server.options import federated_config
 
     toml = tmp_path / "c.toml"
     toml.write_text("[privacy]\nhidden = [48, 24]\n[federation]\nhidden = []\n")
@@ -65,7 +65,7 @@ def test_empty_federation_widths_fall_back_to_the_private_ones(tmp_path) -> None
 def test_server_momentum_defaults_to_fedavgm_and_zero_is_plain_fedavg() -> None:
     import numpy as np
 
-    from server.aggregation import server_optimizer
+    from fedsynth.server.aggregation import server_optimizer
 
     default = server_optimizer(build_config(_args()).federation)
     assert (default.strategy, default.momentum) == ("fedavgm", 0.5)

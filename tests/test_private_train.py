@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import client.private_train as pt
-from common.config import Config, ModelConfig
-from common.data import demo_cohort
-from common.errors import BudgetExceeded
-from common.model import load_model
-from privacy.accountant import Mechanism, epsilon
-from privacy.ledger import Ledger, user_state_dir
+import fedsynth.client.private_train as pt
+from fedsynth.common.config import Config, ModelConfig
+from fedsynth.common.data import demo_cohort
+from fedsynth.common.errors import BudgetExceeded
+from fedsynth.common.model import load_model
+from fedsynth.privacy.accountant import Mechanism, epsilon
+from fedsynth.privacy.ledger import Ledger, user_state_dir
 
 
 def _config(eps: float = 4.0) -> Config:
@@ -64,7 +64,7 @@ def test_private_training_end_to_end(tmp_path: Path, monkeypatch) -> None:
 
 def test_count_epsilon_floor_against_hand_values() -> None:
     """privacy.counts.count_epsilon = max(share*eps, min(floor, 0.5*eps)), computed by hand."""
-    from privacy.counts import count_epsilon
+    from fedsynth.privacy.counts import count_epsilon
 
     assert count_epsilon(3.0, 0.1, 0.3) == pytest.approx(0.3)  # share and floor agree
     assert count_epsilon(1.0, 0.1, 0.5) == pytest.approx(0.5)  # floor: 0.5, not 0.1
@@ -77,9 +77,9 @@ def test_count_epsilon_floor_against_hand_values() -> None:
 def test_plan_private_counts_use_the_floor_at_low_epsilon() -> None:
     """At epsilon 1 the counts are calibrated to epsilon 0.5 (the floor), not 0.1 (the share):
     the counts' mechanism alone, accounted independently, spends 0.5."""
-    from client.private_train import plan_private
-    from common.config import Config
-    from privacy.accountant import Mechanism, epsilon
+    from fedsynth.client.private_train import plan_private
+    from fedsynth.common.config import Config
+    from fedsynth.privacy.accountant import Mechanism, epsilon
 
     cfg = Config()
     cfg.privacy.epsilon, cfg.privacy.delta = 1.0, 1e-6

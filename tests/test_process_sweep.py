@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.flower_runtime import sweep
+from fedsynth.federation.flower_runtime import sweep
 
 # A parent that keeps FLWR_HOME, and a child in its session started with an empty environment.
 PARENT = (

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-import federation.protocol as proto
-from common.config import Config
-from federation.protocol import (
+import fedsynth.federation.protocol as proto
+from fedsynth.common.config import Config
+from fedsynth.federation.protocol import (
     EVALUATE,
     QUERY,
     SCHEMA,
@@ -24,7 +24,7 @@ from federation.protocol import (
     check_reply,
     public_report,
 )
-from privacy.counts import NoisyCounts
+from fedsynth.privacy.counts import NoisyCounts
 
 # what the replies used to carry (issue 14): none of it may be declared
 FORBIDDEN = ("loss", "seconds", "examples_per_s", "n_train", "n_holdout", "planned_examples",

@@ -12,11 +12,11 @@ import pytest
 import torch
 from scipy import stats
 
-from client.dp_training import dp_step, make_private, train_dp
-from common.config import ModelConfig, PrivacyConfig, TrainConfig
-from common.model import build_model
-from privacy import secure_random
-from simulations.baselines import dp_marginals, dp_sgd
+from fedsynth.client.dp_training import dp_step, make_private, train_dp
+from fedsynth.common.config import ModelConfig, PrivacyConfig, TrainConfig
+from fedsynth.common.model import build_model
+from fedsynth.privacy import secure_random
+from fedsynth.simulations.baselines import dp_marginals, dp_sgd
 
 TINY = ModelConfig(hidden=(32, 32), time_dim=16, sample_steps=4)
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,15 +22,15 @@ from conftest import TINY_FLOWER_CONFIG as TINY
 from conftest import tiny_site_config
 from test_federation_deploy import BIN, Procs, check_outputs, rounds
 
-from client.site_training import SiteData, open_site_ledger, run_site_round, site_counts
-from common.flower_runtime import free_port
-from federation.protocol import SCHEMA, QueryReply, SitePlan, TrainReply, check_structure
-from privacy.accountant import Mechanism
-from privacy.counts import NoisyCounts
-from privacy.ledger import Ledger
-from privacy.witness import SiteKey, sign_head
-from server.coordinator import Coordinator
-from server.settings import RunSettings, config_dict
+from fedsynth.client.site_training import SiteData, open_site_ledger, run_site_round, site_counts
+from fedsynth.federation.flower_runtime import free_port
+from fedsynth.federation.protocol import SCHEMA, QueryReply, SitePlan, TrainReply, check_structure
+from fedsynth.privacy.accountant import Mechanism
+from fedsynth.privacy.counts import NoisyCounts
+from fedsynth.privacy.ledger import Ledger
+from fedsynth.privacy.witness import SiteKey, sign_head
+from fedsynth.server.coordinator import Coordinator
+from fedsynth.server.settings import RunSettings, config_dict
 
 FORBIDDEN = ("loss", "seconds", "examples_per_s", "n_train", "n_holdout", "planned_examples",
              "dimwise", "expected_batch", "auroc", "metrics")
@@ -66,7 +66,7 @@ def test_plan_delta_above_the_sites_is_refused_and_nothing_spent(tmp_path) -> No
     assert counts.status == "refused" and counts.counts is None
     assert "9e-03" in counts.reason or "0.009" in counts.reason
     before = _files(tmp_path)
-    from common.model.train import build_model
+    from fedsynth.common.model.train import build_model
 
     g = {k: v.detach().numpy().copy()
          for k, v in build_model(data.train.shape[1], _config().model).state_dict().items()}
@@ -190,7 +190,7 @@ def _walk(value: object) -> list[float]:
 
 @pytest.fixture(scope="module")
 def two_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    from common.data import demo_cohort, split_holdout, write_matrix
+    from fedsynth.common.data import demo_cohort, split_holdout, write_matrix
 
     folder = tmp_path_factory.mktemp("boundary")
     cohort = demo_cohort(n_sites=2, patients_per_site=80, seed=0)

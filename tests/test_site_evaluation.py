@@ -14,13 +14,13 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from client.site_training import SitePlan
-from common.config import Config, ModelConfig
-from common.errors import InputError
-from common.model.output import OutputStep
-from common.model.store import Generator, model_parts
-from common.model.train import build_model
-from common.vocabulary import Vocabulary
+from fedsynth.client.site_training import SitePlan
+from fedsynth.common.config import Config, ModelConfig
+from fedsynth.common.errors import InputError
+from fedsynth.common.model.output import OutputStep
+from fedsynth.common.model.store import Generator, model_parts
+from fedsynth.common.model.train import build_model
+from fedsynth.common.vocabulary import Vocabulary
 
 V = 30
 RUN = "run0001"
@@ -84,8 +84,8 @@ def _message(run_id: str = RUN, extra: dict[str, Any] | None = None,
 def _reply(msg: Message, ctx: Context) -> dict[str, dict[str, Any]]:
     """Every record and every value the reply carries, as plain data; checked against the
     declared reply schema (``federation.protocol``: any other record or key fails)."""
-    from client.app import evaluate
-    from federation.protocol import EVALUATE, check_reply
+    from fedsynth.client.app import evaluate
+    from fedsynth.federation.protocol import EVALUATE, check_reply
 
     out = evaluate(msg, ctx).content
     assert check_reply(EVALUATE, out) == []
@@ -96,17 +96,17 @@ def _reply(msg: Message, ctx: Context) -> dict[str, dict[str, Any]]:
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Every ``fidelity`` call the site makes, with its arguments."""
-    import common.metrics
+    from fedsynth.common import metrics
 
     seen: list[dict[str, Any]] = []
-    real_fidelity = common.metrics.fidelity
+    real_fidelity = metrics.fidelity
 
     def spy(real: np.ndarray, synth: np.ndarray, real_train: np.ndarray | None = None,
             seed: int = 0) -> dict[str, Any]:
         seen.append({"real": np.array(real), "synth": np.array(synth), "real_train": real_train})
         return real_fidelity(real, synth, real_train=real_train, seed=seed)
 
-    monkeypatch.setattr(common.metrics, "fidelity", spy)
+    monkeypatch.setattr(metrics, "fidelity", spy)
     return seen
 
 
@@ -174,8 +174,8 @@ def test_run_id_never_chooses_where_the_site_writes(tmp_path: Path, calls: list)
 
 
 def test_audit_is_kept_at_the_site(tmp_path: Path, calls: list) -> None:
-    from privacy.accountant import Mechanism
-    from privacy.ledger import Ledger
+    from fedsynth.privacy.accountant import Mechanism
+    from fedsynth.privacy.ledger import Ledger
 
     _site_files(tmp_path)
     ledger = Ledger.open(tmp_path / "state" / "site0", "site0", delta=1e-3)
@@ -191,8 +191,8 @@ def test_audit_is_kept_at_the_site(tmp_path: Path, calls: list) -> None:
 
 
 def test_coordinator_evaluation_holds_no_figure(tmp_path: Path) -> None:
-    from server.coordinator import Coordinator
-    from server.settings import RunSettings
+    from fedsynth.server.coordinator import Coordinator
+    from fedsynth.server.settings import RunSettings
 
     coord = Coordinator(RunSettings(out_dir=str(tmp_path), run_id=RUN))
     coord.write_evaluation({"A": "kept at site", "B": "kept at site"})
@@ -209,8 +209,8 @@ def test_coordinator_evaluation_holds_no_figure(tmp_path: Path) -> None:
 
 
 def test_simulation_operator_pools_all_held_out_patients(tmp_path: Path, calls: list) -> None:
-    from common.data import write_matrix
-    from simulations.pooled import pooled_evaluation
+    from fedsynth.common.data import write_matrix
+    from fedsynth.simulations.pooled import pooled_evaluation
 
     rng = np.random.default_rng(3)
     holds = []

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import InputError
-from common.names import check_site_name
-from privacy.accountant import Mechanism
-from privacy.ledger import Ledger
+from fedsynth.common.errors import InputError
+from fedsynth.common.names import check_site_name
+from fedsynth.privacy.accountant import Mechanism
+from fedsynth.privacy.ledger import Ledger
 
 BAD = ["A\n", "A\r\n", "\nA", "", "-A", ".A", "A/B", "../A", "A B", "a" * 65, "Å", "A\x00"]
 
@@ -37,7 +37,7 @@ def test_ledger_refuses_newline_site_and_keeps_one_budget(tmp_path: Path) -> Non
 
 
 def test_ehr_client_refuses_newline_site(tmp_path: Path, capsys) -> None:
-    from client.cli import main
+    from fedsynth.client.cli import main
 
     data = tmp_path / "a.csv"
     data.write_text("patient_id,250\np1,1\n")
@@ -50,7 +50,7 @@ def test_ehr_client_refuses_newline_site(tmp_path: Path, capsys) -> None:
 
 
 def test_ehr_client_budget_refuses_newline_site(tmp_path: Path, capsys) -> None:
-    from client.cli import main
+    from fedsynth.client.cli import main
 
     with pytest.raises(SystemExit) as ex:
         main(["budget", "--site", "A\n", "--state-dir", str(tmp_path)])
@@ -59,7 +59,7 @@ def test_ehr_client_budget_refuses_newline_site(tmp_path: Path, capsys) -> None:
 
 
 def test_ehr_certs_enroll_refuses_newline_site(tmp_path: Path, capsys) -> None:
-    from server.certs_cli import main
+    from fedsynth.server.certs_cli import main
 
     with pytest.raises(SystemExit) as ex:
         main(["enroll", "--site", "A\n", "--out", str(tmp_path)])

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from server import certs
-from server.certs_cli import main as certs_main
+from fedsynth.server import certs
+from fedsynth.server.certs_cli import main as certs_main
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from client.train_cli import main as train_main
-from privacy.accountant import Mechanism, epsilon
-from privacy.ledger import Ledger, user_state_dir
+from fedsynth.client.train_cli import main as train_main
+from fedsynth.privacy.accountant import Mechanism, epsilon
+from fedsynth.privacy.ledger import Ledger, user_state_dir
 from tests.test_cli_central import tiny_matrix
 
 TOML = """

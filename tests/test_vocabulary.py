@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from common.errors import InputError
-from common.vocabulary import (
+from fedsynth.common.errors import InputError
+from fedsynth.common.vocabulary import (
     Vocabulary,
     icd9_categories,
     icd9_category,

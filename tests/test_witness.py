@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from privacy.accountant import Mechanism
-from privacy.ledger import Ledger, canonical, entry_hash, genesis_hash
-from privacy.witness import (
+from fedsynth.privacy.accountant import Mechanism
+from fedsynth.privacy.ledger import Ledger, canonical, entry_hash, genesis_hash
+from fedsynth.privacy.witness import (
     SIGNING_CONTEXT,
     SiteKey,
     Witness,
@@ -156,7 +156,7 @@ def test_key_swap_is_refused_once_pinned(tmp_path: Path) -> None:
 
 
 def test_enrolment_key_p384_signs(tmp_path: Path) -> None:
-    from server.certs import new_site_keys
+    from fedsynth.server.certs import new_site_keys
 
     key_path, pub_path = new_site_keys("A", tmp_path / "certs")
     key = SiteKey.from_file(key_path)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.data import Vocabulary, icd9_categories, load_codes, write_matrix
-from common.data.writer import synthetic_ids
+from fedsynth.common.data import Vocabulary, icd9_categories, load_codes, write_matrix
+from fedsynth.common.data.writer import synthetic_ids
 
 
 def test_csv_layout_exact(tmp_path):

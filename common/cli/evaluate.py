@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import atomic_path, write_json
-from common.data import load_codes
-from common.errors import InputError, cli_errors
-from common.metrics import fidelity
+from fedsynth.common.atomic import atomic_path, write_json
+from fedsynth.common.data import load_codes
+from fedsynth.common.errors import InputError, cli_errors
+from fedsynth.common.metrics import fidelity
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

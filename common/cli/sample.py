@@ -6,10 +6,10 @@ import argparse
 import logging
 import time
 
-from common.data import write_matrix
-from common.device import resolve_device
-from common.errors import InputError, cli_errors
-from common.model.store import load_model
+from fedsynth.common.data import write_matrix
+from fedsynth.common.device import resolve_device
+from fedsynth.common.errors import InputError, cli_errors
+from fedsynth.common.model.store import load_model
 
 log = logging.getLogger("ehr-sample")
 

@@ -1,11 +1,11 @@
 """The data layer: loaders, the patient x code matrix, the output writer, demo cohort, splits."""
 
-from common.data.demo import demo_cohort
-from common.data.loaders import FORMATS, detect_format, load_codes
-from common.data.matrix import CodeMatrix, LoadReport
-from common.data.split import split_holdout
-from common.data.writer import synthetic_ids, write_matrix
-from common.vocabulary import Vocabulary, icd9_categories, icd10_categories
+from fedsynth.common.data.demo import demo_cohort
+from fedsynth.common.data.loaders import FORMATS, detect_format, load_codes
+from fedsynth.common.data.matrix import CodeMatrix, LoadReport
+from fedsynth.common.data.split import split_holdout
+from fedsynth.common.data.writer import synthetic_ids, write_matrix
+from fedsynth.common.vocabulary import Vocabulary, icd9_categories, icd10_categories
 
 __all__ = [
     "FORMATS",

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.data import crosswalk
-from common.data.matrix import CodeMatrix, LoadReport
-from common.data.reading import SHAPE_HINT
-from common.data.titles import icd9_full_codes
-from common.errors import InputError
-from common.vocabulary import (
+from fedsynth.common.data import crosswalk
+from fedsynth.common.data.matrix import CodeMatrix, LoadReport
+from fedsynth.common.data.reading import SHAPE_HINT
+from fedsynth.common.data.titles import icd9_full_codes
+from fedsynth.common.errors import InputError
+from fedsynth.common.vocabulary import (
     ICD10_CATEGORIES_NAME,
     Vocabulary,
     icd9_categories,

@@ -87,7 +87,7 @@ def _sorted_keys() -> tuple[str, ...]:
 
 @functools.cache
 def _children(prefix: str) -> tuple[str, ...]:
-    from common.vocabulary import icd9_category
+    from fedsynth.common.vocabulary import icd9_category
 
     if len(prefix) < 3:
         return ()

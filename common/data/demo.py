@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from common.data.matrix import CodeMatrix, LoadReport
-from common.vocabulary import Vocabulary, icd9_categories
+from fedsynth.common.data.matrix import CodeMatrix, LoadReport
+from fedsynth.common.vocabulary import Vocabulary, icd9_categories
 
 # cluster -> {code: P(code | patient in cluster)}
 CLUSTERS: dict[str, dict[str, float]] = {

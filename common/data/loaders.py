@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.data.build import (
+from fedsynth.common.data.build import (
     attach_covariates,
     binary_values,
     build,
@@ -24,9 +24,9 @@ from common.data.build import (
     is_missing,
     vocabulary_for,
 )
-from common.data.fastmatrix import read_binary_csv
-from common.data.matrix import CodeMatrix, LoadReport
-from common.data.reading import (
+from fedsynth.common.data.fastmatrix import read_binary_csv
+from fedsynth.common.data.matrix import CodeMatrix, LoadReport
+from fedsynth.common.data.reading import (
     SHAPE_HINT,
     is_parquet,
     lower_map,
@@ -34,9 +34,9 @@ from common.data.reading import (
     read_table,
     resolve_input,
 )
-from common.data.titles import title_source
-from common.errors import InputError
-from common.vocabulary import Vocabulary, icd9_categories, icd9_category
+from fedsynth.common.data.titles import title_source
+from fedsynth.common.errors import InputError
+from fedsynth.common.vocabulary import Vocabulary, icd9_categories, icd9_category
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from common.vocabulary import Vocabulary
+from fedsynth.common.vocabulary import Vocabulary
 
 
 @dataclass

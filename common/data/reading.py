@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.errors import InputError
+from fedsynth.common.errors import InputError
 
 _SNIFF_BYTES = 1 << 16
 SHAPE_HINT = ("Expected a header row, then rows of SUBJECT_ID,ICD9_CODE (--format mimic), "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.data.matrix import CodeMatrix
+from fedsynth.common.data.matrix import CodeMatrix
 
 
 def split_holdout(

@@ -16,10 +16,10 @@ import string
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from common.data.crosswalk import _data_file, package_version
+from fedsynth.common.data.crosswalk import _data_file, package_version
 
 if TYPE_CHECKING:
-    from common.vocabulary import Vocabulary
+    from fedsynth.common.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _category_titles(full: dict[str, str], category: Callable[[str], str]) -> di
 @functools.cache
 def icd9_category_titles() -> dict[str, str]:
     """Titles of ICD-9-CM 3-digit categories ({} when no package ships them)."""
-    from common.vocabulary import icd9_category
+    from fedsynth.common.vocabulary import icd9_category
 
     full = _code_titles(_ICD9_DESC)
     return {} if full is None else _category_titles(full, icd9_category)
@@ -115,7 +115,7 @@ def icd10_category_list() -> tuple[tuple[str, ...], dict[str, str]]:
 @functools.cache
 def icd9_full_codes() -> Vocabulary | None:
     """Every billable ICD-9-CM diagnosis code (CMS v32, dotted: '401.9'), or None."""
-    from common.vocabulary import Vocabulary, icd9_full_code  # noqa: F811 (import cycle)
+    from fedsynth.common.vocabulary import Vocabulary, icd9_full_code  # noqa: F811 (import cycle)
 
     full = _code_titles(_ICD9_DESC)
     if full is None:

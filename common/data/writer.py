@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.atomic import atomic_open, atomic_path
-from common.vocabulary import Vocabulary
+from fedsynth.common.atomic import atomic_open, atomic_path
+from fedsynth.common.vocabulary import Vocabulary
 
 _ROWS_PER_CHUNK = 4096
 

@@ -10,12 +10,12 @@ Public API used by site (DP) training and the CLIs::
     OutputStep, fit_per_code_thresholds, fit_scalar_threshold, set_output_step
 """
 
-from common.model.edm import EDMPrecond, loss_weight, per_example_loss, preconditioning
-from common.model.ema import EMA
-from common.model.output import OutputStep, fit_per_code_thresholds, fit_scalar_threshold
-from common.model.sampler import edm_sigmas, heun_sample
-from common.model.store import Generator, load_model, save_model, set_output_step
-from common.model.train import build_model, train_epoch, train_model
+from fedsynth.common.model.edm import EDMPrecond, loss_weight, per_example_loss, preconditioning
+from fedsynth.common.model.ema import EMA
+from fedsynth.common.model.output import OutputStep, fit_per_code_thresholds, fit_scalar_threshold
+from fedsynth.common.model.sampler import edm_sigmas, heun_sample
+from fedsynth.common.model.store import Generator, load_model, save_model, set_output_step
+from fedsynth.common.model.train import build_model, train_epoch, train_model
 
 __all__ = [
     "EMA",

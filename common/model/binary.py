@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.config import ModelConfig
-from common.model.edm import run_net, sample_sigma
+from fedsynth.common.config import ModelConfig
+from fedsynth.common.model.edm import run_net, sample_sigma
 
 DEFAULT_PREVALENCE = 0.005  # the prior when no (private) prevalence is available
 MIN_PREVALENCE = 1e-5

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.model.binary import BinaryPosterior
-from common.model.output import OutputStep, fit_per_code_thresholds
+from fedsynth.common.model.binary import BinaryPosterior
+from fedsynth.common.model.output import OutputStep, fit_per_code_thresholds
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from common.config import Config
-from common.model.calibrate import calibrate
-from common.model.output import OutputStep
-from common.model.store import Generator, save_model
-from common.model.train import train_model
+from fedsynth.common.config import Config
+from fedsynth.common.model.calibrate import calibrate
+from fedsynth.common.model.output import OutputStep
+from fedsynth.common.model.store import Generator, save_model
+from fedsynth.common.model.train import train_model
 
 log = logging.getLogger(__name__)
 

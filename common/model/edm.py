@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from common.config import ModelConfig
+from fedsynth.common.config import ModelConfig
 
 
 def preconditioning(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -83,7 +83,7 @@ def per_example_loss(
     With ``cfg.parameterization == "binary"`` it is ``common.model.binary.per_example_bce``.
     """
     if cfg.parameterization == "binary":
-        from common.model.binary import per_example_bce
+        from fedsynth.common.model.binary import per_example_bce
 
         return per_example_bce(model, x, cfg, multiplicity)
     b, d = x.shape

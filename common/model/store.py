@@ -34,15 +34,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.atomic import atomic_path, write_json
-from common.config import Config, ModelConfig
-from common.device import resolve_device
-from common.errors import InputError
-from common.model.ema import EMA, _unwrap
-from common.model.output import OutputStep
-from common.model.sampler import edm_sigmas, heun_sample
-from common.model.train import ProgressBar, build_model
-from common.vocabulary import Vocabulary
+from fedsynth.common.atomic import atomic_path, write_json
+from fedsynth.common.config import Config, ModelConfig
+from fedsynth.common.device import resolve_device
+from fedsynth.common.errors import InputError
+from fedsynth.common.model.ema import EMA, _unwrap
+from fedsynth.common.model.output import OutputStep
+from fedsynth.common.model.sampler import edm_sigmas, heun_sample
+from fedsynth.common.model.train import ProgressBar, build_model
+from fedsynth.common.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.config import ModelConfig, TrainConfig
-from common.device import resolve_device
-from common.model.binary import BinaryPosterior, prior_logit
-from common.model.denoiser import MLPDenoiser
-from common.model.edm import EDMPrecond, per_example_loss
-from common.model.ema import EMA
+from fedsynth.common.config import ModelConfig, TrainConfig
+from fedsynth.common.device import resolve_device
+from fedsynth.common.model.binary import BinaryPosterior, prior_logit
+from fedsynth.common.model.denoiser import MLPDenoiser
+from fedsynth.common.model.edm import EDMPrecond, per_example_loss
+from fedsynth.common.model.ema import EMA
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from privacy.audit.config import AuditConfig
-from privacy.audit.membership import intersection_chunks
+from fedsynth.privacy.audit.config import AuditConfig
+from fedsynth.privacy.audit.membership import intersection_chunks
 
 
 def known_columns(source: np.ndarray, s: int, mode: str, seed: int) -> np.ndarray:

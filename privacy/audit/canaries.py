@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.atomic import atomic_path
-from common.errors import InputError
-from common.model.binary import BinaryPosterior
-from privacy.audit.config import AuditConfig
-from privacy.audit.membership import roc_summary
-from privacy.bounds import clopper_pearson_epsilon, gdp_epsilon_estimate, one_run_epsilon
+from fedsynth.common.atomic import atomic_path
+from fedsynth.common.errors import InputError
+from fedsynth.common.model.binary import BinaryPosterior
+from fedsynth.privacy.audit.config import AuditConfig
+from fedsynth.privacy.audit.membership import roc_summary
+from fedsynth.privacy.bounds import clopper_pearson_epsilon, gdp_epsilon_estimate, one_run_epsilon
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.errors import InputError, cli_errors
-from privacy.audit.config import AuditConfig
+from fedsynth.common.errors import InputError, cli_errors
+from fedsynth.privacy.audit.config import AuditConfig
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from rich.console import Console
 
-    from common.data import load_codes
-    from common.model.store import load_model
-    from privacy.audit.run import run_audit
+    from fedsynth.common.data import load_codes
+    from fedsynth.common.model.store import load_model
+    from fedsynth.privacy.audit.run import run_audit
 
     console = Console(stderr=True)
     if args.n_synth < 10:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(name, f"needs at least 2 patients, found {m.X.shape[0]}")
     canaries = included = None
     if args.canaries:
-        from privacy.audit.canaries import load_canaries
+        from fedsynth.privacy.audit.canaries import load_canaries
 
         canaries, included = load_canaries(args.canaries, members.X.shape[1])
     cfg = AuditConfig(n_synth=args.n_synth, alpha=args.alpha, seed=args.seed)

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from privacy.audit.config import AuditConfig
+from fedsynth.privacy.audit.config import AuditConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import atomic_open, write_json
-from privacy.audit.attribute import attribute_disclosure
-from privacy.audit.canaries import canary_audit, loss_attack, score_canaries, torch_module
-from privacy.audit.config import AuditConfig
-from privacy.audit.membership import membership_attacks
+from fedsynth.common.atomic import atomic_open, write_json
+from fedsynth.privacy.audit.attribute import attribute_disclosure
+from fedsynth.privacy.audit.canaries import canary_audit, loss_attack, score_canaries, torch_module
+from fedsynth.privacy.audit.config import AuditConfig
+from fedsynth.privacy.audit.membership import membership_attacks
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def epsilon_by_round(
                 out.setdefault(site, []).append((int(row["round"]), float(row["epsilon"])))
         if out:
             return {k: sorted(v) for k, v in out.items()}
-    from privacy.accountant import Mechanism, epsilon
+    from fedsynth.privacy.accountant import Mechanism, epsilon
 
     for site, rep in site_reports(privacy).items():
         history = rep.get("history") or []
@@ -257,7 +257,7 @@ def verdict(summary: Mapping[str, Any]) -> dict[str, str]:
 
 def write_audit(out_dir: str | Path, audit: Mapping[str, Any]) -> tuple[Path, Path]:
     """DIR/audit.json and the self-contained DIR/audit.html, each written atomically."""
-    from privacy.audit.report import render_html
+    from fedsynth.privacy.audit.report import render_html
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from simulations.baselines.gan import GANConfig, GANResult, train_gan
+from fedsynth.simulations.baselines.gan import GANConfig, GANResult, train_gan
 
 
 def corgan_config(**overrides: Any) -> GANConfig:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy import secure_random
-from privacy.accountant import Mechanism
-from simulations.baselines.dp_sgd import plan_privacy
+from fedsynth.privacy import secure_random
+from fedsynth.privacy.accountant import Mechanism
+from fedsynth.simulations.baselines.dp_sgd import plan_privacy
 
 
 @dataclass

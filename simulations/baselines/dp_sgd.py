@@ -33,9 +33,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from common.errors import BudgetExceeded
-from privacy import secure_random
-from privacy.accountant import Mechanism, calibrate_noise, epsilon
+from fedsynth.common.errors import BudgetExceeded
+from fedsynth.privacy import secure_random
+from fedsynth.privacy.accountant import Mechanism, calibrate_noise, epsilon
 
 log = logging.getLogger(__name__)
 

@@ -30,14 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simulations.baselines.dp_sgd import (
+from fedsynth.simulations.baselines.dp_sgd import (
     PrivacyPlan,
     add_to_grads,
     plan_privacy,
     poisson_batches,
     private_gradient,
 )
-from simulations.baselines.nets import (
+from fedsynth.simulations.baselines.nets import (
     ConvAutoencoder,
     Discriminator,
     LinearAutoencoder,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from simulations.baselines.gan import GANConfig, GANResult, train_gan
+from fedsynth.simulations.baselines.gan import GANConfig, GANResult, train_gan
 
 
 def medgan_config(**overrides: Any) -> GANConfig:

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from common.config import Config
-from simulations.baselines.registry import Fitted
+from fedsynth.common.config import Config
+from fedsynth.simulations.baselines.registry import Fitted
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,18 @@ def fit_ours(
     device: str = "cpu",
 ) -> Fitted:
     """Train our model centrally on ``matrix`` (a CodeMatrix); DP when ``epsilon`` is given."""
-    from common.model.store import load_model
+    from fedsynth.common.model.store import load_model
 
     out = workdir / f"ours-eps{epsilon or 'inf'}-seed{seed}"
     cfg = _config(preset, seed, device)
     start = time.perf_counter()
     privacy = None
     if epsilon is None:
-        from common.model.central import train_centralized
+        from fedsynth.common.model.central import train_centralized
 
         train_centralized(matrix.X, matrix.vocab, cfg, out, progress=False)
     else:
-        from client.private_train import train_centralized_private  # privacy engineer
+        from fedsynth.client.private_train import train_centralized_private  # privacy engineer
 
         cfg.privacy.epsilon, cfg.privacy.delta = float(epsilon), delta
         # a benchmark measures a fresh training at each epsilon: its own ledger, not the
@@ -113,15 +113,15 @@ def fit_ours_federated(
     """Run ``ehr-simulate`` on ``matrix`` and load the global model it writes."""
     if epsilon is None:
         raise NotImplementedError("the federation always trains with DP-SGD")
-    from common.data import write_matrix
-    from common.model.store import load_model
+    from fedsynth.common.data import write_matrix
+    from fedsynth.common.model.store import load_model
 
     opts = options or FederatedOptions()
     out = workdir / f"federated-eps{epsilon}-seed{seed}"
     data = workdir / "federated-train.csv"
     if not data.exists():
         write_matrix(data, matrix.X, matrix.vocab, matrix.patient_ids)
-    cmd = [sys.executable, "-m", "simulations.simulate_cli", "--data", str(data),
+    cmd = [sys.executable, "-m", "fedsynth.simulations.simulate_cli", "--data", str(data),
            "--format", "matrix", "--sites", str(opts.sites), "--partition", opts.partition,
            "--epsilon", str(epsilon), "--holdout", str(opts.holdout), "--seed", str(seed),
            "--samples", "10", "--no-progress", "--out", str(out), *_FED_PRESETS[preset]]

@@ -13,11 +13,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from privacy.accountant import Mechanism
-from simulations.baselines.corgan import corgan_config
-from simulations.baselines.dp_marginals import fit_marginals
-from simulations.baselines.gan import GANConfig, train_gan
-from simulations.baselines.medgan import medgan_config
+from fedsynth.privacy.accountant import Mechanism
+from fedsynth.simulations.baselines.corgan import corgan_config
+from fedsynth.simulations.baselines.dp_marginals import fit_marginals
+from fedsynth.simulations.baselines.gan import GANConfig, train_gan
+from fedsynth.simulations.baselines.medgan import medgan_config
 
 BASELINES = ("medgan", "corgan", "dp_marginals")
 PRESETS = ("full", "quick", "smoke")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_open
+from fedsynth.common.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,17 @@ LOOPBACK = "127.0.0.1"
 CONNECTION = "fedsynth"
 
 
-def app_dir() -> Path:
-    """The Flower app folder (the repository/distribution root holding pyproject.toml)."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "pyproject.toml").exists():
-        raise RuntimeError(f"{root}: pyproject.toml not found; install fedsynth editable")
-    return root
+def app_dir(flwr_home: str | Path) -> Path:
+    """The Flower app folder ``flwr run`` builds its FAB from: ``FLWR_HOME/app`` holding only
+    the pyproject.toml of ``flower_app.toml`` (components refer to the installed package)."""
+    from fedsynth import __version__
+
+    folder = Path(flwr_home) / "app"
+    folder.mkdir(parents=True, exist_ok=True)
+    template = (Path(__file__).with_name("flower_app.toml")).read_text(encoding="utf-8")
+    with atomic_open(folder / "pyproject.toml", "w", encoding="utf-8") as fh:
+        fh.write(template.replace("{version}", __version__))
+    return folder
 
 
 def bin_path(name: str) -> str:
@@ -73,9 +78,6 @@ def flower_env(flwr_home: str | Path, extra: Mapping[str, str] | None = None) ->
     )
     # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name: this venv first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # The ServerApp/ClientApp subprocesses must import this project, whatever the cwd.
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     if extra:
         env.update(extra)
     return env
@@ -391,12 +393,13 @@ def submit_run(flwr_home: Path, run_config: Mapping[str, Any],
                federation_config: Mapping[str, Any] | None = None,
                name: str = CONNECTION) -> int:
     """``flwr run APP NAME`` with the run config; returns the run id."""
-    args = ["run", str(app_dir()), name, "--format", "json"]
+    app = app_dir(flwr_home)
+    args = ["run", str(app), name, "--format", "json"]
     for item in config_args(run_config):
         args += ["--run-config", item]
     for item in config_args(federation_config or {}):
         args += ["--federation-config", item]
-    res = _flwr(args, flwr_home, cwd=app_dir())
+    res = _flwr(args, flwr_home, cwd=app)
     try:
         payload = _last_json(res.stdout)
         if payload.get("success") and payload.get("run-id") is not None:
