@@ -140,7 +140,7 @@ COMPARE_KEYS = ("prevalence_r", "cooccurrence_r", "dimwise_auroc_ratio", "discri
 def compare_from_benchmark(path: Path, eps: float) -> dict[str, Any]:
     """The same table from an ``ehr-benchmark`` run (benchmark.json), whose ``ours`` and
     ``ours_federated`` rows are these three fits on the same 80/20 split (seed 0)."""
-    from fedsynth.simulations.benchmark import read_result
+    from fedsynth.simulations.benchmark_merge import read_result
 
     doc = read_result(path)
     want = [("ours", None, "centralized, non-private"),

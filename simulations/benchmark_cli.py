@@ -16,13 +16,9 @@ import sys
 from pathlib import Path
 
 from fedsynth.common.errors import InputError, cli_errors
-from fedsynth.simulations.benchmark import (
-    EPSILONS,
-    GENERATORS,
-    BenchmarkSettings,
-    merge_results,
-    run_benchmark,
-)
+from fedsynth.simulations.benchmark import run_benchmark
+from fedsynth.simulations.benchmark_merge import merge_results
+from fedsynth.simulations.benchmark_settings import EPSILONS, GENERATORS, BenchmarkSettings
 
 
 def parser() -> argparse.ArgumentParser:

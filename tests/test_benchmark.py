@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from fedsynth.simulations import benchmark
+from fedsynth.simulations.benchmark import run_benchmark
 from fedsynth.simulations.benchmark_cli import main
+from fedsynth.simulations.benchmark_report import markdown_table, write_report
+from fedsynth.simulations.benchmark_settings import METRICS, BenchmarkSettings
+from fedsynth.simulations.benchmark_summary import summarize, target_check
 
 
 def _row(gen: str, eps: float | None, seed: int, **metrics: float) -> dict:
-    base = {key: 0.5 for key, _, _ in benchmark.METRICS}
+    base = {key: 0.5 for key, _, _ in METRICS}
     base.update(metrics)
     return {"generator": gen, "epsilon": eps, "seed": seed, "status": "ok", **base}
 
@@ -36,7 +39,7 @@ def fake_rows() -> list[dict]:
 
 
 def test_summary_mean_and_sd_over_seeds(fake_rows: list[dict]) -> None:
-    summary = benchmark.summarize(fake_rows)
+    summary = summarize(fake_rows)
     ours1 = next(e for e in summary if e["generator"] == "ours" and e["epsilon"] == 1.0)
     assert ours1["seeds"] == 2
     assert ours1["cooccurrence_r"]["mean"] == pytest.approx(0.90)
@@ -48,7 +51,7 @@ def test_summary_mean_and_sd_over_seeds(fake_rows: list[dict]) -> None:
 
 
 def test_markdown_table_rows_and_cells(fake_rows: list[dict]) -> None:
-    md = benchmark.markdown_table(benchmark.summarize(fake_rows))
+    md = markdown_table(summarize(fake_rows))
     lines = md.splitlines()
     assert lines[0].startswith("| generator | epsilon | prevalence r | co-occurrence r")
     assert len(lines) == 2 + 3 * 3 + 1  # header, rule, 3 generators x 3 epsilons, 1 n/a row
@@ -59,7 +62,7 @@ def test_markdown_table_rows_and_cells(fake_rows: list[dict]) -> None:
 
 
 def test_target_check_names_misses(fake_rows: list[dict]) -> None:
-    lines = benchmark.target_check(benchmark.summarize(fake_rows))
+    lines = target_check(summarize(fake_rows))
     cooc = [ln for ln in lines if "cooccurrence_r" in ln and "best baseline" in ln]
     assert len(cooc) == 3 and all("NOT met" in ln and "DP marginals 0.910" in ln for ln in cooc)
     dim = [ln for ln in lines if "dimwise_auroc_ratio" in ln and "best baseline" in ln]
@@ -77,11 +80,11 @@ def test_write_report_files(tmp_path: Path, fake_rows: list[dict]) -> None:
                     "codes_per_patient": 1.5, "train_patients": 8, "holdout_patients": 2},
         "delta": 1e-5, "machine": "test", "wall_seconds": 1.0,
         "attribute_f1_holdout_baseline": 0.1, "rows": fake_rows,
-        "summary": benchmark.summarize(fake_rows),
+        "summary": summarize(fake_rows),
         "speed": {"dp_vs_nonprivate": "not here", "sampler_steps": [
             {"steps": 4, "records_per_s": 9000.0}], "flower_round_overhead": "no run"},
     }
-    benchmark.write_report(result, tmp_path)
+    write_report(result, tmp_path)
     md = (tmp_path / "benchmark.md").read_text()
     assert "| ours (central) | 1 |" in md and "## Speed" in md and "| 4 | 9000 |" in md
     loaded = json.loads((tmp_path / "benchmark.json").read_text())
@@ -99,8 +102,8 @@ def test_merge_replaces_rows_of_a_rerun(tmp_path: Path, fake_rows: list[dict]) -
                               "codes_per_patient": 1.5, "train_patients": 8,
                               "holdout_patients": 2},
                   "delta": 1e-5, "machine": "test", "wall_seconds": 2.0, "rows": rows,
-                  "summary": benchmark.summarize(rows), "speed": None}
-        benchmark.write_report(result, tmp_path / name)
+                  "summary": summarize(rows), "speed": None}
+        write_report(result, tmp_path / name)
         return tmp_path / name / "benchmark.json"
 
     first = run(fake_rows, "a")
@@ -131,10 +134,10 @@ def test_cli_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     """The real pipeline (demo cohort, a baseline GAN and DP marginals, DP and non-private)."""
     torch.set_num_threads(1)
-    s = benchmark.BenchmarkSettings.for_preset(
+    s = BenchmarkSettings.for_preset(
         "smoke", tmp_path, generators=("medgan", "dp_marginals"), max_train=120,
         max_holdout=60, n_synth=80, audit_rows=40, demo_patients=40, sites=3)
-    result = benchmark.run_benchmark(s)
+    result = run_benchmark(s)
     rows = result["rows"]
     assert {(r["generator"], r["epsilon"]) for r in rows} == {
         ("medgan", 3.0), ("medgan", None), ("dp_marginals", 3.0), ("dp_marginals", None)}
