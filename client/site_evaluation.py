@@ -99,6 +99,7 @@ def keep_audit(generator: Any, synth: np.ndarray, data: SiteData, plan: SitePlan
     """The site's privacy audit of the released model (``audit_at_site``), written to
     ``STATE/audit-<site>-<run_id>/audit.json`` + ``audit.html`` next to its own ledger's
     epsilon; once per run. Returns the folder."""
+    from fedsynth.privacy.audit.identity import audit_identity
     from fedsynth.privacy.audit.run import merge_site_audits, write_audit
 
     folder = audit_dir(state_dir, data.site, plan.run_id)
@@ -108,7 +109,8 @@ def keep_audit(generator: Any, synth: np.ndarray, data: SiteData, plan: SitePlan
         return folder
     one = audit_at_site(generator, synth, data, plan, ledger, budget)
     privacy = {"sites": {data.site: one_report(ledger, plan, budget)}}
-    audit = merge_site_audits({data.site: one}, privacy)
+    audit = merge_site_audits({data.site: one}, privacy,
+                              identity=audit_identity(plan.run_id))
     write_audit(folder, audit)
     log.info("site %s: audit of run %s: %s (kept in %s)", data.site, plan.run_id,
              audit["verdict"]["headline"], folder / "audit.html")

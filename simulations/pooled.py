@@ -82,6 +82,7 @@ def merge_local_audits(out: Path, run_id: str) -> dict[str, Any] | None:
     """The sites' own audits (kept in OUT/state/site<k>/) merged into OUT/audit.json +
     audit.html with the release epsilon (``privacy.audit.run.merge_site_audits``); None when
     no site kept one."""
+    from fedsynth.privacy.audit.identity import audit_identity, model_identity
     from fedsynth.privacy.audit.run import merge_site_audits, read_run_outputs, write_audit
 
     audits: dict[str, dict[str, Any]] = {}
@@ -95,7 +96,9 @@ def merge_local_audits(out: Path, run_id: str) -> dict[str, Any] | None:
     if not audits:
         return None
     privacy, rounds = read_run_outputs(out)
-    audit = merge_site_audits(audits, privacy, rounds)
+    model = model_identity(out / "model") if (out / "model").is_dir() else None
+    audit = merge_site_audits(audits, privacy, rounds,
+                              identity=audit_identity(run_id, model=model))
     audit["computed_by"] = ("each site audited the released model against its own patients "
                             "and kept the result; the simulation operator gathered them here")
     write_audit(out, audit)

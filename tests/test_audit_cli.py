@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -52,6 +53,32 @@ def test_cli_writes_json_and_html(files: Path, tmp_path: Path) -> None:
     assert {"membership", "attribute", "white_box"} <= set(site)
     assert audit["epsilon_by_round"]["all"][0][0] == 1
     assert "<section id='verdict'>" in (tmp_path / "out" / "audit.html").read_text()
+
+
+def test_cli_header_names_the_data_model_and_run(files: Path, tmp_path: Path) -> None:
+    def digest(*paths: Path) -> str:
+        return hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()[:16]
+
+    assert cli.main(_args(files, tmp_path / "out", "--privacy", str(files / "privacy.json"))) == 0
+    ident = json.loads((tmp_path / "out" / "audit.json").read_text())["identity"]
+    assert ident["run_id"] is None  # ehr-train's privacy.json names no run
+    assert ident["software"].startswith("fedsynth ") and ident["created"].endswith("+00:00")
+    assert ident["data"] == [
+        {"role": "members", "name": "members.csv", "sha256": digest(files / "members.csv"),
+         "patients": 80},
+        {"role": "non-members", "name": "non_members.csv", "patients": 80,
+         "sha256": digest(files / "non_members.csv")}]
+    assert ident["model"] == {"name": "model", "files": ["model.pt"],
+                              "sha256": digest(files / "model" / "model.pt")}
+    html = (tmp_path / "out" / "audit.html").read_text()
+    assert "run id</th><td><span class='muted'>not recorded" in html.lower()
+    # a federated run: the run id from privacy.json
+    priv = json.loads((files / "privacy.json").read_text())
+    (tmp_path / "privacy.json").write_text(json.dumps({**priv, "run_id": "0123abcd4567"}))
+    args = _args(files, tmp_path / "out2", "--privacy", str(tmp_path / "privacy.json"))
+    assert cli.main(args) == 0
+    assert json.loads((tmp_path / "out2" / "audit.json").read_text())["identity"]["run_id"] == (
+        "0123abcd4567")
 
 
 def test_cli_exits_1_when_the_audit_refutes_the_claim(

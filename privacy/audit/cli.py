@@ -102,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
 
         canaries, included = load_canaries(args.canaries, members.X.shape[1])
     cfg = AuditConfig(n_synth=args.n_synth, alpha=args.alpha, seed=args.seed)
+    identity = _identity(args, privacy, getattr(generator, "extra", {}), members.X.shape[0],
+                         non_members.X.shape[0])
     with console.status("auditing: sampling, attacks, white-box scores ..."):
         audit = run_audit(generator, members.X, non_members.X, args.out, privacy, cfg,
-                          canaries=canaries, included=included, white_box=not args.no_white_box)
+                          canaries=canaries, included=included, white_box=not args.no_white_box,
+                          identity=identity)
     out = Path(args.out)
     verdict = audit["verdict"]
     console.print(f"[bold]{verdict['headline']}[/bold]: {verdict['text']}")
@@ -112,6 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     if verdict["status"] == "fail":
         return 1
     return 0
+
+
+def _identity(args: argparse.Namespace, privacy: dict[str, Any] | None, extra: Any,
+              n_members: int, n_non_members: int) -> dict[str, Any]:
+    """Run id, data and model digests of this audit (the CLI holds the files)."""
+    from fedsynth.privacy.audit.identity import (
+        audit_identity,
+        data_identity,
+        find_run_id,
+        model_identity,
+    )
+
+    data = [data_identity(args.members, n_members, "members"),
+            data_identity(args.non_members, n_non_members, "non-members")]
+    extra = extra if isinstance(extra, dict) else {}
+    return audit_identity(find_run_id(privacy, extra), data, model_identity(args.model))
 
 
 def entry() -> None:  # pragma: no cover

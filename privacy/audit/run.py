@@ -20,6 +20,7 @@ from fedsynth.common.atomic import atomic_open, write_json
 from fedsynth.privacy.audit.attribute import attribute_disclosure
 from fedsynth.privacy.audit.canaries import canary_audit, loss_attack, score_canaries, torch_module
 from fedsynth.privacy.audit.config import AuditConfig
+from fedsynth.privacy.audit.identity import audit_identity, find_run_id
 from fedsynth.privacy.audit.membership import membership_attacks
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,13 @@ def site_reports(privacy: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]
 def epsilon_by_round(
     privacy: Mapping[str, Any] | None, round_log: Sequence[Mapping[str, Any]] | None = None
 ) -> dict[str, list[tuple[int, float]]]:
-    """Epsilon spent after each round, per site: from a round log when given (rows
+    """Cumulative epsilon spent after each round, per site: from a round log when given (rows
     {round, site, epsilon}, or ehr-server's rounds.jsonl rows {round, epsilon_spent: {site: eps}}),
-    else recomputed from each report's history (one entry per round)."""
+    else recomputed from each report's history. Round 0 is the code-count release when the
+    history labels it (ledger entries carry ``round``; the counts are recorded at round 0 before
+    any DP-SGD round): it is part of the spend, so the curve starts there, not at round 1."""
     out: dict[str, list[tuple[int, float]]] = {}
+    reports = site_reports(privacy)
     if round_log:
         for row in round_log:
             spent = row.get("epsilon_spent")
@@ -141,22 +145,74 @@ def epsilon_by_round(
                 site = str(row.get("site", "all"))
                 out.setdefault(site, []).append((int(row["round"]), float(row["epsilon"])))
         if out:
+            for site, points in out.items():
+                if all(r != 0 for r, _ in points) and site in reports:
+                    zero = _count_release_epsilon(site, reports[site])
+                    if zero is not None:
+                        points.append((0, zero))
             return {k: sorted(v) for k, v in out.items()}
-    from fedsynth.privacy.accountant import Mechanism, epsilon
-
-    for site, rep in site_reports(privacy).items():
+    for site, rep in reports.items():
         history = rep.get("history") or []
-        delta = rep.get("delta")
-        if not history or not delta or len(history) > 200:
+        groups = _round_groups(history)
+        if not history or not rep.get("delta") or len(groups) > 200:
             continue
-        mechs = [Mechanism.from_dict(h) for h in history]
-        acc = str(rep.get("accountant", "prv"))
+        mechs, delta, acc = _mechanisms(rep)
         try:
-            out[site] = [(i + 1, epsilon(mechs[: i + 1], float(delta), acc))
-                         for i in range(len(mechs))]
+            out[site] = [(rnd, _prefix_epsilon(mechs[:end], delta, acc)) for rnd, end in groups]
         except (ValueError, ArithmeticError) as err:
             log.warning("cannot recompute epsilon per round for %s: %s", site, err)
     return out
+
+
+def _mechanisms(rep: Mapping[str, Any]) -> tuple[list[Any], float, str]:
+    from fedsynth.privacy.accountant import Mechanism
+
+    mechs = [Mechanism.from_dict(h) for h in rep.get("history") or []]
+    return mechs, float(rep["delta"]), str(rep.get("accountant", "prv"))
+
+
+def _prefix_epsilon(mechs: Sequence[Any], delta: float, accountant: str) -> float:
+    """The accountant's epsilon of a prefix of the history."""
+    from fedsynth.privacy.accountant import epsilon as _epsilon
+
+    return float(_epsilon(list(mechs), delta, accountant))
+
+
+def _round_groups(history: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """(round, end index) per round of a history: consecutive entries sharing a ``round`` label
+    form one round. Unlabelled or out-of-order labels (several runs in one ledger): one point
+    per entry, numbered from 1, as the history gives no round."""
+    labels = [h.get("round") if isinstance(h, Mapping) else None for h in history]
+    if not labels or not all(isinstance(r, int) and not isinstance(r, bool) for r in labels):
+        return [(i + 1, i + 1) for i in range(len(history))]
+    if any(b < a for a, b in zip(labels, labels[1:], strict=False)):
+        return [(i + 1, i + 1) for i in range(len(history))]
+    ends = [i + 1 for i in range(len(labels)) if i + 1 == len(labels) or labels[i + 1] != labels[i]]
+    return [(int(labels[end - 1]), end) for end in ends]
+
+
+def _count_release_epsilon(site: str, rep: Mapping[str, Any]) -> float | None:
+    """Epsilon of the leading round-0 entries (the code-count release) of a report's history,
+    or None when the history does not label one."""
+    groups = _round_groups(rep.get("history") or [])
+    if not groups or groups[0][0] != 0 or not rep.get("delta"):  # unlabelled rounds start at 1
+        return None
+    mechs, delta, acc = _mechanisms(rep)
+    try:
+        return _prefix_epsilon(mechs[: groups[0][1]], delta, acc)
+    except (ValueError, ArithmeticError) as err:
+        log.warning("cannot compute the count release's epsilon for %s: %s", site, err)
+        return None
+
+
+def epsilon_budgets(privacy: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The budgets the spend is held against: the run's target epsilon and each site's own
+    budget (site reports' ``budget``), when recorded."""
+    target = privacy.get("target_epsilon") if privacy else None
+    sites = {site: float(r["budget"]) for site, r in site_reports(privacy).items()
+             if isinstance(r.get("budget"), int | float) and not isinstance(r["budget"], bool)}
+    return {"target": float(target) if isinstance(target, int | float) else None,
+            "sites": sites}
 
 
 def merge_site_audits(
@@ -164,8 +220,13 @@ def merge_site_audits(
     privacy: Mapping[str, Any] | None = None,
     round_log: Sequence[Mapping[str, Any]] | None = None,
     cfg: AuditConfig | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The server's report: every site side by side, the release epsilon, and the verdict."""
+    """The server's report: every site side by side, the release epsilon, and the verdict.
+
+    identity: what the audit is of (``identity.audit_identity``: run id, data and model
+    digests), from whoever holds the files; the run id is otherwise looked up in ``privacy``
+    and the round log, and the date and software version are always filled in here."""
     cfg = cfg or AuditConfig()
     sites = {str(k): dict(v) for k, v in audits.items()}
     reports = site_reports(privacy)
@@ -179,6 +240,7 @@ def merge_site_audits(
             audit["epsilon"] = float(reports[name]["epsilon"])
     summary = _summary(sites, release_eps)
     return {
+        "identity": _identity(identity, privacy, round_log),
         "threat_model": THREAT_MODEL,
         "config": {k: v for k, v in vars(cfg).items()},
         "epsilon": None if release_eps is None else float(release_eps),
@@ -186,9 +248,20 @@ def merge_site_audits(
         "sites": sites,
         "epsilon_by_round": {k: [list(p) for p in v]
                              for k, v in epsilon_by_round(privacy, round_log).items()},
+        "budgets": epsilon_budgets(privacy),
         "summary": summary,
         "verdict": verdict(summary),
     }
+
+
+def _identity(
+    given: Mapping[str, Any] | None,
+    privacy: Mapping[str, Any] | None,
+    round_log: Sequence[Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    out = audit_identity(find_run_id(privacy, None, round_log))
+    out.update({k: v for k, v in (given or {}).items() if v not in (None, [], {})})
+    return out
 
 
 def _auroc_noise(n1: int, n2: int) -> float:
@@ -279,6 +352,7 @@ def run_audit(
     round_log: Sequence[Mapping[str, Any]] | None = None,
     site: str = "all",
     white_box: bool = True,
+    identity: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Audit one (centralized or already-merged) model; write the files when out_dir is given."""
     cfg = cfg or AuditConfig()
@@ -286,7 +360,7 @@ def run_audit(
     site_priv = reports.get(site) or (dict(privacy) if privacy and "epsilon" in privacy else None)
     one = audit_site(generator, members, non_members, cfg, canaries=canaries, included=included,
                      privacy=site_priv, site=site, white_box=white_box)
-    audit = merge_site_audits({site: one}, privacy, round_log, cfg)
+    audit = merge_site_audits({site: one}, privacy, round_log, cfg, identity)
     if out_dir is not None:
         write_audit(out_dir, audit)
     return audit
@@ -300,6 +374,7 @@ def audit_federation(
     round_log: Sequence[Mapping[str, Any]] | None = None,
     cfg: AuditConfig | None = None,
     canaries: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``audit_site`` for every site {name: (members, held_out)} (in a deployment each site runs
     its own and sends the dict), then the merge; writes DIR/audit.json + audit.html when given.
@@ -312,7 +387,7 @@ def audit_federation(
         can, inc = (canaries or {}).get(name, (None, None))
         audits[name] = audit_site(generator, members, held_out, cfg, synth=synth, canaries=can,
                                   included=inc, privacy=reports.get(name), site=name)
-    audit = merge_site_audits(audits, privacy, round_log, cfg)
+    audit = merge_site_audits(audits, privacy, round_log, cfg, identity)
     if out_dir is not None:
         write_audit(out_dir, audit)
     return audit
