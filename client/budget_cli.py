@@ -1,6 +1,7 @@
 """``ehr-client budget``: print a site's privacy ledger, or re-seal a damaged one.
 
     ehr-client budget --site A --state-dir DIR [--budget E] [--json]
+    ehr-client budget --site A --state-dir DIR --set-budget E   # change the stored budget
     ehr-client budget --site A --state-dir DIR --accept-ledger   # operator recovery
     ehr-client budget --site A --state-dir DIR --accept-ledger --delta 1e-05   # pin an old ledger
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fedsynth.client.site_budget import check_budget, store_budget, stored_budget
 from fedsynth.common.errors import InputError, cli_errors
 from fedsynth.common.names import check_site_name
 from fedsynth.privacy.accountant import ACCOUNTANTS, epsilon
@@ -34,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ehr-client budget", description=__doc__.splitlines()[0])
     p.add_argument("--site", required=True, help="site name (as given to ehr-client --site)")
     p.add_argument("--state-dir", required=True, help="the site's state directory")
-    p.add_argument("--budget", type=float, default=None, help="the site's epsilon budget")
+    p.add_argument("--budget", type=float, default=None,
+                   help="compare with this epsilon budget (default: the site's stored one)")
+    p.add_argument("--set-budget", type=float, default=None, metavar="E",
+                   help="change the site's stored lifetime epsilon budget to E (what "
+                        "ehr-client enforces from its next run)")
     p.add_argument("--delta", type=float, default=None,
                    help="the site's delta (default: the one pinned in its ledger; a different "
                         "one is refused). Needed only to pin a ledger written without one")
@@ -50,13 +56,22 @@ def budget_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.delta is not None:
         check_delta(args.delta)
-    if args.budget is not None and not args.budget > 0:
-        raise InputError("--budget", f"must be a positive epsilon (got {args.budget:g})")
+    if args.budget is not None:
+        check_budget(args.budget, "--budget")
+    if args.set_budget is not None:
+        check_budget(args.set_budget, "--set-budget")
     state = Path(args.state_dir)
     if not state.is_dir():
         raise InputError(state, "no such state folder (the site's --state-dir)",
                          "check the path; nothing was created")
     check_site_name(args.site)
+    if args.set_budget is not None:
+        before = stored_budget(state, args.site)
+        path = store_budget(state, args.site, args.set_budget, "ehr-client budget --set-budget")
+        print(f"site {args.site}: epsilon budget {args.set_budget:g} stored in {path} (was "
+              f"{'not set' if before is None else f'{before:g}'})", file=sys.stderr)
+    if args.budget is None:
+        args.budget = stored_budget(state, args.site)
     if not args.accept_ledger and not any(p.exists() for p in Ledger.paths(state, args.site)):
         print(f"site {args.site}: no privacy ledger in {state} (nothing spent, nothing created)",
               file=sys.stderr)

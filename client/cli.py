@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from fedsynth.client.site_budget import check_budget, site_budget
 from fedsynth.common.errors import InputError, cli_errors
 from fedsynth.common.names import check_site_name
 
@@ -32,8 +33,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="the SuperLink")
     p.add_argument("--state-dir", required=True, type=Path,
                    help="the site's private state: privacy ledger, Flower home, logs")
-    p.add_argument("--epsilon-budget", required=True, type=float,
-                   help="the site's own lifetime epsilon budget (enforced by its ledger)")
+    p.add_argument("--epsilon-budget", type=float, default=None,
+                   help="the site's own lifetime epsilon budget, enforced by its ledger; "
+                        "stored in --state-dir at first use (later runs may leave it out; a "
+                        "different value is refused: `ehr-client budget --set-budget` "
+                        "changes it)")
     p.add_argument("--delta", type=float, default=None,
                    help="the site's own delta, pinned in its ledger at first use (default: the "
                         "ledger's, or default_delta(n) for a new site); a plan asking for "
@@ -63,8 +67,8 @@ def _check(args: argparse.Namespace) -> list[str]:
         raise InputError("--server", f"'{args.server}' is not HOST:PORT")
     if not args.data.exists():
         raise InputError(args.data, "data file not found")
-    if not args.epsilon_budget > 0:
-        raise InputError("--epsilon-budget", f"must be positive (got {args.epsilon_budget})")
+    if args.epsilon_budget is not None:
+        check_budget(args.epsilon_budget, "--epsilon-budget")
     if args.threads < 0:
         raise InputError("--threads", f"must be 0 (automatic) or positive (got {args.threads})")
     try:
@@ -124,10 +128,12 @@ def run_client(args: argparse.Namespace, tls: list[str]) -> int:
 
     state = args.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
+    budget, how = site_budget(state, args.site, args.epsilon_budget)
+    log.info("site %s: epsilon budget %g (%s)", args.site, budget, how)
     delta = site_delta(args, state)
     node_config = {
         "site": args.site, "data-path": str(args.data.resolve()), "format": args.format,
-        "state-dir": str(state), "epsilon-budget": float(args.epsilon_budget),
+        "state-dir": str(state), "epsilon-budget": budget,
         "holdout": float(args.holdout), "device": args.device, "threads": int(args.threads),
         "delta": delta,
     }
