@@ -15,7 +15,6 @@ the reply is the site's name and a constant status; ``client.site_evaluation``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedsynth.client.site_training import (
@@ -36,12 +35,12 @@ from fedsynth.client.site_training import (
     site_counts,
 )
 from fedsynth.federation.protocol import (
-    EMA_RECORD,
-    WEIGHTS_RECORD,
     EvaluateReply,
+    EvaluateRequest,
     QueryReply,
     SitePlan,
     TrainReply,
+    TrainRequest,
     unpack_state,
 )
 
@@ -175,14 +174,15 @@ def train(msg: Message, context: Context) -> Message:
     ledger head, or a refusal with its reason."""
     cfg = site_config(context)
     _threads(cfg.threads)
-    plan = SitePlan.unpack(msg.content)
+    req = TrainRequest.unpack(msg.content)
+    plan = req.plan
     data = load_data(cfg)
     budget = cfg.budget(plan)
     ledger, why = _ledger(cfg, data)
     if ledger is None:
         return Message(content=TrainReply(cfg.site, "refused", why).pack(), reply_to=msg)
-    weights = unpack_state(msg.content[WEIGHTS_RECORD])
-    ema = unpack_state(msg.content[EMA_RECORD]) if EMA_RECORD in msg.content else None
+    weights = unpack_state(req.weights)
+    ema = unpack_state(req.ema) if req.ema is not None else None
     upd = run_site_round(weights, ema, data, plan, ledger, budget, cfg.device)
     reply = TrainReply(upd.site, upd.status, upd.reason, upd.weights, upd.ema, upd.steps,
                        upd.privacy, signed_head(cfg, ledger))
@@ -200,14 +200,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     from fedsynth.client.site_evaluation import KEPT, keep_evaluation, site_sample
 
     cfg = site_config(context)
-    info = msg.content["model_info"]
-    plan = SitePlan.unpack(msg.content)
-    samples, audit = _evaluation_settings(context, info)
+    req = EvaluateRequest.unpack(msg.content)
+    plan = req.plan
+    samples, audit = _evaluation_settings(context, req.audit)
     done = _kept(cfg, plan.run_id, audit)
     if not done:
         _threads(cfg.threads)
         data = load_data(cfg)
-        gen = _released_model(msg, data)
+        gen = _released_model(req, data)
         synth = site_sample(gen, samples, cfg.seed)
         keep_evaluation(gen, data, plan.run_id, cfg.state_dir, samples, cfg.seed, synth=synth)
         if audit:
@@ -218,7 +218,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(content=EvaluateReply(cfg.site, KEPT).pack(), reply_to=msg)
 
 
-def _evaluation_settings(context: Context, info: ConfigRecord) -> tuple[int, bool]:
+def _evaluation_settings(context: Context, requested: bool) -> tuple[int, bool]:
     """(synthetic patients to draw, whether to audit): the site's own node config
     (``eval-samples``, ``audit``), in simulation the operator's run config (``sim-eval-samples``,
     ``sim-audit``); the coordinator's ``audit`` request only adds a local audit (its result
@@ -232,7 +232,7 @@ def _evaluation_settings(context: Context, info: ConfigRecord) -> tuple[int, boo
     else:
         samples = int(run.get("sim-eval-samples", EVAL_SAMPLES))
         audit = bool(run.get("sim-audit", False))
-    return samples, audit or bool(info.get("audit", False))
+    return samples, audit or requested
 
 
 def _kept(cfg: SiteConfig, run_id: str, audit: bool) -> bool:
@@ -245,14 +245,12 @@ def _kept(cfg: SiteConfig, run_id: str, audit: bool) -> bool:
     return done
 
 
-def _released_model(msg: Message, data: SiteData) -> Any:
+def _released_model(req: EvaluateRequest, data: SiteData) -> Any:
     """The released model from the message's parts, every part checked (``assemble``)."""
     from fedsynth.common.model.store import assemble
 
-    info = msg.content["model_info"]
-    state = dict(msg.content["model"].to_torch_state_dict())
-    return assemble(json.loads(str(info["config"])), state,
-                    json.loads(str(info["output_step"])), data.vocab, "cpu",
+    conf, state, step = req.model_parts()
+    return assemble(conf, state, step, data.vocab, "cpu",
                     sources=("coordinator's model", data.vocab.name, "coordinator's weights",
                              "coordinator's output step"))
 

@@ -1,96 +1,36 @@
-"""Start, watch and stop Flower's processes (SuperLink, SuperNodes, ``flwr run``) on 127.0.0.1.
+"""Start, watch and stop Flower's processes (SuperLink, SuperNodes) on 127.0.0.1.
 
 Plain subprocess management, no ``flwr`` import: every process is started in its own process
 group and recorded in a ``ProcessGroup``; leaving the group (normally, on an exception, on
-Ctrl-C or SIGTERM) stops them all, SIGTERM first, then SIGKILL. The environment turns off
-telemetry, update checks and runtime dependency installation, keeps ``FLWR_HOME`` inside the
-run directory, and keeps Ray (the simulation backend) on the loopback address.
+Ctrl-C or SIGTERM) stops them all, SIGTERM first, then SIGKILL, and sweeps what Flower started
+detached. Every process gets ``federation.flwr_cli.flower_env`` (no telemetry, no update
+checks, no runtime dependency installation, ``FLWR_HOME`` inside the run directory, Ray on the
+loopback address); the ``flwr`` tool itself (``flwr run``, the connection file) is
+``federation.flwr_cli``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsynth.common.atomic import atomic_open
+from fedsynth.federation.flwr_cli import bin_path, config_args, flower_env, ray_tmpdir
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-CONNECTION = "fedsynth"
-
-
-def app_dir(flwr_home: str | Path) -> Path:
-    """The Flower app folder ``flwr run`` builds its FAB from: ``FLWR_HOME/app`` holding only
-    the pyproject.toml of ``flower_app.toml`` (components refer to the installed package)."""
-    from fedsynth import __version__
-
-    folder = Path(flwr_home) / "app"
-    folder.mkdir(parents=True, exist_ok=True)
-    template = (Path(__file__).with_name("flower_app.toml")).read_text(encoding="utf-8")
-    with atomic_open(folder / "pyproject.toml", "w", encoding="utf-8") as fh:
-        fh.write(template.replace("{version}", __version__))
-    return folder
-
-
-def bin_path(name: str) -> str:
-    """A console script of this environment (next to the running Python), else from PATH."""
-    local = Path(sys.executable).with_name(name)
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"'{name}' not found next to {sys.executable} nor on PATH")
-    return found
-
-
-def flower_env(flwr_home: str | Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for every Flower process this project starts."""
-    env = dict(os.environ)
-    home = Path(flwr_home).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    env.update(
-        FLWR_HOME=str(home),
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        # Ray: single-node cluster on the loopback address only, no dashboard, no usage stats.
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-        RAY_USAGE_STATS_ENABLED="0",
-        RAY_DISABLE_DOCKER_CPU_WARNING="1",
-        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
-        RAY_TMPDIR=str(ray_tmpdir(home)),
-        PYTHONUNBUFFERED="1",
-    )
-    # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name: this venv first.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    if extra:
-        env.update(extra)
-    return env
-
-
-def ray_tmpdir(flwr_home: str | Path) -> Path:
-    """Ray's session folder: short (AF_UNIX socket paths must stay under 108 bytes, so not
-    inside a deep run directory), one per FLWR_HOME, removed when the processes stop."""
-    import hashlib
-    import tempfile
-
-    tag = hashlib.sha256(str(Path(flwr_home).resolve()).encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / f"fedsynth-ray-{tag}"
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -318,15 +258,7 @@ def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: flo
 
 def node_config_arg(config: Mapping[str, str | int | float | bool]) -> str:
     """Flower's ``--node-config`` syntax: space separated ``key=value``, strings quoted."""
-    parts = []
-    for key, value in config.items():
-        if isinstance(value, bool):
-            parts.append(f"{key}={'true' if value else 'false'}")
-        elif isinstance(value, int | float):
-            parts.append(f"{key}={value}")
-        else:
-            parts.append(f"{key}={json.dumps(str(value))}")
-    return " ".join(parts)
+    return " ".join(config_args(config))
 
 
 def start_supernode(
@@ -346,123 +278,3 @@ def start_supernode(
     if max_wait_time is not None:
         cmd += ["--max-wait-time", str(max_wait_time)]
     return group.start("supernode", cmd, flower_env(flwr_home), log_file=log_file)
-
-
-def write_connection(flwr_home: Path, address: str, insecure: bool = True,
-                     root_certificates: str | None = None, name: str = CONNECTION) -> Path:
-    """``$FLWR_HOME/config.toml`` with one SuperLink connection for ``flwr run``/``flwr ls``."""
-    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]",
-             f'address = "{address}"', f"insecure = {'true' if insecure else 'false'}"]
-    if root_certificates:
-        lines.append(f"root-certificates = {json.dumps(str(Path(root_certificates).resolve()))}")
-    path = Path(flwr_home) / "config.toml"
-    with atomic_open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    return path
-
-
-def _flwr(args: Sequence[str], flwr_home: Path, timeout: float = 120.0,
-          cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [bin_path("flwr"), *args], env=flower_env(flwr_home), capture_output=True, text=True,
-        timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
-    )
-
-
-def _last_json(text: str) -> dict[str, Any]:
-    start = text.find("{")
-    if start < 0:
-        raise ValueError("no JSON in output")
-    return json.loads(text[start:])
-
-
-def config_args(values: Mapping[str, Any]) -> list[str]:
-    """``--run-config`` / ``--federation-config`` items (TOML values)."""
-    items = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            items.append(f"{key}={'true' if value else 'false'}")
-        elif isinstance(value, int | float):
-            items.append(f"{key}={value}")
-        else:
-            items.append(f"{key}={json.dumps(str(value))}")
-    return items
-
-
-def submit_run(flwr_home: Path, run_config: Mapping[str, Any],
-               federation_config: Mapping[str, Any] | None = None,
-               name: str = CONNECTION) -> int:
-    """``flwr run APP NAME`` with the run config; returns the run id."""
-    app = app_dir(flwr_home)
-    args = ["run", str(app), name, "--format", "json"]
-    for item in config_args(run_config):
-        args += ["--run-config", item]
-    for item in config_args(federation_config or {}):
-        args += ["--federation-config", item]
-    res = _flwr(args, flwr_home, cwd=app)
-    try:
-        payload = _last_json(res.stdout)
-        if payload.get("success") and payload.get("run-id") is not None:
-            return int(payload["run-id"])
-    except ValueError:
-        pass
-    raise RuntimeError(f"flwr run failed (exit {res.returncode}): "
-                       f"{(res.stdout + res.stderr).strip()[-800:]}")
-
-
-def run_status(flwr_home: Path, run_id: int, name: str = CONNECTION) -> str:
-    """The run's status text, e.g. ``running`` or ``finished:completed`` ('' if unknown)."""
-    try:
-        res = _flwr(["ls", name, "--run-id", str(run_id), "--format", "json"], flwr_home,
-                    timeout=60)
-        payload = _last_json(res.stdout)
-    except (ValueError, subprocess.TimeoutExpired):
-        return ""
-    for run in payload.get("runs", []):
-        if str(run.get("run-id")) == str(run_id):
-            return str(run.get("status", ""))
-    return ""
-
-
-def save_run_log(flwr_home: Path, run_id: int, path: Path, name: str = CONNECTION) -> None:
-    """``flwr log RUN --show`` (the ServerApp's output) into ``path``."""
-    try:
-        res = _flwr(["log", str(run_id), name, "--show"], flwr_home, timeout=60)
-    except (subprocess.TimeoutExpired, OSError) as err:
-        log.debug("no run log: %s", err)
-        return
-    with atomic_open(path, "w", encoding="utf-8") as fh:
-        fh.write(res.stdout + res.stderr)
-
-
-def stop_run(flwr_home: Path, run_id: int, name: str = CONNECTION) -> None:
-    with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-        _flwr(["stop", str(run_id), name], flwr_home, timeout=30)
-
-
-def wait_run(
-    flwr_home: Path, run_id: int, *, done: Callable[[], bool], alive: Callable[[], bool],
-    timeout: float | None = None, poll: float = 1.0, tick: Callable[[], None] | None = None,
-    status_every: float = 15.0, name: str = CONNECTION,
-) -> str:
-    """Wait for the run to end: ``done()`` (the ServerApp wrote its final status file) or Flower
-    reporting it finished. Returns the final status; raises if ``alive()`` turns false."""
-    start = last_status = time.monotonic()
-    while True:
-        if tick is not None:
-            tick()
-        if done():
-            return "finished:completed"
-        if not alive():
-            raise RuntimeError("the SuperLink process died")
-        now = time.monotonic()
-        if now - last_status >= status_every:
-            last_status = now
-            status = run_status(flwr_home, run_id, name)
-            if status.startswith("finished"):
-                # give the ServerApp's final file a moment to land
-                time.sleep(1.0)
-                return "finished:completed" if done() else status
-        if timeout is not None and now - start > timeout:
-            raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f}s")
-        time.sleep(poll)

@@ -4,8 +4,10 @@ Everything a site sends the coordinator is listed below, and nothing else may be
 ClientApp packs its replies only through the typed records here (``QueryReply``,
 ``TrainReply``, ``EvaluateReply``), the ServerApp unpacks them only through them, and
 ``check_reply`` lists every record or key of a received reply that is not declared (or whose
-kind differs): the ServerApp drops and logs such a reply. The plan the coordinator sends is
-``SitePlan`` (one definition for both sides).
+kind differs): the ServerApp drops and logs such a reply. What the coordinator sends is
+packed and unpacked here too (``query_request``, ``TrainRequest``, ``EvaluateRequest``), each
+carrying the round's ``SitePlan`` (one definition for both sides). Record names and keys are the
+constants below: neither side spells one as a string literal.
 
 Every declared key of a site's reply, and what it is:
 
@@ -73,6 +75,8 @@ COUNTS_RECORD = "counts"
 WEIGHTS_RECORD = "weights"
 EMA_RECORD = "ema"
 PLAN_RECORD = "plan"
+MODEL_RECORD = "model"  # evaluate request: the released model's tensors
+MODEL_INFO_RECORD = "model_info"  # evaluate request: its config, output step, audit request
 
 # keys
 SITE, STATUS, REASON = "site", "status", "reason"
@@ -82,6 +86,7 @@ NOISY_SIZE, NOISE_STD = "noisy_size", "noise_std"
 COUNTS = "counts"
 STEPS = "steps"
 PLAN = "plan"
+MODEL_CONFIG, OUTPUT_STEP, AUDIT = "config", "output_step", "audit"
 
 DP, PUBLIC = "DP release", "public metadata"
 
@@ -169,6 +174,82 @@ class SitePlan:
     @classmethod
     def unpack(cls, content: RecordDict) -> SitePlan:
         return cls.from_json(str(content[PLAN_RECORD][PLAN]))
+
+
+# ---------------------------------------------------------------------------- requests
+def query_request(plan: SitePlan) -> RecordDict:
+    """The coordinator's query message: the plan only (round 0)."""
+    return RecordDict({PLAN_RECORD: plan.pack()})
+
+
+@dataclass
+class TrainRequest:
+    """The coordinator's train message: the round's plan, the global weights and EMA.
+
+    The weights travel as ArrayRecords (``pack_state``) so that one packing serves every
+    site's message of a round."""
+
+    plan: SitePlan
+    weights: ArrayRecord
+    ema: ArrayRecord | None = None
+
+    def pack(self) -> RecordDict:
+        records: dict[str, Any] = {WEIGHTS_RECORD: self.weights, PLAN_RECORD: self.plan.pack()}
+        if self.ema is not None:
+            records[EMA_RECORD] = self.ema
+        return RecordDict(records)
+
+    @classmethod
+    def unpack(cls, content: RecordDict) -> TrainRequest:
+        arrays = content.array_records
+        return cls(plan=SitePlan.unpack(content), weights=arrays[WEIGHTS_RECORD],
+                   ema=arrays.get(EMA_RECORD))
+
+
+@dataclass
+class EvaluateRequest:
+    """The coordinator's evaluate message: the plan (run id), the released model (a public DP
+    release: ``common.model.store.model_parts``' config, weights and output step) and whether
+    the coordinator asks the sites for a local audit.
+
+    The model stays packed (``model``, JSON texts) until ``model_parts`` is called: a site that
+    already evaluated this run reads only the plan and ``audit``."""
+
+    plan: SitePlan
+    model: ArrayRecord
+    config_json: str
+    output_step_json: str
+    audit: bool = False
+
+    @classmethod
+    def release(cls, plan: SitePlan, config: Mapping[str, Any], state: Mapping[str, Any],
+                output_step: Mapping[str, Any], audit: bool = False) -> EvaluateRequest:
+        """From ``model_parts``' (config, torch state dict, output step)."""
+        return cls(plan, ArrayRecord(torch_state_dict=dict(state)), json.dumps(config),
+                   json.dumps(output_step), bool(audit))
+
+    def model_parts(self) -> tuple[Any, dict[str, Any], Any]:
+        """(config, torch state dict, output step) as sent: unchecked, for
+        ``common.model.store.assemble``, which checks every part."""
+        return (json.loads(self.config_json), dict(self.model.to_torch_state_dict()),
+                json.loads(self.output_step_json))
+
+    def pack(self) -> RecordDict:
+        return RecordDict({
+            PLAN_RECORD: self.plan.pack(),
+            MODEL_RECORD: self.model,
+            MODEL_INFO_RECORD: ConfigRecord({MODEL_CONFIG: self.config_json,
+                                             OUTPUT_STEP: self.output_step_json,
+                                             AUDIT: bool(self.audit)}),
+        })
+
+    @classmethod
+    def unpack(cls, content: RecordDict) -> EvaluateRequest:
+        info = content.config_records[MODEL_INFO_RECORD]
+        return cls(plan=SitePlan.unpack(content), model=content.array_records[MODEL_RECORD],
+                   config_json=str(info[MODEL_CONFIG]),
+                   output_step_json=str(info[OUTPUT_STEP]),
+                   audit=bool(info.get(AUDIT, False)))
 
 
 # ---------------------------------------------------------------------------- replies

@@ -22,9 +22,14 @@ from typing import Any
 from fedsynth.privacy.accountant import Mechanism, epsilon
 
 RELEASE_ASSUMPTION = (
-    "each patient's records are at one site only (sites hold disjoint patients); a patient "
-    "present at several sites composes over those sites' epsilons"
+    "each patient's records are at one site only (sites hold disjoint patients): the released "
+    "model is (max_k eps_k, max_k delta_k)-DP per patient by parallel composition; a patient "
+    "present at several sites composes over those sites"
 )
+RELEASE_COMPOSITION = ("max over sites (parallel composition over disjoint patients; never the "
+                       "sum or the mean)")
+RELEASE_UNIT = "patient (one row of the patient x code matrix)"
+POST_PROCESSING = "FedAvg, the server, EMA and the sampler only see DP updates"
 GUARANTEE = "record-level (patient) DP-SGD with Poisson sampling at each site"
 
 
@@ -78,16 +83,30 @@ def software_version() -> str:
         return "fedsynth unknown"
 
 
-def release_report(site_reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Guarantee of the released (aggregated) model: the maximum over sites, per patient."""
-    if not site_reports:
-        raise ValueError("no site reports")
-    accountants = {r["accountant"] for r in site_reports}
+def release_report(site_reports: Mapping[str, Mapping[str, Any]],
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The federation's release report (``OUT/privacy.json``): every site's report by name and
+    the guarantee of the released model, per patient,
+
+        (eps, delta) = (max_k eps_k, max_k delta_k)
+
+    by parallel composition over sites holding disjoint patients (``RELEASE_ASSUMPTION``); the
+    aggregation, the server optimizer, the EMA and the sampler are post-processing of the
+    sites' DP releases, so they add nothing. Never the sum or the mean over sites. With no site
+    report, epsilon and delta are None. ``extra``: the run's own fields (run id, rounds, ...),
+    added after the guarantee."""
+    sites = {str(site): dict(r) for site, r in sorted(site_reports.items())}
+    accountants = sorted({str(r.get("accountant")) for r in sites.values()})
     return {
-        "epsilon": max(float(r["epsilon"]) for r in site_reports),
-        "delta": max(float(r["delta"]) for r in site_reports),
-        "accountant": accountants.pop() if len(accountants) == 1 else "mixed",
-        "composition": "max over sites (parallel composition over disjoint patients)",
+        "epsilon": max(float(r["epsilon"]) for r in sites.values()) if sites else None,
+        "delta": max(float(r["delta"]) for r in sites.values()) if sites else None,
+        "accountant": accountants[0] if len(accountants) == 1 else accountants,
+        "composition": RELEASE_COMPOSITION,
         "assumption": RELEASE_ASSUMPTION,
-        "sites": [dict(r) for r in site_reports],
+        "unit": RELEASE_UNIT,
+        "post_processing": POST_PROCESSING,
+        "sites": sites,
+        **dict(extra or {}),
+        "software": software_version(),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

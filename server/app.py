@@ -20,21 +20,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedsynth.common.atomic import write_json
 from fedsynth.federation.protocol import (
-    EMA_RECORD,
-    PLAN_RECORD,
+    EVALUATE,
     QUERY,
     TRAIN,
-    WEIGHTS_RECORD,
+    EvaluateReply,
+    EvaluateRequest,
     QueryReply,
     TrainReply,
+    TrainRequest,
     check_reply,
     describe,
     pack_state,
+    query_request,
 )
 from fedsynth.server.coordinator import Coordinator
 from fedsynth.server.settings import RunSettings
@@ -167,8 +169,8 @@ def _message(grid: Grid, node: int, mtype: str, content: RecordDict, ttl: float)
 def query_sites(grid: Grid, nodes: list[int], coord: Coordinator) -> dict[str, Any]:
     """Ask every site for its vocabulary (public code list) and DP counts; they must agree."""
     s = coord.settings
-    msgs = [_message(grid, n, QUERY, RecordDict({PLAN_RECORD: coord.plan(0).pack()}),
-                     s.round_timeout) for n in nodes]
+    msgs = [_message(grid, n, QUERY, query_request(coord.plan(0)), s.round_timeout)
+            for n in nodes]
     replies, dropped = conforming(exchange(grid, msgs, s.round_timeout), QUERY)
     for line in dropped:
         log.warning("query: %s", line)
@@ -192,11 +194,8 @@ def train_round(grid: Grid, coord: Coordinator, rnd: int) -> bool:
     ema = pack_state(coord.ema) if coord.ema is not None else None
     msgs = []
     for node in nodes:  # a site the coordinator refused gets the reason in its plan
-        plan = coord.plan(rnd, coord.node_sites.get(node)).pack()
-        rec: dict[str, Any] = {WEIGHTS_RECORD: weights, PLAN_RECORD: plan}
-        if ema is not None:
-            rec[EMA_RECORD] = ema
-        msgs.append(_message(grid, node, TRAIN, RecordDict(rec), s.round_timeout))
+        req = TrainRequest(coord.plan(rnd, coord.node_sites.get(node)), weights, ema)
+        msgs.append(_message(grid, node, TRAIN, req.pack(), s.round_timeout))
     bytes_out = len(nodes) * (weights.count_bytes() + (ema.count_bytes() if ema else 0))
     coord.progress(stage="training", round=rnd, answered=0, expected=len(nodes))
     t0 = time.monotonic()
@@ -229,19 +228,13 @@ def evaluate_sites(grid: Grid, coord: Coordinator) -> None:
     coordinator learns only which sites did: ``evaluation.json`` says where each keeps them.
     The coordinator's own sample is not sent: a site scores only what it draws."""
     from fedsynth.common.model.store import model_parts
-    from fedsynth.federation.protocol import EVALUATE, EvaluateReply
 
     s = coord.settings
     nodes = list(grid.get_node_ids())
     coord.progress(stage="evaluating", round=s.rounds, answered=0, expected=len(nodes))
-    conf, state, step = model_parts(coord.generator)
-    content: dict[str, Any] = {
-        PLAN_RECORD: coord.plan(s.rounds).pack(),
-        "model": ArrayRecord(torch_state_dict=state),
-        "model_info": ConfigRecord({"config": json.dumps(conf), "output_step": json.dumps(step),
-                                    "audit": bool(s.audit)}),
-    }
-    msgs = [_message(grid, n, EVALUATE, RecordDict(content), s.round_timeout) for n in nodes]
+    req = EvaluateRequest.release(coord.plan(s.rounds), *model_parts(coord.generator),
+                                  audit=bool(s.audit))
+    msgs = [_message(grid, n, EVALUATE, req.pack(), s.round_timeout) for n in nodes]
     replies, dropped = conforming(exchange(grid, msgs, s.round_timeout), EVALUATE)
     for line in dropped:  # an error, or an undeclared key: dropped, never stored
         log.warning("evaluate: %s", line)

@@ -9,21 +9,18 @@ Files in a certificate directory (``ehr-certs init --out DIR``):
 
 A SuperLink keeps registered nodes in its state, which is in memory unless ``--database`` is given:
 ``ehr-server`` therefore calls :func:`register_enrolled` after it starts the SuperLink, so every key
-in ``sites/`` is registered on each start. Private keys are never logged.
+in ``sites/`` is registered on each start. Private keys are never logged. Only the cryptography
+is here: the ``flwr`` tool (``flwr supernode register``, its connection file) is run by
+``federation.flwr_cli``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
 import logging
 import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedsynth.common.atomic import atomic_path
 from fedsynth.common.errors import InputError
 from fedsynth.common.names import check_site_name
+from fedsynth.federation.flwr_cli import register_supernode
 
 log = logging.getLogger(__name__)
 
@@ -289,75 +287,27 @@ def load_public_key(path: str | Path) -> bytes:
     return data
 
 
-def flwr_connection_toml(address: str, ca: str | Path | None, name: str = "fedsynth") -> str:
-    """``$FLWR_HOME/config.toml`` text that points the ``flwr`` CLI at a SuperLink.
-
-    With ``ca`` the connection uses TLS and trusts that root; without it, it is insecure.
-    """
-    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]",
-             f'address = "{address}"']
-    if ca is None:
-        lines.append("insecure = true")
-    else:
-        lines.append(f'root-certificates = "{Path(ca).resolve()}"')
-    return "\n".join(lines) + "\n"
-
-
-def flwr_executable() -> str:
-    """The ``flwr`` CLI next to this interpreter (the venv's), else the one on PATH."""
-    local = Path(sys.executable).with_name("flwr")
-    if local.exists():
-        return str(local)
-    found = shutil.which("flwr")
-    if not found:
-        raise InputError("flwr", "the Flower CLI is not installed")
-    return found
-
-
 def register_public_key(
     pub: str | Path, address: str, ca: str | Path | None, timeout: float = 60.0
 ) -> bool:
-    """Register one public key with a running SuperLink via ``flwr supernode register``.
+    """Register one public key with a running SuperLink (``federation.flwr_cli``:
+    ``flwr supernode register``, TLS trusting ``ca``; insecure when None).
 
     The node is registered under the site's name (the file's stem) so ``flwr supernode ls``
     shows which hospital each node is. Returns True when registered now or already registered;
-    False when the SuperLink cannot be reached. Uses a throwaway FLWR_HOME so the user's own
-    Flower config is never touched.
+    False when the SuperLink cannot be reached.
     """
     load_public_key(pub)
-    with tempfile.TemporaryDirectory(prefix="ehr-flwr-") as home:
-        Path(home, "config.toml").write_text(flwr_connection_toml(address, ca), encoding="utf-8")
-        env = {**os.environ, "FLWR_HOME": home, "FLWR_TELEMETRY_ENABLED": "0",
-               "FLWR_DISABLE_UPDATE_CHECK": "1"}
-        try:
-            proc = subprocess.run(
-                [flwr_executable(), "supernode", "register", str(Path(pub).resolve()),
-                 "fedsynth", "--name", check_site(Path(pub).stem), "--format", "json"],
-                env=env, capture_output=True, text=True, timeout=timeout, cwd=home,
-            )
-        except subprocess.TimeoutExpired:
-            return False
-    reply = _json_reply(proc.stdout)
-    if reply.get("success") is True:
+    ok, message = register_supernode(pub, check_site(Path(pub).stem), address, ca, timeout)
+    if ok:
         log.info("registered %s with %s", Path(pub).name, address)
         return True
-    message = str(reply.get("error-message") or proc.stderr or f"exit {proc.returncode}")
     if "already in use" in message:
         log.info("%s already registered with %s", Path(pub).name, address)
         return True
     log.warning("could not register %s with %s: %s", Path(pub).name, address,
                 " ".join(message.split())[-300:])
     return False
-
-
-def _json_reply(stdout: str) -> dict[str, object]:
-    """The JSON object ``flwr ... --format json`` prints last (``{}`` when there is none)."""
-    start = stdout.find("{")
-    try:
-        reply = json.loads(stdout[start:]) if start >= 0 else {}
-    except json.JSONDecodeError:
-        return {}
-    return reply if isinstance(reply, dict) else {}
 
 
 def register_enrolled(

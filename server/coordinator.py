@@ -1,16 +1,15 @@
-"""The coordinator's plain logic (no Flower): global model state, rounds, checkpoints, logs and
-the run's outputs. ``server/app.py`` only moves messages and calls these methods.
+"""The coordinator's state and the calls that change it (no Flower): ``server/app.py`` only
+moves messages and calls these methods.
 
-Outputs in ``OUT/``: ``model/`` (the global model, EMA weights), ``synthetic.csv``,
-``privacy.json`` (per-site reports; released epsilon = MAX over sites), ``rounds.jsonl`` (one
-line per round), ``evaluation.json`` (where each site keeps its own evaluation; no figure),
-``checkpoint/``, ``progress.json``
-(live state for the CLI) and ``status.json`` (written last: completed or failed).
+Each job is its own module and the ``Coordinator`` holds the state between them: the site plans
+and what is checked of every site (``server.plan``), the aggregation (``server.aggregation``),
+the checkpoint after every completed round (``server.checkpoint``) and the output files in
+``OUT/`` (``server.report``: ``model/``, ``synthetic.csv``, ``privacy.json``, ``rounds.jsonl``,
+``evaluation.json``, ``progress.json``, ``status.json``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -20,29 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from fedsynth.common.atomic import atomic_open, write_json
 from fedsynth.federation.protocol import QueryReply, SitePlan, TrainReply
 from fedsynth.privacy.counts import NoisyCounts, combine, estimate
-from fedsynth.privacy.report import software_version
-from fedsynth.privacy.witness import Witness, WitnessError
-from fedsynth.server import checkpoint
+from fedsynth.privacy.witness import Witness
+from fedsynth.server import checkpoint, report
+from fedsynth.server import plan as plans
 from fedsynth.server.aggregation import SiteUpdate, aggregate, server_optimizer
 from fedsynth.server.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
 State = dict[str, np.ndarray]
-RELEASE_ASSUMPTION = (
-    "each patient's records are at one site only (sites hold disjoint patients): the released "
-    "model is (max_k eps_k, max_k delta_k)-DP per patient by parallel composition; a patient "
-    "present at several sites composes over those sites"
-)
-
-
-CALIBRATION_SAMPLES = 20_000
-# the largest site delta accepted when the run sets none (--delta): the release is
-# (max eps, max delta) over sites, so one site's loose delta would loosen the whole release
-DEFAULT_MAX_DELTA = 1e-5
 
 
 @dataclass
@@ -138,48 +125,27 @@ class Coordinator:
         self.next_round = 1
 
     def plan(self, rnd: int, site: str | None = None) -> SitePlan:
-        """The round's plan for ``site`` (``federation.protocol.SitePlan``), carrying the
+        """The round's plan for ``site`` (``server.plan.site_plan``), carrying the
         coordinator's refusal when it refused that site."""
-        s = self.settings
-        return SitePlan(round=rnd, rounds=s.rounds, run_id=s.run_id, target_epsilon=s.epsilon,
-                        config=s.model_config(), delta=s.delta, seed=s.seed, kept=self.kept,
-                        refusal=self.refused_sites.get(site, "") if site else "")
+        return plans.site_plan(self.settings, rnd, self.kept,
+                               self.refused_sites.get(site, "") if site else "")
 
     # ------------------------------------------------------------------ site replies
     @property
     def max_delta(self) -> float:
-        return float(self.settings.delta) if self.settings.delta else DEFAULT_MAX_DELTA
+        return plans.max_delta(self.settings)
 
     def pinned_key(self, site: str) -> str | None:
-        """The site's enrolled public key (``CERTS/sites/<site>.pub``) when the run has
-        certificates; None: trust on first use."""
-        if not self.settings.cert_dir:
-            return None
-        from fedsynth.server.certs import enrolled_dir, load_public_key
-
-        path = enrolled_dir(self.settings.cert_dir) / f"{site}.pub"
-        if not path.exists():
-            raise WitnessError(f"site {site}: not enrolled ({path} missing); refused")
-        return load_public_key(path).decode()
+        return plans.pinned_key(self.settings.cert_dir, site)
 
     def check_site(self, site: str, signed_head: dict[str, Any], privacy: dict[str, Any],
                    status: str) -> str:
         """"" when the reply may be used; else why the coordinator refuses the site (one
-        line, logged, kept, and sent in its next plan): its signed ledger head does not verify
-        or is behind the last one seen (``privacy.witness``), or its delta exceeds the run's."""
+        line, logged, kept, and sent in its next plan; ``server.plan.site_problem``)."""
         if site in self.refused_sites:
             return self.refused_sites[site]
-        problem = ""
-        if signed_head or status == "ok":
-            try:
-                self.witness.accept(signed_head, self.pinned_key(site), site=site)
-            except WitnessError as err:
-                problem = str(err)
-        delta = privacy.get("delta") if isinstance(privacy, dict) else None
-        if not problem and status == "ok" and not (
-                isinstance(delta, int | float) and 0 < delta <= self.max_delta * (1 + 1e-9)):
-            problem = (f"site {site}: its delta {delta} exceeds the run's {self.max_delta:g} "
-                       "(ehr-server --delta); refused")
+        problem = plans.site_problem(self.witness, self.settings, site, signed_head, privacy,
+                                     status)
         if problem:
             self.refused_sites[site] = problem
             log.warning("refused site %s: %s", site, problem)
@@ -202,13 +168,7 @@ class Coordinator:
             if rep.counts is not None and np.all(np.isfinite(rep.counts.counts)) \
                     and np.isfinite(rep.counts.size) and rep.counts.noise_std > 0:
                 counts.append((rep.site, rep.counts))
-        if not vocabs:
-            raise RuntimeError("no site answered the query")
-        first = next(iter(vocabs.values()))
-        for site, v in vocabs.items():
-            if v["codes"] != first["codes"]:
-                raise RuntimeError(f"site {site} uses another vocabulary ({v.get('name')}, "
-                                   f"{len(v['codes'])} codes) than {first.get('name')}")
+        first = plans.common_vocabulary(vocabs)
         log.info("%d sites answered the query: %s", len(vocabs), ", ".join(sorted(vocabs)))
         ok = [(site, c) for site, c in counts if len(c.counts) == len(first["codes"])]
         self.site_counts = [c for _, c in ok]
@@ -216,12 +176,8 @@ class Coordinator:
         return first
 
     def site_weight(self, sites: list[str]) -> list[float]:
-        """FedAvg weights from what the coordinator can check: each site's noisy size from its
-        DP counts release (at least 1) when every site has one, else equal weights. Never a
-        number from the train reply (``server.aggregation`` caps them)."""
-        if sites and all(s in self.site_sizes for s in sites):
-            return [max(1.0, self.site_sizes[s]) for s in sites]
-        return [1.0] * len(sites)
+        """FedAvg weights (``server.plan.fedavg_weights``): the sites' noisy sizes."""
+        return plans.fedavg_weights(self.site_sizes, sites)
 
     def receive_train(self, replies: list[TrainReply]
                       ) -> tuple[list[SiteUpdate], dict[str, str], dict[str, dict[str, Any]]]:
@@ -287,7 +243,7 @@ class Coordinator:
             "bytes_received": bytes_received,
         }
         self.rounds_log.append(entry)
-        self._write_rounds()
+        report.write_rounds(self.out, self.rounds_log)
         if not ok:
             log.warning("round %d: %d accepted update(s) < min_sites %d", rnd,
                         len(result.accepted), self.settings.min_sites)
@@ -318,112 +274,30 @@ class Coordinator:
         checkpoint.save(self.ckpt_dir, checkpoint.Checkpoint(
             rnd, self.settings.run_id, self.weights, self.ema, self.optimizer.state, meta))
 
-    def _write_rounds(self) -> None:
-        with atomic_open(self.out / "rounds.jsonl", "w", encoding="utf-8") as fh:
-            for entry in self.rounds_log:
-                fh.write(json.dumps(entry, default=float) + "\n")
-
     def progress(self, **fields: Any) -> None:
         """Live state for the CLI's progress display."""
-        write_json(self.out / "progress.json", {
-            "time": time.time(), "rounds": self.settings.rounds,
-            "epsilon_spent": self.epsilon_spent(), **fields})
+        report.write_progress(self.out, self.settings.rounds, self.epsilon_spent(), **fields)
 
     # ------------------------------------------------------------------ outputs
     def final_state(self) -> State:
         return self.ema if self.ema is not None else self.weights
 
     def write_model_and_sample(self) -> np.ndarray:
-        """The global model (EMA weights) to OUT/model and OUT/synthetic.csv; returns the sample."""
-        import torch
-
-        from fedsynth.common.model import Generator, OutputStep, build_model
-        from fedsynth.common.model.calibrate import calibrate
-        from fedsynth.common.model.store import load_model, save_model
-        from fedsynth.common.vocabulary import Vocabulary
-
-        cfg = self.settings.model_config()
-        codes = tuple(self.vocab["codes"])
-        vocab = Vocabulary(codes, name=str(self.vocab.get("name", "custom")))
-        state = {k: torch.from_numpy(np.array(v)) for k, v in self.final_state().items()}
-        model = build_model(len(self.kept) if self.kept is not None else len(codes), cfg.model)
-        model.load_state_dict(state)
-        gen = Generator(model, cfg.model, vocab, OutputStep(
-            "threshold", cfg.model.threshold,
-            info={"source": "ModelConfig.threshold (fixed in advance)"}), "cpu",
-            modelled=self.kept)
-        if self.prevalence is not None:  # post-processing of the sites' private counts
-            calibrate(gen, np.asarray(self.prevalence), "empirical-Bayes estimate from the "
-                      "sum of the sites' Gaussian-mechanism code counts", n=CALIBRATION_SAMPLES)
-        model_dir = self.out / "model"
-        save_model(model_dir, gen.model, cfg.model, vocab, extra={
-            "federated": True, "run_id": self.settings.run_id,
-            "rounds": self.next_round - 1, "privacy": "see ../privacy.json"},
-            output_step=gen.output_step, modelled=self.kept, tail=gen.tail)
-        self.generator = load_model(model_dir, device="cpu")
-        synth = self.generator.sample(self.settings.samples, seed=self.settings.seed)
-        from fedsynth.common.data import write_matrix
-
-        write_matrix(self.out / "synthetic.csv", synth, vocab)
+        """The global model (EMA weights) to OUT/model and OUT/synthetic.csv; returns the sample
+        (``self.generator``: the released model, read back from OUT/model)."""
+        self.generator, synth = report.write_model_and_sample(
+            self.out, self.settings, self.vocab, self.kept, self.prevalence, self.final_state(),
+            self.next_round - 1)
         return synth
 
     def write_privacy(self) -> dict[str, Any]:
         """privacy.json: every site's report and the release guarantee (max over sites)."""
-        sites = dict(sorted(self.site_reports.items()))
-        released: dict[str, Any] = {"epsilon": None, "delta": None}
-        if sites:
-            released = {
-                "epsilon": max(float(r["epsilon"]) for r in sites.values()),
-                "delta": max(float(r["delta"]) for r in sites.values()),
-            }
-        accountants = sorted({str(r.get("accountant")) for r in sites.values()})
-        doc = {
-            **released,
-            "accountant": accountants[0] if len(accountants) == 1 else accountants,
-            "composition": "max over sites (never the sum or the mean)",
-            "assumption": RELEASE_ASSUMPTION,
-            "target_epsilon": self.settings.epsilon,
-            "unit": "patient (one row of the patient x code matrix)",
-            "sites": sites,
-            "run_id": self.settings.run_id,
-            "rounds": self.next_round - 1,
-            "post_processing": "FedAvg, the server, EMA and the sampler only see DP updates",
-            "evaluation_note": "each site evaluates the released model on its own held-out "
-                               "patients and keeps the figures (STATE/evaluation-<site>-<run>"
-                               ".json); none reaches the coordinator",
-            "site_size_note": "a site's size reaches the coordinator only as the noisy size of "
-                              "its DP counts release (recorded in its ledger with the counts); "
-                              "it weighs the site in FedAvg (capped)",
-            "codes_modelled": None if self.kept is None else len(self.kept),
-            "code_counts": self.count_info,
-            "software": software_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        write_json(self.out / "privacy.json", doc)
-        return doc
+        return report.write_privacy(self.out, self.settings, self.site_reports,
+                                    self.next_round - 1, self.kept, self.count_info)
 
     def write_evaluation(self, statuses: dict[str, str]) -> dict[str, Any]:
-        """evaluation.json: where each site keeps its own evaluation of the released model.
-        No figure: nothing computed on a site's patients reaches the coordinator (``statuses``:
-        each answering site's status, e.g. "kept at site")."""
-        run = self.settings.run_id
-        doc = {
-            "sites": {site: {"status": status,
-                             "evaluation": f"STATE/evaluation-{site}-{run}.json",
-                             "audit": (f"STATE/audit-{site}-{run}/audit.html"
-                                       if self.settings.audit else None)}
-                      for site, status in sorted(statuses.items())},
-            "run_id": run,
-            "note": "each site evaluated the released model on its own held-out patients (its "
-                    "own sample of it, its own choice) and keeps the figures in its state "
-                    "folder (STATE) and on its console; nothing computed on patients left a "
-                    "site, so the coordinator holds no figure",
-        }
-        write_json(self.out / "evaluation.json", doc)
-        return doc
+        """evaluation.json: where each site keeps its own evaluation (no figure)."""
+        return report.write_evaluation(self.out, self.settings, statuses)
 
     def write_status(self, status: str, detail: str = "") -> None:
-        write_json(self.out / "status.json", {"status": status, "detail": detail,
-                                              "launch_id": self.settings.launch_id,
-                                              "rounds_completed": self.next_round - 1,
-                                              "time": time.time()})
+        report.write_status(self.out, self.settings, status, detail, self.next_round - 1)

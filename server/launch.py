@@ -2,7 +2,8 @@
 or simulation runtime) on 127.0.0.1/--host, submit the fedsynth app with ``flwr run``, follow
 its progress, and stop every process started (also on Ctrl-C / SIGTERM / parent death).
 
-The process helpers live in ``common.flower_runtime`` (no ``flwr`` import there).
+The process helpers live in ``federation.flower_runtime``, the ``flwr`` tool's in
+``federation.flwr_cli`` (no ``flwr`` import in either).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Launch:
 def launch(job: Launch) -> dict[str, Any]:
     """Run the federation; returns OUT/status.json's content (status completed|failed)."""
     from fedsynth.federation import flower_runtime as fr
+    from fedsynth.federation import flwr_cli
 
     out = Path(job.settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,25 +70,24 @@ def launch(job: Launch) -> dict[str, Any]:
         if job.after_start is not None:
             job.after_start(f"{job.host}:{port}")
         log.info("SuperLink on %s:%d (pid %d); FLWR_HOME=%s", job.host, port, link.pid, home)
-        fr.write_connection(home, f"{job.host}:{port}", insecure=job.insecure,
-                            root_certificates=job.root_certificates)
+        flwr_cli.write_connection(home, f"{job.host}:{port}", insecure=job.insecure,
+                                  root_certificates=job.root_certificates)
         run_config = {"run-file": str(run_file), **job.run_config}
-        run_id = fr.submit_run(home, run_config, job.federation_config)
+        run_id = flwr_cli.submit_run(home, run_config, job.federation_config)
         log.info("submitted Flower run %d", run_id)
         try:
             with RoundProgress(out, job.settings.rounds, enabled=job.progress) as bar:
-                fr.wait_run(home, run_id, done=done,
-                            alive=lambda: link.poll() is None, timeout=job.timeout,
-                            tick=bar.tick)
+                flwr_cli.wait_run(home, run_id, done=done, alive=lambda: link.poll() is None,
+                                  timeout=job.timeout, tick=bar.tick)
         except KeyboardInterrupt:
             log.warning("interrupted: stopping the run and every process it started")
             raise
         except BaseException:
             if link.poll() is None:
-                fr.save_run_log(home, run_id, out / "logs" / "serverapp.log")
+                flwr_cli.save_run_log(home, run_id, out / "logs" / "serverapp.log")
             raise
         if link.poll() is None:
-            fr.save_run_log(home, run_id, out / "logs" / "serverapp.log")
+            flwr_cli.save_run_log(home, run_id, out / "logs" / "serverapp.log")
     status = read_status(out)
     if status.get("launch_id", job.settings.launch_id) != job.settings.launch_id:
         return {"status": "failed", "detail": "the ServerApp ended without a status; see "

@@ -31,7 +31,7 @@ class RunSettings:
     rounds: int = 5
     min_sites: int = 2
     epsilon: float = 3.0  # target epsilon of the plan, per site
-    delta: float | None = None  # None: each site's own (at most coordinator.DEFAULT_MAX_DELTA)
+    delta: float | None = None  # None: each site's own (at most plan.DEFAULT_MAX_DELTA)
     samples: int = 10_000
     round_timeout: float = 600.0
     wait_sites_timeout: float = 300.0  # how long to wait for min_sites at the start

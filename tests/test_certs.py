@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedsynth.common.errors import InputError
+from fedsynth.federation import flwr_cli
 from fedsynth.server import certs
 from fedsynth.server.certs_cli import main
 
@@ -147,8 +148,10 @@ def test_flower_args(tmp_path: Path) -> None:
     assert certs.supernode_tls_args(tmp_path / "ca.crt", key) == [
         "--root-certificates", str((tmp_path / "ca.crt").resolve()),
         "--auth-supernode-private-key", str(key.resolve())]
-    toml = certs.flwr_connection_toml("127.0.0.1:9092", tmp_path / "ca.crt")
+    toml = flwr_cli.connection_toml("127.0.0.1:9092", insecure=False,
+                                    root_certificates=tmp_path / "ca.crt")
     assert 'root-certificates = "' in toml and "insecure" not in toml
+    assert "insecure = true" in flwr_cli.connection_toml("127.0.0.1:9092")
 
 
 def test_status_warns_about_readable_private_keys(

@@ -105,16 +105,39 @@ def test_evaluate_reply_and_plan_round_trip() -> None:
                     delta=1e-6, seed=4, kept=[0, 2], refusal="behind")
     back = SitePlan.unpack(RecordDict({proto.PLAN_RECORD: plan.pack()}))
     assert back == plan
+    assert SitePlan.unpack(proto.query_request(plan)) == plan
+
+
+def test_requests_round_trip() -> None:
+    """What the coordinator sends: the train request (plan, weights, EMA) and the evaluate
+    request (plan, released model parts, audit flag) come back as they were packed."""
+    plan = SitePlan(round=1, rounds=2, run_id="r", target_epsilon=1.0, config=Config())
+    state = _state()
+    for ema in (None, proto.pack_state(state)):
+        req = proto.TrainRequest(plan, proto.pack_state(state), ema)
+        back = proto.TrainRequest.unpack(req.pack())
+        assert back.plan == plan and (back.ema is None) == (ema is None)
+        for k, v in proto.unpack_state(back.weights).items():
+            np.testing.assert_array_equal(v, state[k])
+    import torch
+
+    tensors = {k: torch.from_numpy(v) for k, v in state.items()}
+    req = proto.EvaluateRequest.release(plan, {"format": "x"}, tensors, {"kind": "threshold"},
+                                        audit=True)
+    back = proto.EvaluateRequest.unpack(req.pack())
+    conf, got, step = back.model_parts()
+    assert back.plan == plan and back.audit and conf == {"format": "x"}
+    assert step == {"kind": "threshold"} and set(got) == set(state)
 
 
 @pytest.mark.parametrize("tamper", [
     lambda c: c.__setitem__("metrics", MetricRecord({"loss": 0.5})),  # an undeclared record
-    lambda c: c["site"].__setitem__("n_train", 64),  # an undeclared key
-    lambda c: c["site"].__setitem__("steps", "7"),  # a declared key of another type
-    lambda c: c["site"].__setitem__("privacy", json.dumps({**_report(), "n": 64})),
-    lambda c: c["site"].__setitem__("privacy", json.dumps(_report())),  # expected_batch
-    lambda c: c.__setitem__("weights", ConfigRecord({"x": 1})),  # another kind
-    lambda c: c["site"].pop("ledger_head"),  # a required key missing
+    lambda c: c[proto.SITE_RECORD].__setitem__("n_train", 64),  # an undeclared key
+    lambda c: c[proto.SITE_RECORD].__setitem__(proto.STEPS, "7"),  # a declared key, other type
+    lambda c: c[proto.SITE_RECORD].__setitem__(proto.PRIVACY, json.dumps({**_report(), "n": 64})),
+    lambda c: c[proto.SITE_RECORD].__setitem__(proto.PRIVACY, json.dumps(_report())),  # batch
+    lambda c: c.__setitem__(proto.WEIGHTS_RECORD, ConfigRecord({"x": 1})),  # another kind
+    lambda c: c[proto.SITE_RECORD].pop(proto.LEDGER_HEAD),  # a required key missing
 ])
 def test_any_undeclared_part_is_flagged(tamper) -> None:  # noqa: ANN001
     content = TrainReply("B", "ok", "", _state(), None, 3, _report(), _head()).pack()

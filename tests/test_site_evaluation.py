@@ -21,6 +21,7 @@ from fedsynth.common.model.output import OutputStep
 from fedsynth.common.model.store import Generator, model_parts
 from fedsynth.common.model.train import build_model
 from fedsynth.common.vocabulary import Vocabulary
+from fedsynth.federation.protocol import EVALUATE, EvaluateRequest
 
 V = 30
 RUN = "run0001"
@@ -71,14 +72,10 @@ def _message(run_id: str = RUN, extra: dict[str, Any] | None = None,
     conf, state, step = model_parts(_generator())
     plan = SitePlan(round=2, rounds=2, run_id=run_id, target_epsilon=3.0, config=Config(),
                     delta=1e-3)
-    content: dict[str, Any] = {
-        "plan": ConfigRecord({"plan": plan.to_json()}),
-        "model": ArrayRecord(torch_state_dict=state),
-        "model_info": ConfigRecord({"config": json.dumps(conf), "output_step": json.dumps(step),
-                                    "audit": audit}),
-        **(extra or {}),
-    }
-    return Message(content=RecordDict(content), dst_node_id=1, message_type="evaluate")
+    content = EvaluateRequest.release(plan, conf, state, step, audit=audit).pack()
+    for name, record in (extra or {}).items():
+        content[name] = record
+    return Message(content=content, dst_node_id=1, message_type=EVALUATE)
 
 
 def _reply(msg: Message, ctx: Context) -> dict[str, dict[str, Any]]:

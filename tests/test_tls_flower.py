@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from fedsynth.federation import flwr_cli
 from fedsynth.server import certs
 from fedsynth.server.certs_cli import main as certs_main
 
@@ -165,8 +166,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         # a site enrolled while the SuperLink runs is registered at once
         keys = certs.enroll_site("B", f.certs, superlink=f.address)
         assert keys.registered
-        (f.home / "config.toml").write_text(certs.flwr_connection_toml(f.address,
-                                                                       f.certs / "ca.crt"))
+        flwr_cli.write_connection(f.home, f.address, insecure=False,
+                                  root_certificates=f.certs / "ca.crt")
         yield f
     finally:
         for proc in reversed(f.procs):

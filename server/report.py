@@ -1,0 +1,132 @@
+"""The coordinator's output files in ``OUT/`` (no Flower): each function writes one of them.
+
+``model/`` and ``synthetic.csv`` (``write_model_and_sample``), ``privacy.json``
+(``write_privacy``: ``privacy.report.release_report``, released epsilon = MAX over sites),
+``rounds.jsonl`` (``write_rounds``: one line per round), ``evaluation.json``
+(``write_evaluation``: where each site keeps its own evaluation; no figure), ``progress.json``
+(``write_progress``: live state for the CLI) and ``status.json`` (``write_status``: written
+last, completed or failed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsynth.common.atomic import atomic_open, write_json
+from fedsynth.privacy.report import release_report
+from fedsynth.server.settings import RunSettings
+
+State = dict[str, np.ndarray]
+CALIBRATION_SAMPLES = 20_000
+
+
+def write_model_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[str, Any],
+                           kept: list[int] | None, prevalence: list[float] | None,
+                           final_state: State, rounds: int) -> tuple[Any, np.ndarray]:
+    """The global model (EMA weights) to OUT/model and OUT/synthetic.csv; returns (the released
+    Generator, read back from OUT/model, and the sample)."""
+    import torch
+
+    from fedsynth.common.model import Generator, OutputStep, build_model
+    from fedsynth.common.model.calibrate import calibrate
+    from fedsynth.common.model.store import load_model, save_model
+    from fedsynth.common.vocabulary import Vocabulary
+
+    cfg = settings.model_config()
+    codes = tuple(vocab_doc["codes"])
+    vocab = Vocabulary(codes, name=str(vocab_doc.get("name", "custom")))
+    state = {k: torch.from_numpy(np.array(v)) for k, v in final_state.items()}
+    model = build_model(len(kept) if kept is not None else len(codes), cfg.model)
+    model.load_state_dict(state)
+    gen = Generator(model, cfg.model, vocab, OutputStep(
+        "threshold", cfg.model.threshold,
+        info={"source": "ModelConfig.threshold (fixed in advance)"}), "cpu",
+        modelled=kept)
+    if prevalence is not None:  # post-processing of the sites' private counts
+        calibrate(gen, np.asarray(prevalence), "empirical-Bayes estimate from the "
+                  "sum of the sites' Gaussian-mechanism code counts", n=CALIBRATION_SAMPLES)
+    model_dir = out / "model"
+    save_model(model_dir, gen.model, cfg.model, vocab, extra={
+        "federated": True, "run_id": settings.run_id,
+        "rounds": rounds, "privacy": "see ../privacy.json"},
+        output_step=gen.output_step, modelled=kept, tail=gen.tail)
+    generator = load_model(model_dir, device="cpu")
+    synth = generator.sample(settings.samples, seed=settings.seed)
+    from fedsynth.common.data import write_matrix
+
+    write_matrix(out / "synthetic.csv", synth, vocab)
+    return generator, synth
+
+
+def write_privacy(out: Path, settings: RunSettings,
+                  site_reports: Mapping[str, Mapping[str, Any]], rounds: int,
+                  kept: list[int] | None, count_info: Mapping[str, Any]) -> dict[str, Any]:
+    """privacy.json: ``release_report`` (every site's report and the release guarantee, max
+    over sites) with what this run adds: its target, id, rounds and the notes on what reached
+    the coordinator."""
+    doc = release_report(site_reports, extra={
+        "target_epsilon": settings.epsilon,
+        "run_id": settings.run_id,
+        "rounds": rounds,
+        "evaluation_note": "each site evaluates the released model on its own held-out "
+                           "patients and keeps the figures (STATE/evaluation-<site>-<run>"
+                           ".json); none reaches the coordinator",
+        "site_size_note": "a site's size reaches the coordinator only as the noisy size of "
+                          "its DP counts release (recorded in its ledger with the counts); "
+                          "it weighs the site in FedAvg (capped)",
+        "codes_modelled": None if kept is None else len(kept),
+        "code_counts": dict(count_info),
+    })
+    write_json(out / "privacy.json", doc)
+    return doc
+
+
+def write_evaluation(out: Path, settings: RunSettings,
+                     statuses: Mapping[str, str]) -> dict[str, Any]:
+    """evaluation.json: where each site keeps its own evaluation of the released model.
+    No figure: nothing computed on a site's patients reaches the coordinator (``statuses``:
+    each answering site's status, e.g. "kept at site")."""
+    run = settings.run_id
+    doc = {
+        "sites": {site: {"status": status,
+                         "evaluation": f"STATE/evaluation-{site}-{run}.json",
+                         "audit": (f"STATE/audit-{site}-{run}/audit.html"
+                                   if settings.audit else None)}
+                  for site, status in sorted(statuses.items())},
+        "run_id": run,
+        "note": "each site evaluated the released model on its own held-out patients (its "
+                "own sample of it, its own choice) and keeps the figures in its state "
+                "folder (STATE) and on its console; nothing computed on patients left a "
+                "site, so the coordinator holds no figure",
+    }
+    write_json(out / "evaluation.json", doc)
+    return doc
+
+
+def write_rounds(out: Path, rounds_log: list[dict[str, Any]]) -> None:
+    """rounds.jsonl: one JSON line per round so far (rewritten whole, atomically)."""
+    with atomic_open(out / "rounds.jsonl", "w", encoding="utf-8") as fh:
+        for entry in rounds_log:
+            fh.write(json.dumps(entry, default=float) + "\n")
+
+
+def write_progress(out: Path, rounds: int, epsilon_spent: Mapping[str, float],
+                   **fields: Any) -> None:
+    """progress.json: live state for the CLI's progress display."""
+    write_json(out / "progress.json", {
+        "time": time.time(), "rounds": rounds, "epsilon_spent": dict(epsilon_spent), **fields})
+
+
+def write_status(out: Path, settings: RunSettings, status: str, detail: str = "",
+                 rounds_completed: int = 0) -> None:
+    """status.json: the run's end (completed or failed), for the launcher."""
+    write_json(out / "status.json", {"status": status, "detail": detail,
+                                     "launch_id": settings.launch_id,
+                                     "rounds_completed": rounds_completed,
+                                     "time": time.time()})
