@@ -47,7 +47,7 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 @dataclass
 class DPResult:
     state_dict: dict[str, Tensor]  # trained weights, keys without Opacus' "_module." prefix
-    ema_state: dict[str, Tensor] | None
+    ema_state: dict[str, Tensor] | None  # EMA from the initial weights, with the warm-up
     mechanism: Mechanism  # exactly what ran: sigma, q and the number of steps taken
     mean_loss: float
     examples_per_s: float
@@ -214,7 +214,9 @@ def train_dp(
                          max_grad_norm=privacy_cfg.max_grad_norm, sample_rate=sample_rate,
                          n_rows=n, mode=privacy_cfg.grad_sample_mode,
                          accountant=privacy_cfg.accountant, noise_seed=noise_seed)
-    ema = EMA(parts.module, train_cfg.ema_decay)
+    # with the warm-up, always: a federated round's EMA restarts at the round's global weights
+    # and the site's release rule assumes it (client.site_training.run_site_round)
+    ema = EMA(parts.module, train_cfg.ema_decay, warmup=True)
     k = int(privacy_cfg.noise_multiplicity)
 
     def loss_fn(module: nn.Module, xb: Tensor) -> Tensor:

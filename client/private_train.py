@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -34,16 +33,16 @@ from fedsynth.common.atomic import write_json
 from fedsynth.common.config import Config
 from fedsynth.common.data import CodeMatrix
 from fedsynth.common.errors import BudgetExceeded, InputError
-from fedsynth.common.model import Generator, OutputStep, build_model, save_model
-from fedsynth.common.model.calibrate import calibrate
-from fedsynth.privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
+from fedsynth.common.model import build_model
+from fedsynth.common.model.release import FIXED_THRESHOLD, release_generator, save_release
+from fedsynth.privacy.accountant import Mechanism, default_delta, epsilon
 from fedsynth.privacy.counts import MECHANISM_NOTE, count_epsilon, estimate, release_counts
 from fedsynth.privacy.ledger import Ledger, LedgerCorrupted, user_state_dir
+from fedsynth.privacy.planning import noise_for_target, poisson_rate, steps_for_epochs
 
 log = logging.getLogger(__name__)
 
 SITE = "central"
-CALIBRATION_SAMPLES = 20000
 
 
 @dataclasses.dataclass
@@ -64,7 +63,9 @@ class PrivatePlan:
 
 
 def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
-    """Delta, q, steps and the two noise multipliers for ``config.privacy.epsilon``."""
+    """Delta, q, steps and the two noise multipliers for ``config.privacy.epsilon``
+    (``privacy.planning``): the counts' sigma for their share of the target alone, DP-SGD's
+    for the target over the prior history plus the counts."""
     pc = config.privacy
     if pc.epsilon is None:
         raise ValueError("privacy.epsilon is not set")
@@ -72,18 +73,15 @@ def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
     if delta >= 1.0 / n:
         raise InputError("--delta", f"delta {delta:g} is not below 1/n = {1 / n:.3g} "
                          f"for {n} patients")
-    q = min(1.0, pc.batch_size / n)
-    steps = max(1, math.ceil(pc.epochs / q - 1e-9))
+    q = poisson_rate(pc.batch_size, n)
+    steps = steps_for_epochs(pc.epochs, q)
+    refusal = f"cannot reach epsilon={pc.epsilon:g}"
     count_noise = None
-    try:
-        if pc.count_epsilon_share > 0:
-            count_eps = count_epsilon(pc.epsilon, pc.count_epsilon_share, pc.count_epsilon_min)
-            count_noise = calibrate_noise(count_eps, delta, 1.0, 1, pc.accountant)
-        prior_all = [*prior, *([Mechanism(count_noise, 1.0, 1)] if count_noise else [])]
-        sigma = calibrate_noise(pc.epsilon, delta, q, steps, pc.accountant,
-                                prior_history=prior_all)
-    except ValueError as err:
-        raise BudgetExceeded(f"cannot reach epsilon={pc.epsilon:g}: {err}") from None
+    if pc.count_epsilon_share > 0:
+        count_eps = count_epsilon(pc.epsilon, pc.count_epsilon_share, pc.count_epsilon_min)
+        count_noise = noise_for_target(count_eps, delta, 1.0, 1, pc.accountant, refusal=refusal)
+    prior_all = [*prior, *([Mechanism(count_noise, 1.0, 1)] if count_noise else [])]
+    sigma = noise_for_target(pc.epsilon, delta, q, steps, pc.accountant, prior_all, refusal)
     return PrivatePlan(n, delta, q, steps, count_noise, sigma, pc.epsilon, list(prior))
 
 
@@ -170,16 +168,10 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
     train_seconds = time.perf_counter() - t0
 
     # 3. calibration to the private prevalence (post-processing; none without counts)
-    gen_model = build_model(len(kept), model_cfg)
-    gen_model.load_state_dict({k: v.cpu() for k, v in res.ema_state.items()})
-    gen = Generator(gen_model, model_cfg, matrix.vocab,
-                    OutputStep("threshold", model_cfg.threshold,
-                               info={"source": "ModelConfig.threshold (fixed in advance)"}),
-                    device, modelled=kept)
-    if prevalence is not None:
-        calibrate(gen, prevalence, "Gaussian-mechanism code counts (in privacy.json)",
-                  n=CALIBRATION_SAMPLES)
-    step = gen.output_step
+    gen, _ = release_generator(res.ema_state, model_cfg, matrix.vocab, kept,
+                               threshold_source=FIXED_THRESHOLD, prevalence=prevalence,
+                               prevalence_source="Gaussian-mechanism code counts "
+                                                 "(in privacy.json)", device=device)
     report = ledger.report(plan.delta, pc.epsilon, pc.accountant, local=True)
     report.update({
         "n_patients": n,
@@ -193,9 +185,7 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
     training = {"train_seconds": round(train_seconds, 1), "steps": res.mechanism.steps,
                 "mean_loss": res.mean_loss, "examples_per_second": round(res.examples_per_s, 1),
                 "codes_modelled": int(len(kept)), "privacy_config": dataclasses.asdict(pc)}
-    save_model(out, gen_model, model_cfg, matrix.vocab,
-               extra={"training": training, "privacy": report}, output_step=step, modelled=kept,
-               tail=gen.tail)
+    save_release(out, gen, extra={"training": training, "privacy": report})
     write_json(out / "privacy.json", report)
     log.info("DP model written to %s: epsilon=%.2f (%s), delta=%.3g, %.0f s", out,
              report["epsilon"], pc.accountant, plan.delta, time.perf_counter() - t0)

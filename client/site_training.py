@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from fedsynth.common.atomic import atomic_open, write_json
 from fedsynth.common.errors import BudgetExceeded, InputError
 from fedsynth.federation.protocol import SitePlan
 from fedsynth.privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
+from fedsynth.privacy.planning import noise_for_target, poisson_rate, steps_for_epochs
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +111,17 @@ def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: 
 
 def sample_rate(n_train: int, plan: SitePlan) -> float:
     """Poisson sampling rate q_k: the federation's ``sample_rate`` when set, else
-    train.batch_size / n_k (capped at 1); the expected batch is q_k * n_k."""
+    train.batch_size / n_k (capped at 1, ``privacy.planning.poisson_rate``); the expected
+    batch is q_k * n_k."""
     q = plan.config.federation.sample_rate
     if q > 0:
         return min(1.0, q)
-    return min(1.0, plan.config.train.batch_size / max(1, n_train))
+    return poisson_rate(plan.config.train.batch_size, n_train)
 
 
 def steps_per_round(n_train: int, plan: SitePlan) -> int:
     """ceil(local_epochs / q): local_epochs passes over the site's data in expectation."""
-    q = sample_rate(n_train, plan)
-    return max(1, math.ceil(plan.config.federation.local_epochs / q - 1e-9))
+    return steps_for_epochs(plan.config.federation.local_epochs, sample_rate(n_train, plan))
 
 
 def open_site_ledger(state_dir: str | Path, site: str, delta: float | None,
@@ -156,7 +156,9 @@ def plan_refusal(plan: SitePlan, ledger: Any, n_train: int) -> str:
 def plan_mechanism(n_train: int, plan: SitePlan, history: list[Mechanism], budget: float,
                    delta: float) -> Mechanism:
     """This round's mechanism: sigma calibrated so that the site's whole history plus the rest
-    of the plan (rounds left x local steps) reaches at most min(target, budget)."""
+    of the plan (rounds left x local steps) reaches at most min(target, budget)
+    (``privacy.planning.noise_for_target``), unless the previous round's sigma still fits
+    (``_reuse_sigma``); refused when less than ``MIN_LEFT`` of the target is left."""
     q = sample_rate(n_train, plan)
     steps = steps_per_round(n_train, plan)
     remaining = (plan.rounds - plan.round + 1) * steps
@@ -172,10 +174,8 @@ def plan_mechanism(n_train: int, plan: SitePlan, history: list[Mechanism], budge
     reused = _reuse_sigma(history, q, remaining, target, delta, accountant)
     if reused is not None:
         return Mechanism(reused, q, steps)
-    try:
-        sigma = calibrate_noise(target, delta, q, remaining, accountant, prior_history=history)
-    except ValueError as err:
-        raise BudgetExceeded(f"cannot plan round {plan.round}: {err}") from None
+    sigma = noise_for_target(target, delta, q, remaining, accountant, history,
+                             refusal=f"cannot plan round {plan.round}")
     return Mechanism(sigma, q, steps)
 
 
@@ -268,13 +268,15 @@ def run_site_round(
     if res.ema_state is not None:
         ema = {k: v.detach().cpu().numpy() for k, v in res.ema_state.items()}
         if global_ema is not None:
-            # train_dp's EMA starts at the round's global weights w0 with the warm-up
-            # (common.model.ema), so it is mostly this round's later iterates; the released EMA
-            # adds d^S (e0 - w0), the previous global EMA's offset from w0 at the weight a plain
-            # EMA would give it. Not the run's exact EMA: that (no warm-up, continued from e0)
-            # measured lower (ehr-benchmark ours_federated, epsilon 3, one run each: co-occurrence
-            # 0.946 / dim-wise 0.864 against 0.955 / 0.885 with this rule); the rule is pinned by
-            # tests/test_federation_site.py::test_released_ema_rule.
+            # The released EMA: train_dp's EMA restarts every round at the round's global
+            # weights w0 WITH the warm-up of common.model.ema (d_t = min(d, (1+t)/(10+t))), so
+            # it is mostly this round's later iterates; the site adds d^S (e0 - w0), the
+            # previous global EMA e0's offset from w0 at the weight d^S that S plain EMA steps
+            # would leave it. Deliberately not the EMA the whole run would have had (continued
+            # from e0, no warm-up): that measured lower (ehr-benchmark ours_federated, epsilon
+            # 3, one run each: co-occurrence 0.946 / dim-wise 0.864 against 0.955 / 0.885 with
+            # this rule). Pinned by tests/test_federation_site.py (test_released_ema_rule, and
+            # with the real train_dp test_released_ema_restarts_with_the_warm_up).
             factor = train_cfg.ema_decay ** ran.steps
             for k in ema:
                 if k in global_ema and np.issubdtype(ema[k].dtype, np.floating):

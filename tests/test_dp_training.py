@@ -110,3 +110,22 @@ def _vocab(n: int):  # noqa: ANN202
     from fedsynth.common.vocabulary import Vocabulary
 
     return Vocabulary(tuple(f"C{i:02d}" for i in range(n)), {}, "test")
+
+
+def test_train_dp_ema_starts_at_the_initial_weights_with_the_warm_up() -> None:
+    """The EMA train_dp returns is built with the warm-up (common.model.ema): after one step
+    d_0 = min(decay, 1/10), so it is 0.1 w0 + 0.9 w1, not decay w0 + (1 - decay) w1. The
+    federated release rule (client.site_training) assumes exactly this."""
+    X = (np.random.default_rng(0).random((40, 12)) < 0.3).astype(np.uint8)
+    torch.manual_seed(0)
+    model = build_model(12, TINY)
+    w0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    res = train_dp(model, X, model_cfg=TINY, train_cfg=TrainConfig(lr=0.05, ema_decay=0.9),
+                   privacy_cfg=PrivacyConfig(noise_multiplicity=1), noise_multiplier=1.0,
+                   sample_rate=0.5, steps=1, noise_seed=0)
+    w1 = res.state_dict
+    moved = [k for k in w0 if not torch.equal(w0[k], w1[k])]
+    assert moved  # the step changed the weights
+    for k in moved:
+        torch.testing.assert_close(res.ema_state[k], 0.1 * w0[k] + 0.9 * w1[k],
+                                   rtol=0, atol=1e-6)

@@ -157,3 +157,30 @@ def test_released_ema_rule(tmp_path, monkeypatch) -> None:
     assert seen["warm-up default"]  # the round's EMA is built with its warm-up
     k = next(k for k in g if np.issubdtype(g[k].dtype, np.floating))
     np.testing.assert_allclose(upd.weights[k], g[k] + 1, rtol=1e-6)  # the DP iterate as is
+
+
+def test_released_ema_restarts_with_the_warm_up(tmp_path) -> None:
+    """The rule kept for the federated EMA, with the real train_dp: one local step (S = 1) from
+    the global weights w0 releases (0.1 w0 + 0.9 w1) + d (e0 - w0): the round's EMA restarted at
+    w0 with the warm-up (d_0 = min(d, 1/10)), plus the global EMA's offset at weight d^S. The
+    run's continued EMA without warm-up, d e0 + (1 - d) w1, is what it is not."""
+    from fedsynth.client.site_training import _ema_decay
+
+    data = _data()
+    cfg = _config()
+    cfg.federation.local_epochs = 0.25  # one step at q = 0.25
+    plan = SitePlan(round=1, rounds=100, run_id="r1", target_epsilon=3.0, config=cfg)
+    g = _global(data.train.shape[1])
+    e0 = {k: v + 0.5 for k, v in g.items()}
+    upd = run_site_round(g, e0, data, plan, Ledger.open(tmp_path, "A", DELTA), budget=3.0)
+    assert upd.status == "ok" and upd.steps == 1
+    d = _ema_decay(plan, 1)
+    assert d > 0.1  # the warm-up's first decay, 0.1, is the one in force
+    w1 = upd.weights
+    moved = [k for k in g if np.issubdtype(g[k].dtype, np.floating) and
+             not np.array_equal(g[k], w1[k])]
+    assert moved
+    for k in moved:
+        want = (0.1 * g[k] + 0.9 * w1[k]) + d * (e0[k] - g[k])
+        np.testing.assert_allclose(upd.ema[k], want, rtol=0, atol=1e-5)
+        assert not np.allclose(upd.ema[k], d * e0[k] + (1 - d) * w1[k], rtol=0, atol=1e-5)

@@ -103,3 +103,34 @@ def test_broken_model_directories_are_input_errors(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(InputError, match="config.json"):
         load_model(tmp_path / "m")
+
+
+def test_release_from_a_state_dict_calibrates_and_saves_what_save_model_would(tmp_path,
+                                                                            monkeypatch):
+    """common.model.release: weights (module or numpy state dict) -> the calibrated Generator
+    (fixed threshold with its source, tail of unmodelled codes) -> the model directory."""
+    import fedsynth.common.model.calibrate as calibration
+    from fedsynth.common.model.release import release_generator, save_release
+
+    monkeypatch.setattr(calibration, "CALIBRATION_SAMPLES", 500)
+    cfg = ModelConfig(**{**CFG.__dict__, "parameterization": "binary"})
+    torch.manual_seed(0)
+    model = build_model(3, cfg)
+    state = {k: v.numpy().copy() for k, v in model.state_dict().items()}  # as a coordinator has
+    plain, info = release_generator(state, cfg, VOCAB, [0, 4, 7], threshold_source="why")
+    assert info == {} and plain.tail is None and plain.output_step.threshold == cfg.threshold
+    assert plain.output_step.info == {"source": "why"}
+    prev = np.zeros(len(VOCAB))
+    prev[[0, 4, 7, 9]] = [0.3, 0.2, 0.1, 0.05]
+    gen, info = release_generator(model, cfg, VOCAB, [0, 4, 7], threshold_source="why",
+                                  prevalence=prev, prevalence_source="test counts")
+    assert info["samples"] == 500 and info["prevalence_source"] == "test counts"
+    assert gen.output_step.info["calibration"] == info
+    assert np.flatnonzero(gen.tail).tolist() == [9]
+    save_release(tmp_path / "a", gen, extra={"note": 1})
+    save_model(tmp_path / "b", gen.model, cfg, VOCAB, extra={"note": 1},
+               output_step=gen.output_step, modelled=[0, 4, 7], tail=gen.tail)
+    for name in ("config.json", "vocabulary.json", "output_step.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    back = load_model(tmp_path / "a", device="cpu")
+    assert np.array_equal(back.sample(200, seed=2), gen.sample(200, seed=2))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import fedsynth.client.private_train as pt
+import fedsynth.common.model.calibrate as calibration
 from fedsynth.common.config import Config, ModelConfig
 from fedsynth.common.data import demo_cohort
 from fedsynth.common.errors import BudgetExceeded
@@ -28,7 +29,7 @@ def _config(eps: float = 4.0) -> Config:
 
 
 def test_private_training_end_to_end(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(pt, "CALIBRATION_SAMPLES", 2000)
+    monkeypatch.setattr(calibration, "CALIBRATION_SAMPLES", 2000)  # read by release_generator
     matrix = demo_cohort(n_sites=1, patients_per_site=1500, seed=0)
     out = tmp_path / "model"
     pt.train_centralized_private(matrix, _config(), out, progress=False)

@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedsynth.common.config import Config
-from fedsynth.common.model.calibrate import calibrate
-from fedsynth.common.model.output import OutputStep
-from fedsynth.common.model.store import Generator, save_model
+from fedsynth.common.model.release import release_generator, save_release
 from fedsynth.common.model.train import train_model
 
 log = logging.getLogger(__name__)
@@ -38,18 +36,16 @@ def train_centralized(X: np.ndarray, vocab: Any, config: Config, out_dir: str | 
     X = np.asarray(X)
     modelled = seen_codes(X)
     result = train_model(X[:, modelled], config.model, config.train, progress=progress)
-    gen = Generator(result.ema.module, config.model, vocab,
-                    OutputStep("threshold", config.model.threshold,
-                               info={"source": "ModelConfig.threshold"}),
-                    result.report["device"], modelled=modelled)
-    calibration = calibrate(gen, X.mean(axis=0), "training data")
+    gen, calibration = release_generator(
+        result.ema.module, config.model, vocab, modelled,
+        threshold_source="ModelConfig.threshold", prevalence=X.mean(axis=0),
+        prevalence_source="training data", device=result.report["device"])
     report = dict(result.report)
     report["total_seconds"] = round(time.perf_counter() - t0, 2)
     report["output_step"] = gen.output_step.kind
     report["codes_modelled"] = len(modelled)
     report["calibration"] = calibration
     meta = {"training": report, "train_config": config.to_dict()["train"], **(extra or {})}
-    save_model(out_dir, gen.model, config.model, vocab, extra=meta, output_step=gen.output_step,
-               modelled=modelled, tail=gen.tail)  # no tail: every seen code is modelled
+    save_release(out_dir, gen, extra=meta)  # no tail: every seen code is modelled
     log.info("model written to %s (%.0f s)", out_dir, report["total_seconds"])
     return report
