@@ -242,18 +242,13 @@ def init_certs(
 # ---------------------------------------------------------------- site keys and registration
 
 
-def check_site(site: str) -> str:
-    """The one site-name check (``common.names``): matched in full, so ``'A\\n'`` is refused."""
-    return check_site_name(site)
-
-
 def enrolled_dir(cert_dir: str | Path) -> Path:
     return Path(cert_dir) / SITES_DIR
 
 
 def new_site_keys(site: str, out: str | Path, force: bool = False) -> tuple[Path, Path]:
     """Write ``out/<site>.key`` (OpenSSH private, 0600) and ``out/sites/<site>.pub`` (OpenSSH)."""
-    check_site(site)
+    check_site_name(site)
     out = Path(out)
     key_path, pub_path = out / f"{site}.key", enrolled_dir(out) / f"{site}.pub"
     if key_path.exists() and not force:
@@ -298,7 +293,7 @@ def register_public_key(
     False when the SuperLink cannot be reached.
     """
     load_public_key(pub)
-    ok, message = register_supernode(pub, check_site(Path(pub).stem), address, ca, timeout)
+    ok, message = register_supernode(pub, check_site_name(Path(pub).stem), address, ca, timeout)
     if ok:
         log.info("registered %s with %s", Path(pub).name, address)
         return True
@@ -334,7 +329,7 @@ def enroll_site(
     If it is not, the public key stays in ``out/sites/`` and ``ehr-server`` (which calls
     :func:`register_enrolled`) registers it when it starts.
     """
-    check_site(site)
+    check_site_name(site)
     if superlink:  # find the CA before writing anything
         if ca is None:  # the cert dir itself, or a site folder inside it
             found = [d / CA_CERT for d in (Path(out), Path(out).resolve().parent)

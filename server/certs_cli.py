@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fedsynth.common.atomic import atomic_path
 from fedsynth.common.errors import InputError, cli_errors
+from fedsynth.common.names import check_site_name
 from fedsynth.server import certs
 
 
@@ -88,7 +89,7 @@ def _register(args: argparse.Namespace) -> int:
     _check_address(args.superlink)
     for pub in args.pub or []:
         certs.load_public_key(pub)
-        site = certs.check_site(pub.stem)
+        site = check_site_name(pub.stem)
         dest = certs.enrolled_dir(args.dir) / f"{site}.pub"
         with atomic_path(dest) as tmp:
             shutil.copyfile(pub, tmp)

@@ -23,7 +23,6 @@ from fedsynth.privacy.report import release_report
 from fedsynth.server.settings import RunSettings
 
 State = dict[str, np.ndarray]
-CALIBRATION_SAMPLES = 20_000
 
 
 def write_model_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[str, Any],
@@ -31,31 +30,20 @@ def write_model_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[
                            final_state: State, rounds: int) -> tuple[Any, np.ndarray]:
     """The global model (EMA weights) to OUT/model and OUT/synthetic.csv; returns (the released
     Generator, read back from OUT/model, and the sample)."""
-    import torch
-
-    from fedsynth.common.model import Generator, OutputStep, build_model
-    from fedsynth.common.model.calibrate import calibrate
-    from fedsynth.common.model.store import load_model, save_model
+    from fedsynth.common.model.release import FIXED_THRESHOLD, release_generator, save_release
+    from fedsynth.common.model.store import load_model
     from fedsynth.common.vocabulary import Vocabulary
 
     cfg = settings.model_config()
-    codes = tuple(vocab_doc["codes"])
-    vocab = Vocabulary(codes, name=str(vocab_doc.get("name", "custom")))
-    state = {k: torch.from_numpy(np.array(v)) for k, v in final_state.items()}
-    model = build_model(len(kept) if kept is not None else len(codes), cfg.model)
-    model.load_state_dict(state)
-    gen = Generator(model, cfg.model, vocab, OutputStep(
-        "threshold", cfg.model.threshold,
-        info={"source": "ModelConfig.threshold (fixed in advance)"}), "cpu",
-        modelled=kept)
-    if prevalence is not None:  # post-processing of the sites' private counts
-        calibrate(gen, np.asarray(prevalence), "empirical-Bayes estimate from the "
-                  "sum of the sites' Gaussian-mechanism code counts", n=CALIBRATION_SAMPLES)
+    vocab = Vocabulary(tuple(vocab_doc["codes"]), name=str(vocab_doc.get("name", "custom")))
+    gen, _ = release_generator(  # calibration: post-processing of the sites' private counts
+        final_state, cfg.model, vocab, kept, threshold_source=FIXED_THRESHOLD,
+        prevalence=None if prevalence is None else np.asarray(prevalence),
+        prevalence_source="empirical-Bayes estimate from the sum of the sites' "
+                          "Gaussian-mechanism code counts", device="cpu")
     model_dir = out / "model"
-    save_model(model_dir, gen.model, cfg.model, vocab, extra={
-        "federated": True, "run_id": settings.run_id,
-        "rounds": rounds, "privacy": "see ../privacy.json"},
-        output_step=gen.output_step, modelled=kept, tail=gen.tail)
+    save_release(model_dir, gen, extra={"federated": True, "run_id": settings.run_id,
+                                        "rounds": rounds, "privacy": "see ../privacy.json"})
     generator = load_model(model_dir, device="cpu")
     synth = generator.sample(settings.samples, seed=settings.seed)
     from fedsynth.common.data import write_matrix
