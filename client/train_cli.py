@@ -7,10 +7,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedsynth.common.config import Config
-from fedsynth.common.data import load_codes
+from fedsynth.common.data import CodeMatrix, load_codes
 from fedsynth.common.errors import InputError, cli_errors
+
+log = logging.getLogger("ehr-train")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,8 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace) -> Config:
-    config = Config.from_toml(args.config) if args.config else Config()
+def build_config(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """The run's Config: ``base`` (else ``--config``'s TOML, else the defaults) with the flags
+    applied on top (the one mapping of flags to fields: ``fedsynth.train`` uses it too)."""
+    if base is not None:
+        config = base
+    else:
+        config = Config.from_toml(args.config) if args.config else Config()
     if args.epochs is not None:
         if args.epochs < 1:
             raise InputError("--epochs", "must be at least 1")
@@ -55,36 +63,52 @@ def build_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def check_device(config: Config, flag: str = "--") -> None:
+    """Refuse a device this machine does not have before any work (one line naming it)."""
+    from fedsynth.common.device import resolve_device
+
+    try:
+        resolve_device(config.train.device)
+    except ValueError as err:
+        raise InputError(f"{flag}device", str(err)) from None
+
+
+def train_to_folder(matrix: CodeMatrix, config: Config, out: Path,
+                    state_dir: str | Path | None = None, progress: bool = True,
+                    flag: str = "--") -> dict[str, Any]:
+    """Train the generator of ``ehr-train`` and ``fedsynth.train`` into the model folder
+    ``out``: DP-SGD with the data set's ledger (in ``state_dir``) when ``config.privacy.epsilon``
+    is set, else non-private. ``flag``: how errors name a setting (``--device`` on the command
+    line, ``device`` in Python). Returns the training report."""
+    check_device(config, flag)
+    if matrix.n_patients < 2:
+        raise InputError(matrix.source or "data",
+                         f"only {matrix.n_patients} patient(s): nothing to train on")
+    if config.privacy.epsilon is None:
+        from fedsynth.common.model.central import train_centralized
+
+        return train_centralized(matrix.X, matrix.vocab, config, out, progress=progress,
+                                 extra={"data": matrix.report.to_dict()})
+    from fedsynth.client.private_train import train_centralized_private  # lazy: pulls in opacus
+
+    report = train_centralized_private(matrix, config, out, state_dir=state_dir,
+                                       progress=progress)
+    privacy = report["privacy"]
+    log.info("epsilon %.2f of %g spent on this data set at delta %g; ledger %s",
+             privacy["epsilon"], config.privacy.epsilon, privacy["delta"], privacy["ledger"])
+    return report
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     config = build_config(args)
-    try:
-        from fedsynth.common.device import resolve_device
-
-        resolve_device(config.train.device)
-    except ValueError as err:
-        raise InputError("--device", str(err)) from None
+    check_device(config)  # before loading the data
     matrix = load_codes(args.data, format=args.format)
-    if matrix.n_patients < 2:
-        raise InputError(args.data, f"only {matrix.n_patients} patient(s): nothing to train on")
-    out = Path(args.out)
-    if config.privacy.epsilon is not None:
-        from fedsynth.client.private_train import train_centralized_private  # lazy: pulls in opacus
-
-        report = train_centralized_private(matrix, config, out, state_dir=args.state_dir,
-                                           progress=not args.quiet)
-        privacy = report["privacy"]
-        logging.getLogger("ehr-train").info(
-            "epsilon %.2f of %g spent on this data set at delta %g; ledger %s",
-            privacy["epsilon"], config.privacy.epsilon, privacy["delta"], privacy["ledger"])
-    else:
-        from fedsynth.common.model.central import train_centralized
-
-        report = train_centralized(matrix.X, matrix.vocab, config, out, progress=not args.quiet,
-                                   extra={"data": matrix.report.to_dict()})
-    json.dump({"model_dir": str(out), **(report or {})}, sys.stdout, indent=2, default=str)
+    report = train_to_folder(matrix, config, Path(args.out), state_dir=args.state_dir,
+                             progress=not args.quiet)
+    json.dump({"model_dir": str(args.out), **(report or {})}, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
 
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,39 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
     return sizes
 
 
+@dataclass
+class Outcome:
+    """What a simulation left behind: its output folder, the launcher's status (``"status"``
+    is ``"completed"`` when the federation ran to the end) and ``audit_rc`` (0 without
+    ``--audit``; 1 when the audit refutes the accountant)."""
+
+    out: Path
+    status: dict[str, Any]
+    audit_rc: int = 0
+
+    @property
+    def completed(self) -> bool:
+        return self.status.get("status") == "completed"
+
+
 def simulate(args: argparse.Namespace) -> int:
-    from fedsynth.server.launch import Launch, launch, summary
+    """``ehr-simulate``: ``run`` plus the summary lines; the exit status."""
+    from fedsynth.server.launch import summary
+
+    outcome = run(args)
+    print(summary(outcome.out))
+    if not outcome.completed:
+        print(f"simulation failed: {outcome.status.get('detail', '')}; logs in "
+              f"{outcome.out / 'logs'}", file=sys.stderr)
+        return 1
+    return outcome.audit_rc
+
+
+def run(args: argparse.Namespace) -> Outcome:
+    """The simulation of ``args`` (``parser()``'s namespace): split the cohort into sites, run
+    the federation, then the operator's outputs (``operator_outputs``). Also what
+    ``fedsynth.simulate`` calls."""
+    from fedsynth.server.launch import Launch, launch
     from fedsynth.simulations.partition import parse_partition, partition
 
     if args.sites < 1:
@@ -133,15 +165,10 @@ def simulate(args: argparse.Namespace) -> int:
                          "client-resources-num-gpus": 0.0}
     status = launch(Launch(settings=settings, simulation=True, run_config=run_config,
                            federation_config=federation_config, progress=not args.no_progress))
-    audit_rc = 0
-    if status.get("status") == "completed":
-        audit_rc = operator_outputs(out, settings.run_id, args.audit, args.seed)
-    print(summary(out))
-    if status.get("status") != "completed":
-        print(f"simulation failed: {status.get('detail', '')}; logs in {out / 'logs'}",
-              file=sys.stderr)
-        return 1
-    return audit_rc
+    outcome = Outcome(out, status)
+    if outcome.completed:
+        outcome.audit_rc = operator_outputs(out, settings.run_id, args.audit, args.seed)
+    return outcome
 
 
 def operator_outputs(out: Path, run_id: str, audit: bool, seed: int) -> int:
