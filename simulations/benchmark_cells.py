@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedsynth.common.errors import BudgetExceeded
+from fedsynth.simulations.baselines.aim import DidNotFinishError
 from fedsynth.simulations.benchmark_data import Dataset
 from fedsynth.simulations.benchmark_scores import Scores, score
 from fedsynth.simulations.benchmark_settings import GENERATORS, BenchmarkSettings
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Cell:
     """One (generator, epsilon, seed) result. ``status``: ``ok``, or ``n/a: ...``,
-    ``refused: ...``, ``error: ...``, ``skipped: ...`` (then nothing else is set)."""
+    ``refused: ...``, ``error: ...``, ``skipped: ...``, ``did not finish in N min (...)``
+    (then nothing else is set)."""
 
     generator: str
     epsilon: float | None
@@ -101,6 +103,9 @@ def run_cell(name: str, eps: float | None, seed: int, ds: Dataset, s: BenchmarkS
         return cell, None
     except BudgetExceeded as err:
         cell.status = f"refused: {err}"
+        return cell, None
+    except DidNotFinishError as err:  # its time budget ran out: the table says so
+        cell.status = str(err)
         return cell, None
     except Exception as err:  # one broken generator must not sink the whole table
         log.error("%s at eps=%s seed=%s failed: %s", name, eps, seed, err)
