@@ -13,7 +13,7 @@ from typing import Any
 from fedsynth.common.atomic import atomic_open, write_json
 from fedsynth.simulations.benchmark_plots import plot
 from fedsynth.simulations.benchmark_settings import LABELS, METRICS, eps_label
-from fedsynth.simulations.benchmark_summary import Stat, SummaryEntry, target_check
+from fedsynth.simulations.benchmark_summary import Stat, SummaryEntry, target_check, working
 
 BenchmarkDoc = dict[str, Any]  # benchmark.json: settings, dataset, delta, machine, ... summary
 
@@ -43,6 +43,8 @@ def markdown_table(summary: list[SummaryEntry]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
         label = LABELS.get(e["generator"], e["generator"])
+        if e["status"] == "ok" and not working(e):
+            label += " (not a working generator: no codes)"
         if e["status"] != "ok":
             status = e["status"].split(":")[0]
             cells = [f"{status} (see notes)"] + ["-"] * (len(METRICS) - 1)

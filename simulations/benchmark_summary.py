@@ -27,6 +27,18 @@ class Stat(TypedDict):
 SummaryEntry = dict[str, Any]
 
 
+# A generator writing fewer codes per patient than this (real patients have 3-5) produces
+# nothing usable: its row is labelled so in the table and never counts as a rival in a claim.
+WORKING_MIN_CODES = 0.05
+RIVALS = ("medgan", "corgan", "dp_marginals", "mst", "aim")
+
+
+def working(entry: SummaryEntry) -> bool:
+    """False for a finished row whose synthetic patients carry (almost) no codes."""
+    cpp = entry.get("codes_per_patient", {}).get("mean")
+    return cpp is None or cpp >= WORKING_MIN_CODES
+
+
 def summarize(rows: list[Row]) -> list[SummaryEntry]:
     """Mean and sd over seeds per (generator, epsilon), in generator/epsilon order."""
     groups: dict[tuple[str, float | None], list[Row]] = {}
@@ -54,11 +66,13 @@ def attribute_baseline(rows: list[Row]) -> float | None:
 
 
 def target_check(summary: list[SummaryEntry]) -> list[str]:
-    """Issue 6's target: ours >= the best baseline on co-occurrence r and dim-wise prediction at
-    every epsilon, and > DP marginals on both at epsilon >= 3. One line per check."""
+    """Issue 6's target: ours >= the best baseline (MST and AIM among them, issue 17) on
+    co-occurrence r and dim-wise prediction at every epsilon, and > DP marginals on both at
+    epsilon >= 3. One line per check; a generator that is not working is no rival."""
     lines = []
     by: dict[tuple[str, float | None], SummaryEntry] = {
-        (e["generator"], e["epsilon"]): e for e in summary if e["status"] == "ok"}
+        (e["generator"], e["epsilon"]): e for e in summary
+        if e["status"] == "ok" and working(e)}
     epsilons = sorted({e["epsilon"] for e in summary}, key=eps_key)
     for ours in ("ours", "ours_federated"):
         for eps in epsilons:
@@ -67,9 +81,8 @@ def target_check(summary: list[SummaryEntry]) -> list[str]:
                 continue
             for key in ("cooccurrence_r", "dimwise_auroc_ratio"):
                 v = mine[key]["mean"]
-                rivals = [(g, by[(g, eps)][key]["mean"]) for g in ("medgan", "corgan",
-                          "dp_marginals") if (g, eps) in by and by[(g, eps)][key]["mean"]
-                          is not None]
+                rivals = [(g, by[(g, eps)][key]["mean"]) for g in RIVALS
+                          if (g, eps) in by and by[(g, eps)][key]["mean"] is not None]
                 if v is None or not rivals:
                     continue
                 best_g, best_v = max(rivals, key=lambda t: t[1])

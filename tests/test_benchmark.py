@@ -73,6 +73,22 @@ def test_target_check_names_misses(fake_rows: list[dict]) -> None:
     assert sum("NOT met" in ln for ln in strict) == 2  # co-occurrence at 3 and non-private
 
 
+def test_mst_is_a_rival_and_a_generator_writing_no_codes_is_not(fake_rows: list[dict]) -> None:
+    rows = [*fake_rows,
+            _row("mst", 1.0, 0, cooccurrence_r=0.96, dimwise_auroc_ratio=0.84),
+            # corGAN under DP: a "winning" co-occurrence from a sample with no codes at all
+            _row("corgan", 1.0, 0, cooccurrence_r=0.99, dimwise_auroc_ratio=0.99,
+                 codes_per_patient=0.0)]
+    summary = summarize(rows)
+    lines = target_check(summary)
+    at1 = [ln for ln in lines if "epsilon 1," in ln and "best baseline" in ln]
+    assert any("cooccurrence_r" in ln and "MST" in ln and "0.960" in ln for ln in at1), at1
+    assert not any("corGAN" in ln for ln in lines)
+    table = markdown_table(summary)
+    assert "(not a working generator: no codes)" in table
+    assert table.count("not a working generator") == 1
+
+
 def test_write_report_files(tmp_path: Path, fake_rows: list[dict]) -> None:
     result = {
         "settings": {"preset": "quick", "seeds": 2, "n_synth": 100, "max_train": 10},
