@@ -7,6 +7,12 @@ writes the global model, synthetic.csv, privacy.json, rounds.jsonl and evaluatio
 
 TLS: without --insecure the SuperLink needs --ssl-ca-certfile/--ssl-certfile/--ssl-keyfile
 (from ``ehr-certs init``), and --enable-supernode-auth restricts it to enrolled sites.
+
+Every SuperNode the SuperLink refuses gets one WARNING line on this console (a key that is not
+enrolled, with its SHA256 fingerprint and the peer address; no key; a TLS client on an
+--insecure coordinator), from ``server/refused_nodes.py``. A failed TLS handshake (the site's
+CA or host name is wrong, or it dials plaintext) leaves no trace at the SuperLink: only the
+site's ``ehr-client`` can say why.
 """
 
 from __future__ import annotations

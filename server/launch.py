@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.server.progress import RoundProgress
+from fedsynth.server.refused_nodes import RefusedNodes
 from fedsynth.server.settings import RUN_FILE, RunSettings
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ def launch(job: Launch) -> dict[str, Any]:
     # A crashed coordinator's detached helpers (SuperExec, ServerApp) may still run and would
     # grab the new run from the new SuperLink: stop them first (found by this FLWR_HOME).
     fr.sweep(str(home.resolve()))
+    # every SuperNode the SuperLink refuses gets one line on this console
+    refused = RefusedNodes(out / "logs" / "superlink.out", job.settings.cert_dir or None,
+                           job.insecure)
     with fr.managed() as group:
         link = fr.start_superlink(group, host=job.host, port=port, flwr_home=home,
                                   simulation=job.simulation, insecure=job.insecure,
@@ -77,8 +81,11 @@ def launch(job: Launch) -> dict[str, Any]:
         log.info("submitted Flower run %d", run_id)
         try:
             with RoundProgress(out, job.settings.rounds, enabled=job.progress) as bar:
+                def tick() -> None:
+                    bar.tick()
+                    refused.poll()
                 flwr_cli.wait_run(home, run_id, done=done, alive=lambda: link.poll() is None,
-                                  timeout=job.timeout, tick=bar.tick)
+                                  timeout=job.timeout, tick=tick)
         except KeyboardInterrupt:
             log.warning("interrupted: stopping the run and every process it started")
             raise
