@@ -62,3 +62,16 @@ def test_codes_per_patient_summary():
     h = s["histogram"]
     assert h[0] == h[2] == h[4] == h[-1] == 0.25 and sum(h) == pytest.approx(1.0)
 
+
+
+def test_dimwise_skips_a_code_whose_real_auroc_is_zero():
+    """A tiny held-out set can give AUROC 0 trained on real: no ratio, no ZeroDivisionError
+    (seen at a site with few held-out patients)."""
+    from fedsynth.common.metrics import dimension_wise_prediction
+
+    # code 0 is predicted by code 1 in training and anti-predicted in the test rows
+    train = np.array([[1, 1], [1, 1], [0, 0], [0, 0]], dtype=np.uint8)
+    test = np.array([[1, 0], [0, 1]], dtype=np.uint8)
+    out = dimension_wise_prediction(test, train, train, k=1)
+    assert out["dimwise_per_code"][0]["auroc_real"] == 0.0
+    assert np.isnan(out["dimwise_auroc_ratio"])
