@@ -1,11 +1,12 @@
-"""The hospital's Flower ClientApp: unpack the message, call a plain function, pack the reply.
+"""The hospital's Flower ClientApp: unpack the message, hand it to the site, pack the reply.
 
-Site configuration comes from the SuperNode's node config (``ehr-client`` sets it):
-``site``, ``data-path``, ``format``, ``state-dir``, ``epsilon-budget`` and optional ``holdout``,
-``device``. Under the simulation engine the node config only has ``partition-id`` /
-``num-partitions``; the run config then names the folder of simulated sites
-(``sim-data-dir``: ``site<k>.npz`` written by ``ehr-simulate``; empty: a demo cohort), their
-state folder (``sim-state-dir``) and budget (``sim-epsilon-budget``; 0: the server's target).
+Where the node config names a resident site worker (``worker-socket``, set by ``ehr-client``:
+``client.worker``), each handler only forwards the unpacked request to it and packs its answer:
+Flower 1.41 starts a new ClientApp process for every message, and this module imports neither
+torch nor Opacus, so that process starts in about the time ``flwr`` itself takes to import
+(issue 18). Without a worker (``ehr-simulate``: Ray actors keep the modules loaded anyway) the
+handlers call ``client.site_service.SiteService`` directly. Site settings:
+``client.site_service.site_config_from``.
 
 Message types: ``query`` (site name, vocabulary, counts), ``train`` (weights + EMA + plan ->
 update + privacy report, or a refusal with its reason), ``evaluate`` (the released model ->
@@ -16,24 +17,23 @@ the reply is the site's name and a constant status; ``client.site_evaluation``).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedsynth.client.site_training import (
-    SiteData,
-    load_site_data,
-    open_site_ledger,
-    run_site_round,
-    site_counts,
+from fedsynth.client.site_service import (
+    RUN_KEYS,
+    Evaluation,
+    SiteConfig,
+    SiteService,
+    evaluation_settings,
+    site_config_from,
 )
+from fedsynth.client.worker_ipc import EVALUATE, QUERY, TRAIN, WorkerClient, group, grouped
 from fedsynth.federation.protocol import (
     EvaluateReply,
     EvaluateRequest,
@@ -46,124 +46,54 @@ from fedsynth.federation.protocol import (
 
 log = logging.getLogger(__name__)
 app = ClientApp()
-
-
-@dataclass
-class SiteConfig:
-    site: str
-    data_path: str
-    format: str
-    state_dir: str
-    epsilon_budget: float  # <= 0: the server's target epsilon
-    holdout: float = 0.2
-    device: str = "cpu"
-    demo_sites: int = 0  # simulation without data: this partition of a demo cohort
-    demo_index: int = 0
-    seed: int = 0
-    threads: int = 0  # torch threads of this site's training; 0: min(2, CPU cores)
-    delta: float = 0.0  # the site's own delta; <= 0: default_delta(n) (a new ledger)
-    # the enrolment key (ehr-client --auth-key, node config ``signing-key``) signs the ledger
-    # heads; "": the state folder's site key (privacy.witness.SiteKey.load_or_create)
-    auth_key: str = ""
-
-    def budget(self, plan: SitePlan) -> float:
-        """The site's epsilon budget: its own, else (none configured) the plan's target."""
-        return self.epsilon_budget if self.epsilon_budget > 0 else plan.target_epsilon
+WORKER_TIMEOUT = 3600.0  # seconds to wait for the worker when the message has no TTL
+__all__ = ["SiteConfig", "app", "site_config"]
 
 
 def site_config(context: Context) -> SiteConfig:
     """The site's settings from the node config (deployment) or the run config (simulation)."""
-    node, run = context.node_config, context.run_config
-    if "site" in node:
-        return SiteConfig(
-            site=str(node["site"]), data_path=str(node.get("data-path", "")),
-            format=str(node.get("format", "auto")), state_dir=str(node.get("state-dir", ".")),
-            epsilon_budget=float(node.get("epsilon-budget", 0.0)),
-            holdout=float(node.get("holdout", run.get("holdout", 0.2))),
-            device=str(node.get("device", "cpu")), seed=int(run.get("seed", 0)),
-            threads=int(node.get("threads", 0)), delta=float(node.get("delta", 0.0)),
-            auth_key=str(node.get("signing-key", "")),
-        )
-    pid = int(node.get("partition-id", 0))
-    n_parts = int(node.get("num-partitions", 1))
-    data_dir = str(run.get("sim-data-dir", ""))
-    state_root = str(run.get("sim-state-dir", "")) or os.path.join(
-        tempfile.gettempdir(), "fedsynth-sim-state")
-    return SiteConfig(
-        site=f"site{pid}",
-        data_path=os.path.join(data_dir, f"site{pid}.npz") if data_dir else "",
-        format="npz", state_dir=os.path.join(state_root, f"site{pid}"),
-        epsilon_budget=float(run.get("sim-epsilon-budget", 0.0)),
-        holdout=float(run.get("holdout", 0.2)), device=str(run.get("device", "cpu")),
-        demo_sites=0 if data_dir else n_parts, demo_index=pid, seed=int(run.get("seed", 0)),
-        delta=float(run.get("sim-delta", 0.0)),
-    )
+    return site_config_from(context.node_config, context.run_config)
 
 
-def load_data(cfg: SiteConfig) -> SiteData:
-    if cfg.demo_sites:
-        from fedsynth.common.data import demo_cohort, split_holdout
+@dataclass
+class _Counts:
+    """The counts release as the worker returned it (``privacy.counts.NoisyCounts``' fields,
+    without importing scipy here)."""
 
-        cohort = demo_cohort(n_sites=cfg.demo_sites, seed=cfg.seed)
-        sites = cohort.covariates["site"].astype(str).to_numpy()
-        idx = np.flatnonzero(sites == pd.unique(sites)[cfg.demo_index])
-        part = cohort.subset(idx)
-        tr, ho = split_holdout(part, cfg.holdout, cfg.seed)
-        return SiteData(cfg.site, tr.X, ho.X, cohort.vocab)
-    return load_site_data(cfg.data_path, cfg.format, cfg.holdout, cfg.seed, cfg.site)
+    counts: np.ndarray
+    size: float
+    noise_std: float
 
 
-def _threads(threads: int = 0) -> None:
-    """torch threads: the site's ``--threads``, else min(2, CPU cores). Several sites sharing
-    one host must split its cores: oversubscribed, DP-SGD ran 30-40x slower (5 sites on 2
-    cores, 2 threads each: 122-178 s for a local round that takes 3-5 s alone)."""
-    import torch
-
-    torch.set_num_threads(threads if threads > 0 else max(1, min(2, os.cpu_count() or 1)))
-    logging.getLogger("flwr").setLevel(logging.INFO)  # opacus import sets it to DEBUG
-
-
-def _ledger(cfg: SiteConfig, data: SiteData) -> tuple[Any, str]:
-    """(the site's ledger at its own delta, "") or (None, why the site refuses: a damaged
-    ledger, or a configured delta other than the one its ledger is pinned at)."""
-    from fedsynth.privacy.ledger import LedgerCorrupted
-
-    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
-    try:
-        return open_site_ledger(cfg.state_dir, cfg.site, cfg.delta, int(data.train.shape[0])), ""
-    except (LedgerCorrupted, ValueError) as err:  # DeltaFixed is a ValueError
-        log.warning("site %s refuses: %s", cfg.site, err)
-        return None, str(err)
-
-
-def signed_head(cfg: SiteConfig, ledger: Any) -> dict[str, Any]:
-    """The ledger head signed with the site's key: the enrolment key (``--auth-key``) where TLS
-    is on, else ``STATE/site-key-<site>.pem`` (``privacy.witness``)."""
-    from fedsynth.privacy.witness import SiteKey, sign_head
-
-    if ledger is None:
-        return {}
-    key = (SiteKey.from_file(cfg.auth_key) if cfg.auth_key
-           else SiteKey.load_or_create(cfg.state_dir, cfg.site))
-    return sign_head(ledger.head(), key)
+def _forward(msg: Message, context: Context, op: str, header: Mapping[str, Any],
+             arrays: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """The worker's (reply, arrays), or None when this node has no worker."""
+    client = WorkerClient.from_node_config(context.node_config)
+    if client is None:
+        return None
+    run = {k: context.run_config[k] for k in RUN_KEYS if k in context.run_config}
+    ttl = float(msg.metadata.ttl or 0)
+    reply, out = client.call(op, {"run": run, **header}, arrays,
+                             timeout=ttl if ttl > 0 else WORKER_TIMEOUT)
+    return dict(reply["reply"]), out
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """The site's vocabulary (a public code list) and its DP release of code counts and size
     (``federation.protocol.QueryReply``)."""
-    cfg = site_config(context)
-    data = load_data(cfg)
     plan = SitePlan.unpack(msg.content)
-    budget = cfg.budget(plan)
-    reply = QueryReply(cfg.site, "refused", vocab_name=str(data.vocab.name),
-                       codes=[str(c) for c in data.vocab.codes])
-    ledger, reply.reason = _ledger(cfg, data)
-    if ledger is not None:
-        res = site_counts(data, plan, ledger, budget, cfg.state_dir)
-        reply.status, reply.reason, reply.privacy = res.status, res.reason, res.privacy
-        reply.counts = res.counts
-        reply.ledger_head = signed_head(cfg, ledger)
+    got = _forward(msg, context, QUERY, {"plan": plan.to_json()}, {})
+    if got is None:
+        reply = SiteService().query(site_config(context), plan)
+    else:
+        r, arrays = got
+        counts = None
+        if "counts" in arrays:
+            counts = _Counts(arrays["counts"], float(r["counts_size"]),
+                             float(r["counts_noise_std"]))
+        reply = QueryReply(r["site"], r["status"], r["reason"], r["vocab_name"], r["codes"],
+                           r["privacy"], r["ledger_head"], counts)
     return Message(content=reply.pack(), reply_to=msg)
 
 
@@ -172,20 +102,18 @@ def train(msg: Message, context: Context) -> Message:
     """One DP-SGD round at the site (``client.site_training.run_site_round``); the reply is
     ``federation.protocol.TrainReply``: the update, the EMA, the public report, the signed
     ledger head, or a refusal with its reason."""
-    cfg = site_config(context)
-    _threads(cfg.threads)
     req = TrainRequest.unpack(msg.content)
-    plan = req.plan
-    data = load_data(cfg)
-    budget = cfg.budget(plan)
-    ledger, why = _ledger(cfg, data)
-    if ledger is None:
-        return Message(content=TrainReply(cfg.site, "refused", why).pack(), reply_to=msg)
     weights = unpack_state(req.weights)
     ema = unpack_state(req.ema) if req.ema is not None else None
-    upd = run_site_round(weights, ema, data, plan, ledger, budget, cfg.device)
-    reply = TrainReply(upd.site, upd.status, upd.reason, upd.weights, upd.ema, upd.steps,
-                       upd.privacy, signed_head(cfg, ledger))
+    got = _forward(msg, context, TRAIN, {"plan": req.plan.to_json()},
+                   {**grouped("weights", weights), **grouped("ema", ema)})
+    if got is None:
+        reply = SiteService().train(site_config(context), req.plan, weights, ema)
+    else:
+        r, arrays = got
+        reply = TrainReply(r["site"], r["status"], r["reason"], group(arrays, "weights"),
+                           group(arrays, "ema"), int(r["steps"]), r["privacy"],
+                           r["ledger_head"])
     return Message(content=reply.pack(), reply_to=msg)
 
 
@@ -197,69 +125,19 @@ def evaluate(msg: Message, context: Context) -> Message:
     config, output step: public DP releases) and the plan (run id, for the file names and the
     ledger); whatever else it carries (e.g. a matrix to score) is ignored: the site draws its
     own sample, of its own size (``eval-samples``). Once per run (``client.site_evaluation``)."""
-    from fedsynth.client.site_evaluation import KEPT, keep_evaluation, site_sample
-
-    cfg = site_config(context)
     req = EvaluateRequest.unpack(msg.content)
-    plan = req.plan
-    samples, audit = _evaluation_settings(context, req.audit)
-    done = _kept(cfg, plan.run_id, audit)
-    if not done:
-        _threads(cfg.threads)
-        data = load_data(cfg)
-        gen = _released_model(req, data)
-        synth = site_sample(gen, samples, cfg.seed)
-        keep_evaluation(gen, data, plan.run_id, cfg.state_dir, samples, cfg.seed, synth=synth)
-        if audit:
-            _audit(gen, synth, cfg, data, plan)
+    model = {k: arr.numpy() for k, arr in req.model.items()}
+    got = _forward(msg, context, EVALUATE, {
+        "plan": req.plan.to_json(), "config_json": req.config_json,
+        "output_step_json": req.output_step_json, "audit_requested": bool(req.audit)},
+        grouped("model", model))
+    if got is None:
+        conf, state, step = req.model_parts()
+        samples, audit = evaluation_settings(context.node_config, context.run_config,
+                                             req.audit)
+        reply = SiteService().evaluate(site_config(context), Evaluation(
+            req.plan, conf, state, step, samples, audit))
     else:
-        log.info("site %s: run %s already evaluated here; nothing recomputed", cfg.site,
-                 plan.run_id)
-    return Message(content=EvaluateReply(cfg.site, KEPT).pack(), reply_to=msg)
+        reply = EvaluateReply(str(got[0]["site"]), str(got[0]["status"]))
+    return Message(content=reply.pack(), reply_to=msg)
 
-
-def _evaluation_settings(context: Context, requested: bool) -> tuple[int, bool]:
-    """(synthetic patients to draw, whether to audit): the site's own node config
-    (``eval-samples``, ``audit``), in simulation the operator's run config (``sim-eval-samples``,
-    ``sim-audit``); the coordinator's ``audit`` request only adds a local audit (its result
-    stays here too)."""
-    from fedsynth.client.site_evaluation import EVAL_SAMPLES
-
-    node, run = context.node_config, context.run_config
-    if "site" in node:
-        samples = int(node.get("eval-samples", EVAL_SAMPLES))
-        audit = bool(node.get("audit", False))
-    else:
-        samples = int(run.get("sim-eval-samples", EVAL_SAMPLES))
-        audit = bool(run.get("sim-audit", False))
-    return samples, audit or requested
-
-
-def _kept(cfg: SiteConfig, run_id: str, audit: bool) -> bool:
-    """Whether this run's evaluation (and audit, when asked) is already kept at the site."""
-    from fedsynth.client.site_evaluation import audit_dir, evaluation_path
-
-    done = evaluation_path(cfg.state_dir, cfg.site, run_id).exists()
-    if audit:
-        done = done and (audit_dir(cfg.state_dir, cfg.site, run_id) / "audit.json").exists()
-    return done
-
-
-def _released_model(req: EvaluateRequest, data: SiteData) -> Any:
-    """The released model from the message's parts, every part checked (``assemble``)."""
-    from fedsynth.common.model.store import assemble
-
-    conf, state, step = req.model_parts()
-    return assemble(conf, state, step, data.vocab, "cpu",
-                    sources=("coordinator's model", data.vocab.name, "coordinator's weights",
-                             "coordinator's output step"))
-
-
-def _audit(gen: Any, synth: np.ndarray, cfg: SiteConfig, data: SiteData,
-           plan: SitePlan) -> None:
-    """The site's privacy audit of the released model, kept in its state folder."""
-    from fedsynth.client.site_evaluation import keep_audit
-
-    budget = cfg.budget(plan)
-    ledger = open_site_ledger(cfg.state_dir, cfg.site, cfg.delta, int(data.train.shape[0]))
-    keep_audit(gen, synth, data, plan, ledger, budget, cfg.state_dir)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
+from fedsynth.client import refusal
 from fedsynth.client.site_budget import check_budget, site_budget
 from fedsynth.common.errors import InputError, cli_errors
 from fedsynth.common.names import check_site_name
@@ -25,7 +27,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ehr-client", description=__doc__.split("\n\n")[0],
         epilog="The site's privacy ledger: `ehr-client budget --site A --state-dir DIR "
-               "[--budget E] [--json]` (see `ehr-client budget --help`).")
+               "[--budget E] [--json]` (see `ehr-client budget --help`). "
+               + refusal.EXIT_CODES_HELP + ".")
     p.add_argument("--site", required=True, help="site name (letters, digits, _ . -)")
     p.add_argument("--data", required=True, type=Path, help="the site's patients")
     p.add_argument("--format", default="auto",
@@ -50,7 +53,12 @@ def parser() -> argparse.ArgumentParser:
                         "clients on one host, give each its share of the cores")
     p.add_argument("--no-check", action="store_true", help="skip loading the data at start")
     p.add_argument("--once", action="store_true",
-                   help="exit when the SuperNode exits instead of reconnecting")
+                   help="no retry: exit at the first failed connection or SuperNode exit")
+    p.add_argument("--max-retries", type=int, default=20, metavar="N",
+                   help="failed connections (coordinator unreachable, SuperNode exited) "
+                        "retried, with a growing pause, before giving up with exit code 4 "
+                        "(default 20; counted again from 0 after each successful join); a "
+                        "refusal no retry can fix (key, CA, host name, TLS) exits at once")
     tls = p.add_argument_group("transport security")
     tls.add_argument("--insecure", action="store_true",
                      help="plaintext, no authentication (tests and local trials only)")
@@ -69,6 +77,8 @@ def _check(args: argparse.Namespace) -> list[str]:
         raise InputError(args.data, "data file not found")
     if args.epsilon_budget is not None:
         check_budget(args.epsilon_budget, "--epsilon-budget")
+    if args.max_retries < 0:
+        raise InputError("--max-retries", f"must be 0 or more (got {args.max_retries})")
     if args.threads < 0:
         raise InputError("--threads", f"must be 0 (automatic) or positive (got {args.threads})")
     try:
@@ -139,24 +149,56 @@ def run_client(args: argparse.Namespace, tls: list[str]) -> int:
     }
     if args.auth_key is not None:  # the enrolment key also signs the site's ledger heads
         node_config["signing-key"] = str(args.auth_key.resolve())
+    spent = refusal.budget_spent(state, args.site, budget)
+    if spent is not None:
+        log.error("%s", spent.line(args.site))
+        return spent.exit_code
     delay = 2.0
-    with fr.managed() as group:
+    failures = 0  # failed connections since the site was last connected
+    connected = False
+    retries = 0 if args.once else args.max_retries
+    log_file = state / "logs" / "supernode.log"
+    # Flower's SuperExec asks the SuperNode for a new ClientApp task every 1 s by default
+    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
+    from fedsynth.client.worker import resident_worker
+
+    # the resident worker keeps torch and the data loaded; each ClientApp forwards to it
+    with fr.managed() as group, resident_worker(node_config, state) as worker:
+        node_config.update(worker)
         while True:
+            tail = refusal.LogTail(log_file)
             proc = fr.start_supernode(group, superlink=args.server, node_config=node_config,
                                       flwr_home=state / "flwr-home", insecure=args.insecure,
-                                      tls_args=tls, log_file=state / "logs" / "supernode.log")
+                                      tls_args=tls, log_file=log_file)
             log.info("site %s: SuperNode pid %d connecting to %s (log %s)", args.site,
-                     proc.pid, args.server, state / "logs" / "supernode.log")
+                     proc.pid, args.server, log_file)
             started = time.monotonic()
-            rc = proc.wait()
-            if args.once:
-                return rc
+            # the SuperNode writes why it was refused only to its log (and may retry forever):
+            # read it while it runs, so a refusal ends the client in seconds with its reason
+            seen = refusal.watch(proc, tail, server=args.server, insecure=args.insecure,
+                                 retries_left=retries - failures, rejoin=connected)
+            why = seen.refusal
+            final = why is not None and (why.permanent or why.kind == "unreachable")
+            if final:
+                log.error("%s", why.line(args.site))
+            # a node that never joined has nothing to finish: no grace period
+            group.stop(proc, grace=5.0 if seen.connected else 1.0)
+            if final:
+                return why.exit_code
+            if seen.connected:
+                connected, failures = True, 0
+            failures += max(1, seen.failures)
+            if failures > retries:
+                gave_up = refusal.unreachable(args.server, failures)
+                log.error("%s%s", gave_up.line(args.site),
+                          f" (last: {why.reason})" if why is not None else "")
+                return gave_up.exit_code
             # The SuperNode gives up when the SuperLink restarts (a resumed coordinator does
             # not know its node id): rejoin as a new node, with a growing pause.
             delay = 2.0 if time.monotonic() - started > 60 else min(30.0, delay * 1.5)
-            log.warning("site %s: SuperNode exited (code %s); reconnecting in %.0f s",
-                        args.site, rc, delay)
-            group.stop(proc)
+            log.warning("site %s: %s; reconnecting in %.0f s (%d of %d retries left)",
+                        args.site, why.reason if why else f"SuperNode exited ({seen.rc})",
+                        delay, retries - failures, retries)
             time.sleep(delay)
 
 
