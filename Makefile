@@ -12,9 +12,10 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
 $(STAMP): pyproject.toml
+	@echo "setting up $(VENV): fedsynth and its dependencies (torch CPU, flwr, opacus; a few minutes on a fresh machine)"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install --progress-bar off -e '.[dev]'
 	touch $(STAMP)
 
 .PHONY: install demo test test-fast lint

@@ -144,7 +144,8 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
     count_info: dict[str, Any] = {}
     if plan.count_noise is not None:
         ledger.record(mechs[0], run_id=_run_id(), round=0, note=MECHANISM_NOTE)
-        est = estimate(release_counts(X, pc.count_clip, plan.count_noise))  # OS randomness
+        est = estimate(release_counts(X, pc.count_clip, plan.count_noise),  # OS randomness
+                       tail_gate=pc.count_tail_gate)
         kept, prevalence, count_info = est.kept, est.prevalence, est.info
         log.info("private counts: %d of %d codes modelled, %d more in the tail",
                  len(kept), n_codes, count_info.get("tail_codes", 0))

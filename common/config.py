@@ -106,6 +106,10 @@ class PrivacyConfig:
     count_epsilon_min: float = 0.5
     count_clip: float = 3.0  # L2 bound of a patient's (codes, 1) vector in the counts: 8 codes
     # unscaled (diabetes130: 95% of patients have <= 7); 4.0 kept 20% fewer codes at 5 sites
+    # a code too rare to model is drawn on its own (the tail) only when the counts say it is
+    # present with probability >= 1 - this (privacy.counts.estimate); 0: no tail, so no code
+    # appears that the counts cannot tell from absent (codes per patient a little lower)
+    count_tail_gate: float = 0.85
 
 
 @dataclass
@@ -268,6 +272,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("privacy", "count_epsilon_share"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("privacy", "count_epsilon_min"): (lambda v: v >= 0, ">= 0"),
     ("privacy", "count_clip"): (lambda v: v > 0, "> 0"),
+    ("privacy", "count_tail_gate"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("federation", "sample_rate"): (lambda v: 0 <= v <= 1, "in [0, 1] (0: from batch_size)"),
     ("federation", "lr"): (lambda v: v >= 0, ">= 0 (0: privacy.lr)"),
     ("federation", "rounds"): (lambda v: v >= 1, ">= 1"),

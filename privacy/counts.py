@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
+from fedsynth.common.config import PrivacyConfig
 from fedsynth.privacy.secure_random import gaussian
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ MAX_SHARE = 0.5  # the floor never takes more than this share of the budget
 FWER = 0.01  # family-wise error of the modelled-code test (4.43 std over 2,090 codes)
 TAIL_CAP = 5e-4  # largest prevalence of a code that is not modelled (half the 0.1% visible level)
 NEAR_ZERO = 0.05  # eb: a code is modelled only if P(true count <= s/2 | noisy count) <= this
-TAIL_GATE = 0.85  # eb: a code not modelled is in the tail only if that probability is <= this
+# eb: a code not modelled is in the tail only if its probability of being near zero is <= this
+TAIL_GATE = PrivacyConfig.count_tail_gate  # (the run's [privacy] count_tail_gate)
 METHODS = ("eb", "bonferroni", "threshold3")
 MECHANISM_NOTE = "code counts and site size (Gaussian)"
 

@@ -101,7 +101,8 @@ class Coordinator:
             return
         self.kept, self.prevalence, self.count_info = None, None, {}
         if counts:
-            est = estimate(combine(counts))
+            est = estimate(combine(counts), tail_gate=self.settings.model_config().privacy
+                           .count_tail_gate)
             self.kept = [int(j) for j in est.kept]
             self.prevalence = [float(p) for p in est.prevalence]
             self.count_info = {**est.info, "sites": len(counts)}

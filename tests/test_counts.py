@@ -101,6 +101,25 @@ def test_no_code_with_true_count_zero_gets_a_visible_prevalence(releases) -> Non
     assert max(old) > 3 * VISIBLE
 
 
+def test_a_zero_tail_gate_draws_no_code_the_counts_cannot_tell_from_absent(releases) -> None:
+    """[privacy] count_tail_gate 0 (the demo's preset): nothing outside the modelled codes, so no
+    code that no patient has; the default keeps a tail. The config refuses a gate outside [0, 1]."""
+    from fedsynth.common.config import Config, PrivacyConfig
+    from fedsynth.privacy.counts import TAIL_GATE
+
+    X, draws = releases
+    null = X.sum(axis=0) == 0
+    for noisy in draws[:3]:
+        est = estimate(noisy, tail_gate=0.0)
+        rest = np.setdiff1d(np.arange(X.shape[1]), est.kept)
+        assert est.info["tail_codes"] == 0 and not np.any(est.prevalence[rest] > 0)
+        assert not np.any(est.prevalence[null] > 0)
+        assert estimate(noisy).info["tail_codes"] > 0
+    assert TAIL_GATE == PrivacyConfig().count_tail_gate == 0.85  # one default
+    with pytest.raises(InputError, match="count_tail_gate"):
+        Config.from_dict({"privacy": {"count_tail_gate": 1.5}})
+
+
 def test_total_prevalence_is_close_to_the_real_codes_per_patient() -> None:
     """At the noise of a central diabetes130 release (std 0.08% of the patients), the summed
     prevalence is within 7% of the real codes per patient (what is lost: real codes below
