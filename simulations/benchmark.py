@@ -1,6 +1,6 @@
 """The benchmark behind ``ehr-benchmark``: every generator at every epsilon, one table.
 
-Generators: medGAN, corGAN, DP marginals (``simulations.baselines``), our model trained
+Generators: medGAN, corGAN, DP marginals, MST, AIM (``simulations.baselines``), our model trained
 centrally (``ours``) and federated over non-IID sites (``ours_federated``). Epsilons 1, 3, 10
 and non-private (``None``). On an 80/20 patient split (``split_holdout``, seed 0) of the named
 dataset, for each seed: train on the 80%, sample, score against the held-out 20%:
