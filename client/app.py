@@ -8,7 +8,8 @@ torch nor Opacus, so that process starts in about the time ``flwr`` itself takes
 handlers call ``client.site_service.SiteService`` directly. Site settings:
 ``client.site_service.site_config_from``.
 
-Message types: ``query`` (site name, vocabulary, counts), ``train`` (weights + EMA + plan ->
+Message types: ``query`` (site name, vocabulary, counts), ``query.marginals`` (federated MST:
+noisy one- or two-way marginals), ``train`` (weights + EMA + plan ->
 update + privacy report, or a refusal with its reason), ``evaluate`` (the released model ->
 the site evaluates, and audits when asked, on its own; the figures stay in its state folder,
 the reply is the site's name and a constant status; ``client.site_evaluation``).
@@ -33,10 +34,20 @@ from fedsynth.client.site_service import (
     evaluation_settings,
     site_config_from,
 )
-from fedsynth.client.worker_ipc import EVALUATE, QUERY, TRAIN, WorkerClient, group, grouped
+from fedsynth.client.worker_ipc import (
+    EVALUATE,
+    MARGINALS,
+    QUERY,
+    TRAIN,
+    WorkerClient,
+    group,
+    grouped,
+)
 from fedsynth.federation.protocol import (
     EvaluateReply,
     EvaluateRequest,
+    MarginalsReply,
+    MarginalsRequest,
     QueryReply,
     SitePlan,
     TrainReply,
@@ -114,6 +125,25 @@ def train(msg: Message, context: Context) -> Message:
         reply = TrainReply(r["site"], r["status"], r["reason"], group(arrays, "weights"),
                            group(arrays, "ema"), int(r["steps"]), r["privacy"],
                            r["ledger_head"])
+    return Message(content=reply.pack(), reply_to=msg)
+
+
+@app.query("marginals")
+def marginals(msg: Message, context: Context) -> Message:
+    """Federated MST (message type ``query.marginals``): the site's noisy one- or two-way
+    marginals, recorded in its ledger first (``client.site_marginals``); the reply is
+    ``federation.protocol.MarginalsReply``."""
+    req = MarginalsRequest.unpack(msg.content)
+    got = _forward(msg, context, MARGINALS, {
+        "plan": req.plan.to_json(), "stage": req.stage, "max_codes": req.max_codes,
+        "share": req.share, "cols": list(req.cols)}, {})
+    if got is None:
+        reply = SiteService().marginals(site_config(context), req)
+    else:
+        r, arrays = got
+        reply = MarginalsReply(r["site"], r["status"], r["reason"], arrays.get("counts"),
+                               r["size"], float(r["noise_std"]), r["privacy"],
+                               r["ledger_head"])
     return Message(content=reply.pack(), reply_to=msg)
 
 

@@ -71,10 +71,11 @@ class SiteConsole:
         return event
 
     def query(self, status: str, reason: str, privacy: dict[str, Any], sent: bool,
-              seconds: float) -> dict[str, Any]:
-        """The query's event: the DP counts release (round 0)."""
+              seconds: float, what: str = "query") -> dict[str, Any]:
+        """A release's event: the DP counts (``query``, round 0) or federated MST's marginals
+        (``what``: "mst one-way" | "mst pairs")."""
         total = _num(privacy.get("epsilon"))
-        event = {"event": "query", "round": 0, "status": status,
+        event = {"event": "query", "what": what, "round": 0, "status": status,
                  "epsilon_total": total, "epsilon_left": _num(privacy.get("epsilon_left")),
                  "budget": _num(privacy.get("budget")), "sent": sent, "reason": reason,
                  "seconds": round(seconds, 3)}
@@ -138,9 +139,11 @@ def describe(event: dict[str, Any]) -> str:
                 f"total, {_eps(event['epsilon_left'])} left of {_eps(event['budget'])}; "
                 f"{sent} ({event['seconds']:.1f} s)")
     if kind == "query":
+        name = "counts" if event.get("what", "query") == "query" else \
+            f"{event['what']} marginals"
         if status == "refused":
-            return f"counts: refused: {event.get('reason')}"
-        what = "counts released" if status == "ok" else "counts off"
+            return f"{name}: refused: {event.get('reason')}"
+        what = f"{name} released" if status == "ok" else f"{name} off"
         return (f"{what}: epsilon {_eps(event['epsilon_total'])} total, "
                 f"{_eps(event['epsilon_left'])} left of {_eps(event['budget'])}; "
                 f"{'reply sent' if event.get('sent') else 'reply NOT sent'}")

@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from fedsynth.federation.protocol import EvaluateReply, QueryReply, SitePlan, TrainReply
+from fedsynth.federation.protocol import (
+    EvaluateReply,
+    MarginalsReply,
+    MarginalsRequest,
+    QueryReply,
+    SitePlan,
+    TrainReply,
+)
 
 log = logging.getLogger(__name__)
 State = dict[str, np.ndarray]
@@ -177,6 +184,19 @@ class SiteService:
         upd = run_site_round(weights, ema, data, plan, ledger, cfg.budget(plan), cfg.device)
         return TrainReply(upd.site, upd.status, upd.reason, upd.weights, upd.ema, upd.steps,
                           upd.privacy, signed_head(cfg, ledger))
+
+    def marginals(self, cfg: SiteConfig, req: MarginalsRequest) -> MarginalsReply:
+        """Federated MST: the site's noisy one- or two-way marginals, recorded in its ledger
+        first (``client.site_marginals``), or a refusal with its reason."""
+        from fedsynth.client.site_marginals import site_marginals
+
+        data = self.data(cfg)
+        ledger, why = open_ledger(cfg, data)
+        if ledger is None:
+            return MarginalsReply(cfg.site, "refused", why)
+        r = site_marginals(data, req, ledger, cfg.budget(req.plan), cfg.state_dir)
+        return MarginalsReply(r.site, r.status, r.reason, r.counts, r.size, r.noise_std,
+                              r.privacy, signed_head(cfg, ledger))
 
     def evaluate(self, cfg: SiteConfig, req: Evaluation) -> EvaluateReply:
         """The site evaluates the released model itself and keeps the figures (and, when

@@ -42,6 +42,7 @@ import numpy as np
 
 from fedsynth.client.worker_ipc import (
     EVALUATE,
+    MARGINALS,
     QUERY,
     READ_TIMEOUT,
     SOCKET_KEY,
@@ -161,6 +162,8 @@ class Worker:
                 reply, out = self._train(cfg, plan, arrays)
             elif op == EVALUATE:
                 reply, out = self._evaluate(cfg, plan, header, arrays)
+            elif op == MARGINALS:
+                reply, out = self._marginals(cfg, plan, header)
             else:
                 raise WorkerError(f"unknown request {op!r}")
         except Exception as err:  # noqa: BLE001 - the ClientApp reports it as its error
@@ -176,8 +179,9 @@ class Worker:
             log.warning("%s: the reply could not be handed back: %s", op, err)
             sent = False
         seconds = time.monotonic() - t0
-        if op == QUERY:
-            self.console.query(reply["status"], reply["reason"], reply["privacy"], sent, seconds)
+        if op in (QUERY, MARGINALS):
+            self.console.query(reply["status"], reply["reason"], reply["privacy"], sent, seconds,
+                               what=op if op == QUERY else f"mst {header.get('stage')}")
         elif op == TRAIN:
             self.console.train(plan.round, plan.rounds, reply["status"], reply["reason"],
                                reply["steps"], reply["privacy"], sent, seconds, before)
@@ -202,6 +206,18 @@ class Worker:
         reply = {"site": r.site, "status": r.status, "reason": r.reason, "steps": int(r.steps),
                  "privacy": r.privacy, "ledger_head": r.ledger_head}
         return _plain(reply), {**grouped("weights", r.weights), **grouped("ema", r.ema)}
+
+    def _marginals(self, cfg: Any, plan: Any, header: dict[str, Any]
+                   ) -> tuple[dict[str, Any], Arrays]:
+        from fedsynth.federation.protocol import MarginalsRequest
+
+        req = MarginalsRequest(plan, str(header["stage"]), int(header["max_codes"]),
+                               float(header["share"]), [int(c) for c in header["cols"]])
+        r = self.service.marginals(cfg, req)
+        reply = {"site": r.site, "status": r.status, "reason": r.reason,
+                 "size": r.size, "noise_std": float(r.noise_std), "privacy": r.privacy,
+                 "ledger_head": r.ledger_head}
+        return _plain(reply), ({} if r.counts is None else {"counts": np.asarray(r.counts)})
 
     def _evaluate(self, cfg: Any, plan: Any, header: dict[str, Any], arrays: Arrays
                   ) -> tuple[dict[str, Any], Arrays]:

@@ -26,7 +26,7 @@ MAX_ARRAYS = 8 << 30
 READ_TIMEOUT = 60.0  # seconds to receive a whole request once connected
 # node config keys that point the ClientApp to the worker
 SOCKET_KEY, TOKEN_KEY = "worker-socket", "worker-token-file"
-QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
+QUERY, TRAIN, EVALUATE, MARGINALS = "query", "train", "evaluate", "marginals"
 
 
 class WorkerError(RuntimeError):

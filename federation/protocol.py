@@ -41,6 +41,16 @@ train         ema       array           (model tensors)      DP release: post-pr
 evaluate      site      config          site                 public metadata
 evaluate      site      config          status               public metadata (evaluation stays
                                                              at the site)
+marginals     site      config          site, status,        public metadata: as above
+                                        reason
+marginals     site      config          privacy              DP release (accounting): as above
+marginals     site      config          ledger_head          public metadata: as above
+marginals     site      config          noisy_size           DP release: one-way only, the
+                                                             noisy size (same Gaussian release)
+marginals     site      config          noise_std            public metadata: sigma x Delta_2
+marginals     marginals array           counts               DP release: noisy one-way counts
+                                                             or two-way co-counts (federated
+                                                             MST, ``client.site_marginals``)
 ============  ========  ==============  ===================  ====================================
 
 The public privacy report keeps only ``PUBLIC_REPORT_KEYS`` (and ``HISTORY_KEYS`` per history
@@ -66,8 +76,10 @@ from fedsynth.common.config import Config
 
 State = dict[str, np.ndarray]
 
-# message types
+# message types ("query.marginals": Flower routes it to ``@app.query("marginals")``)
 QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
+MARGINALS = "query.marginals"
+ONE_WAY, PAIRS = "one-way", "pairs"  # the stages of a marginals request
 
 # record names
 SITE_RECORD = "site"
@@ -77,6 +89,8 @@ EMA_RECORD = "ema"
 PLAN_RECORD = "plan"
 MODEL_RECORD = "model"  # evaluate request: the released model's tensors
 MODEL_INFO_RECORD = "model_info"  # evaluate request: its config, output step, audit request
+MARGINALS_RECORD = "marginals"  # marginals reply: the noisy counts
+MST_RECORD = "mst"  # marginals request: stage, k, share, codes
 
 # keys
 SITE, STATUS, REASON = "site", "status", "reason"
@@ -87,6 +101,7 @@ COUNTS = "counts"
 STEPS = "steps"
 PLAN = "plan"
 MODEL_CONFIG, OUTPUT_STEP, AUDIT = "config", "output_step", "audit"
+STAGE, MAX_CODES, SHARE, COLS = "stage", "max_codes", "share", "cols"
 
 DP, PUBLIC = "DP release", "public metadata"
 
@@ -135,6 +150,12 @@ SCHEMA: dict[str, dict[str, Record]] = {
     },
     EVALUATE: {
         SITE_RECORD: Record("config", {SITE: Key((str,), PUBLIC), STATUS: Key((str,), PUBLIC)}),
+    },
+    MARGINALS: {
+        SITE_RECORD: Record("config", {
+            **_SITE_KEYS, **_REPORTED, NOISY_SIZE: Key((float,), DP, required=False),
+            NOISE_STD: Key((float,), PUBLIC, required=False)}),
+        MARGINALS_RECORD: Record("array", {COUNTS: Key((np.ndarray,), DP)}, required=False),
     },
 }
 
@@ -252,6 +273,32 @@ class EvaluateRequest:
                    audit=bool(info.get(AUDIT, False)))
 
 
+@dataclass
+class MarginalsRequest:
+    """The coordinator's marginals message (federated MST): the plan, the stage (``ONE_WAY``
+    or ``PAIRS``), k (codes kept per patient), the one-way release's share of what the plan
+    leaves, and the codes whose pairs are asked (``PAIRS``). Public choices of the
+    coordinator; none of them changes a release's sensitivity bound."""
+
+    plan: SitePlan
+    stage: str
+    max_codes: int = 8
+    share: float = 1 / 3
+    cols: list[int] = field(default_factory=list)
+
+    def pack(self) -> RecordDict:
+        return RecordDict({PLAN_RECORD: self.plan.pack(), MST_RECORD: ConfigRecord({
+            STAGE: self.stage, MAX_CODES: int(self.max_codes), SHARE: float(self.share),
+            COLS: [int(c) for c in self.cols]})})
+
+    @classmethod
+    def unpack(cls, content: RecordDict) -> MarginalsRequest:
+        info = content[MST_RECORD]
+        return cls(plan=SitePlan.unpack(content), stage=str(info[STAGE]),
+                   max_codes=int(info[MAX_CODES]), share=float(info[SHARE]),  # type: ignore
+                   cols=[int(c) for c in info.get(COLS, [])])  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------------------- replies
 @dataclass
 class QueryReply:
@@ -346,6 +393,47 @@ class EvaluateReply:
     def unpack(cls, content: RecordDict) -> EvaluateReply:
         info = content[SITE_RECORD]
         return cls(site=str(info[SITE]), status=str(info[STATUS]))
+
+
+@dataclass
+class MarginalsReply:
+    """A site's answer to a marginals request: its noisy marginals or a refusal."""
+
+    site: str
+    status: str  # ok | refused
+    reason: str = ""
+    counts: np.ndarray | None = None
+    size: float | None = None  # one-way only
+    noise_std: float = 0.0
+    privacy: dict[str, Any] = field(default_factory=dict)
+    ledger_head: dict[str, Any] = field(default_factory=dict)
+
+    def pack(self) -> RecordDict:
+        info: dict[str, Any] = {
+            SITE: self.site, STATUS: self.status, REASON: self.reason,
+            PRIVACY: json.dumps(public_report(self.privacy)),
+            LEDGER_HEAD: json.dumps(self.ledger_head)}
+        records: dict[str, Any] = {}
+        if self.counts is not None:
+            info[NOISE_STD] = float(self.noise_std)
+            if self.size is not None:
+                info[NOISY_SIZE] = float(self.size)
+            records[MARGINALS_RECORD] = _arrays({COUNTS: np.asarray(self.counts, np.float64)})
+        records[SITE_RECORD] = ConfigRecord(info)
+        return RecordDict(records)
+
+    @classmethod
+    def unpack(cls, content: RecordDict) -> MarginalsReply:
+        info = content[SITE_RECORD]
+        counts = None
+        if MARGINALS_RECORD in content:
+            counts = content[MARGINALS_RECORD][COUNTS].numpy().astype(np.float64)
+        size = info.get(NOISY_SIZE)
+        return cls(site=str(info[SITE]), status=str(info[STATUS]),
+                   reason=str(info.get(REASON, "")), counts=counts,
+                   size=None if size is None else float(size),  # type: ignore[arg-type]
+                   noise_std=float(info.get(NOISE_STD, 0.0)),  # type: ignore[arg-type]
+                   privacy=_json_dict(info[PRIVACY]), ledger_head=_json_dict(info[LEDGER_HEAD]))
 
 
 def public_report(report: Mapping[str, Any]) -> dict[str, Any]:

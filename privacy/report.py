@@ -30,7 +30,9 @@ RELEASE_COMPOSITION = ("max over sites (parallel composition over disjoint patie
                        "sum or the mean)")
 RELEASE_UNIT = "patient (one row of the patient x code matrix)"
 POST_PROCESSING = "FedAvg, the server, EMA and the sampler only see DP updates"
-GUARANTEE = "record-level (patient) DP-SGD with Poisson sampling at each site"
+GUARANTEE = ("record-level (patient) DP at each site: every mechanism of its history (DP-SGD "
+             "with Poisson sampling, Gaussian count and marginal releases) composed by the "
+             "accountant")
 
 
 def site_report(

@@ -26,10 +26,15 @@ from flwr.serverapp import Grid, ServerApp
 from fedsynth.common.atomic import write_json
 from fedsynth.federation.protocol import (
     EVALUATE,
+    MARGINALS,
+    ONE_WAY,
+    PAIRS,
     QUERY,
     TRAIN,
     EvaluateReply,
     EvaluateRequest,
+    MarginalsReply,
+    MarginalsRequest,
     QueryReply,
     TrainReply,
     TrainRequest,
@@ -70,6 +75,9 @@ def run_federation(grid: Grid, coord: Coordinator) -> None:
     s = coord.settings
     nodes = wait_for_nodes(grid, s.min_sites, s.wait_sites_timeout, coord)
     vocab = query_sites(grid, nodes, coord)
+    if s.generator == "mst":
+        run_mst(grid, coord, vocab)
+        return
     coord.start(vocab, coord.site_counts)
     rnd = coord.next_round
     attempts = 0
@@ -220,6 +228,67 @@ def train_round(grid: Grid, coord: Coordinator, rnd: int) -> bool:
         log.warning("round %d: %s", rnd, f)
     return coord.finish_round(rnd, updates, refusals, failures, len(nodes),
                               time.monotonic() - t0, reports, bytes_out, bytes_in)
+
+
+def run_mst(grid: Grid, coord: Coordinator, vocab: dict[str, Any]) -> None:
+    """Federated MST (``server.mst``): every site's noisy one-way marginals, the tree codes
+    from their sum, every site's noisy co-counts of those codes, the tree model from their sum;
+    then the outputs (``Coordinator.write_mst``)."""
+    from fedsynth.server.mst import MSTSettings, fit_tree, sum_one_way, tree_codes
+
+    s, cfg = coord.settings, MSTSettings()
+    coord.vocab = vocab
+    V = len(vocab["codes"])
+    one = marginals_round(grid, coord, 1, MarginalsRequest(coord.plan(1), ONE_WAY,
+                                                           cfg.max_codes, cfg.share), V)
+    if len(one) < s.min_sites:
+        raise RuntimeError(f"only {len(one)} of {s.min_sites} sites released their one-way "
+                           "marginals")
+    cols = tree_codes(sum_one_way(one), cfg)
+    pairs: list[MarginalsReply] = []
+    if len(cols) >= 2:
+        pairs = marginals_round(grid, coord, 2, MarginalsRequest(
+            coord.plan(2), PAIRS, cfg.max_codes, cfg.share, cols), len(cols) * (len(cols) - 1) // 2)
+        both = {r.site for r in pairs}
+        one = [r for r in one if r.site in both]
+        if len(pairs) < s.min_sites:
+            raise RuntimeError(f"only {len(pairs)} of {s.min_sites} sites released their "
+                               "two-way marginals")
+    coord.progress(stage="sampling", round=coord.next_round - 1)
+    sampler, info = fit_tree(sum_one_way(one), cols, pairs, cfg)
+    coord.write_mst(sampler, info)
+
+
+def marginals_round(grid: Grid, coord: Coordinator, rnd: int, request: MarginalsRequest,
+                    length: int) -> list[MarginalsReply]:
+    """One federated MST stage: the request to every node (each with its own plan, carrying
+    the coordinator's refusal where it refused the site), the usable releases back."""
+    import dataclasses
+
+    s = coord.settings
+    nodes = list(grid.get_node_ids())
+    msgs = [_message(grid, n, MARGINALS, dataclasses.replace(
+        request, plan=coord.plan(rnd, coord.node_sites.get(n))).pack(), s.round_timeout)
+        for n in nodes]
+    coord.progress(stage=f"mst {request.stage}", round=rnd, answered=0, expected=len(nodes))
+    t0 = time.monotonic()
+    received = exchange(grid, msgs, s.round_timeout, lambda got, total: coord.progress(
+        stage=f"mst {request.stage}", round=rnd, answered=got, expected=total))
+    replies, failures = conforming(received, MARGINALS)
+    unpacked: list[MarginalsReply] = []
+    for r in replies:
+        try:
+            unpacked.append(MarginalsReply.unpack(r.content))
+        except (KeyError, ValueError, TypeError) as err:
+            failures.append(f"node {r.metadata.src_node_id}: malformed reply ({err})")
+            continue
+        coord.node_sites[r.metadata.src_node_id] = unpacked[-1].site
+    for f in failures:
+        log.warning("mst %s: %s", request.stage, f)
+    ok = coord.receive_marginals(unpacked, length)
+    coord.log_stage(rnd, request.stage, [r.site for r in ok], len(nodes),
+                    time.monotonic() - t0, failures)
+    return ok
 
 
 def evaluate_sites(grid: Grid, coord: Coordinator) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsynth.federation.protocol import QueryReply, SitePlan, TrainReply
+from fedsynth.federation.protocol import MarginalsReply, QueryReply, SitePlan, TrainReply
 from fedsynth.privacy.counts import NoisyCounts, combine, estimate
 from fedsynth.privacy.witness import Witness
 from fedsynth.server import checkpoint, report
@@ -202,6 +202,59 @@ class Coordinator:
         for upd, w in zip(updates, self.site_weight([u.site for u in updates]), strict=True):
             upd.weight = w
         return updates, refusals, reports
+
+    def receive_marginals(self, replies: list[MarginalsReply], length: int
+                          ) -> list[MarginalsReply]:
+        """Federated MST: the usable releases (``server.mst.usable``) of the sites the
+        witness and the delta check accept; every site's report is kept (what it spent
+        counts, refused or not)."""
+        from fedsynth.server.mst import usable
+
+        ok = []
+        for rep in replies:
+            if rep.privacy:
+                self.site_reports[rep.site] = rep.privacy
+            if self.check_site(rep.site, rep.ledger_head, rep.privacy, rep.status):
+                continue
+            if rep.status != "ok":
+                log.warning("site %s refused the marginals: %s", rep.site, rep.reason)
+            elif usable(rep, length):
+                ok.append(rep)
+            else:
+                log.warning("site %s: marginals of the wrong shape or not finite; dropped",
+                            rep.site)
+        return ok
+
+    def log_stage(self, rnd: int, stage: str, accepted: list[str], expected: int,
+                  seconds: float, failures: list[str]) -> None:
+        """One line of rounds.jsonl for a federated MST stage."""
+        self.rounds_log.append({
+            "round": rnd, "stage": f"mst {stage}", "time": time.time(),
+            "status": "completed" if len(accepted) >= self.settings.min_sites else
+            "insufficient", "seconds": round(seconds, 3), "sites_expected": expected,
+            "accepted": accepted, "failed": failures, "epsilon_spent": self.epsilon_spent()})
+        report.write_rounds(self.out, self.rounds_log)
+        self.next_round = rnd + 1
+
+    def write_mst(self, sampler: Any, info: dict[str, Any]) -> np.ndarray:
+        """Federated MST's outputs: OUT/model/tree.json, synthetic.csv, privacy.json and an
+        evaluation.json that says the sites were not asked to evaluate it."""
+        synth = report.write_tree_and_sample(self.out, self.settings, self.vocab, sampler, info)
+        report.write_privacy(self.out, self.settings, self.site_reports, self.next_round - 1,
+                             None, {}, notes={
+                                 "generator": "federated MST", "mst": info,
+                                 "post_processing": "the sum of the sites' noisy marginals, "
+                                 "the tree, its estimate and the sampler only see DP releases",
+                                 "evaluation_note": "the sites were not asked to evaluate the "
+                                 "tree model",
+                                 "site_size_note": "a site's size reaches the coordinator only "
+                                 "as the noisy size of its one-way marginals release (recorded "
+                                 "in its ledger with them)"})
+        report.write_evaluation(self.out, self.settings, {}, note=(
+            "federated MST: the sites were not asked to evaluate the released tree model (the "
+            "evaluate message carries a diffusion model); the simulation operator's pooled "
+            "evaluation, when there is one, is below"))
+        return synth
 
     # ------------------------------------------------------------------ rounds
     def finish_round(

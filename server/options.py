@@ -40,6 +40,12 @@ def add_plan_args(p: argparse.ArgumentParser, default_rounds: int | None = None)
     g.add_argument("--server-momentum", type=float,
                    help="FedAvgM momentum (default 0.5; 0: plain FedAvg; FedAdam's beta1)")
     g.add_argument("--holdout", type=float, help="share of each site's patients held out")
+    g.add_argument("--generator", choices=["ehrdiff", "mst"], default="ehrdiff",
+                   help="what the federation trains: ehrdiff (default: rounds of DP-SGD on "
+                        "the diffusion model) or mst (federated MST: each site releases noisy "
+                        "one- and two-way marginals through its ledger, the coordinator fits "
+                        "MST's tree model from their sum; --rounds and the training flags "
+                        "are ignored)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--audit", action="store_true",
                    help="after training, every site audits the released model against its own "
@@ -102,8 +108,12 @@ def federated_config(cfg: Config) -> Config:
 def settings_from_args(args: argparse.Namespace, cfg: Config, out: Path, min_sites: int,
                        mode: str) -> RunSettings:
     cfg = federated_config(cfg)
+    generator = str(getattr(args, "generator", "ehrdiff") or "ehrdiff")
+    rounds = cfg.federation.rounds
+    if generator == "mst":  # two releases (one-way, pairs); no code counts before them
+        rounds, cfg.privacy.count_epsilon_share = 2, 0.0
     return RunSettings(
-        out_dir=str(out.resolve()), rounds=cfg.federation.rounds, min_sites=min_sites,
+        out_dir=str(out.resolve()), rounds=rounds, min_sites=min_sites, generator=generator,
         epsilon=float(args.epsilon), delta=args.delta, samples=int(args.samples),
         round_timeout=float(cfg.federation.round_timeout), seed=int(args.seed), mode=mode,
         config=config_dict(cfg), audit=bool(getattr(args, "audit", False)),

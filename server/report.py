@@ -52,12 +52,31 @@ def write_model_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[
     return generator, synth
 
 
+def write_tree_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[str, Any],
+                          sampler: Any, info: Mapping[str, Any]) -> np.ndarray:
+    """Federated MST's released model (``common.model.tree.TreeSampler``) to
+    OUT/model/tree.json and its sample to OUT/synthetic.csv; returns the sample."""
+    from fedsynth.common.data import write_matrix
+    from fedsynth.common.vocabulary import Vocabulary
+
+    vocab = Vocabulary(tuple(vocab_doc["codes"]), name=str(vocab_doc.get("name", "custom")))
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    sampler.save(out / "model" / "tree.json", extra={
+        "generator": "mst", "federated": True, "run_id": settings.run_id,
+        "vocabulary": {"name": vocab.name, "codes": list(vocab.codes)},
+        "info": dict(info), "privacy": "see ../privacy.json"})
+    synth = sampler.sample(settings.samples, seed=settings.seed)
+    write_matrix(out / "synthetic.csv", synth, vocab)
+    return synth
+
+
 def write_privacy(out: Path, settings: RunSettings,
                   site_reports: Mapping[str, Mapping[str, Any]], rounds: int,
-                  kept: list[int] | None, count_info: Mapping[str, Any]) -> dict[str, Any]:
+                  kept: list[int] | None, count_info: Mapping[str, Any],
+                  notes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """privacy.json: ``release_report`` (every site's report and the release guarantee, max
     over sites) with what this run adds: its target, id, rounds and the notes on what reached
-    the coordinator."""
+    the coordinator (``notes`` replace or add to them)."""
     doc = release_report(site_reports, extra={
         "target_epsilon": settings.epsilon,
         "run_id": settings.run_id,
@@ -70,13 +89,14 @@ def write_privacy(out: Path, settings: RunSettings,
                           "it weighs the site in FedAvg (capped)",
         "codes_modelled": None if kept is None else len(kept),
         "code_counts": dict(count_info),
+        **dict(notes or {}),
     })
     write_json(out / "privacy.json", doc)
     return doc
 
 
 def write_evaluation(out: Path, settings: RunSettings,
-                     statuses: Mapping[str, str]) -> dict[str, Any]:
+                     statuses: Mapping[str, str], note: str = "") -> dict[str, Any]:
     """evaluation.json: where each site keeps its own evaluation of the released model.
     No figure: nothing computed on a site's patients reaches the coordinator (``statuses``:
     each answering site's status, e.g. "kept at site")."""
@@ -88,8 +108,8 @@ def write_evaluation(out: Path, settings: RunSettings,
                                    if settings.audit else None)}
                   for site, status in sorted(statuses.items())},
         "run_id": run,
-        "note": "each site evaluated the released model on its own held-out patients (its "
-                "own sample of it, its own choice) and keeps the figures in its state "
+        "note": note or "each site evaluated the released model on its own held-out patients "
+                "(its own sample of it, its own choice) and keeps the figures in its state "
                 "folder (STATE) and on its console; nothing computed on patients left a "
                 "site, so the coordinator holds no figure",
     }

@@ -46,6 +46,9 @@ class RunSettings:
     # ``ehr-certs`` folder of a run with certificates: the witness pins each site's enrolled
     # key (CERTS/sites/<site>.pub); "": trust the first key a site signs with
     cert_dir: str = ""
+    # what the federation trains: "ehrdiff" (DP-SGD rounds of the diffusion model) or "mst"
+    # (federated MST: each site's noisy one- and two-way marginals, ``server.mst``)
+    generator: str = "ehrdiff"
     config: dict[str, Any] = field(default_factory=lambda: config_dict(Config()))
 
     def model_config(self) -> Config:

@@ -85,7 +85,8 @@ class _Keep:
     def see(self, cell: Cell, fitted: Any) -> None:
         if cell.generator == "ours" and cell.epsilon is None and cell.seed == 0:
             self.ours_plain = fitted
-        if fitted is not None and "run_dir" in fitted.extra:
+        if cell.generator == "ours_federated" and fitted is not None \
+                and "run_dir" in fitted.extra:
             self.fed_dirs.append(fitted.extra["run_dir"])
 
 

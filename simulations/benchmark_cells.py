@@ -77,7 +77,12 @@ def released_epsilon(report: dict[str, Any]) -> float | None:
 def fit_generator(name: str, ds: Dataset, eps: float | None, delta: float, seed: int,
                   s: BenchmarkSettings, workdir: Path) -> Any:
     """A ``baselines.registry.Fitted`` for any of ``GENERATORS`` (delta only when private)."""
-    from fedsynth.simulations.baselines.ours import FederatedOptions, fit_ours, fit_ours_federated
+    from fedsynth.simulations.baselines.ours import (
+        FederatedOptions,
+        fit_mst_federated,
+        fit_ours,
+        fit_ours_federated,
+    )
     from fedsynth.simulations.baselines.registry import BASELINES, fit_baseline
 
     if name in BASELINES:
@@ -88,6 +93,9 @@ def fit_generator(name: str, ds: Dataset, eps: float | None, delta: float, seed:
     if name == "ours_federated":
         return fit_ours_federated(ds.train, eps, delta if eps else None, seed, s.preset, workdir,
                                   FederatedOptions(sites=s.sites, partition=s.partition))
+    if name == "mst_federated":
+        return fit_mst_federated(ds.train, eps, delta if eps else None, seed, workdir,
+                                 FederatedOptions(sites=s.sites, partition=s.partition))
     raise ValueError(f"unknown generator {name!r} ({', '.join(GENERATORS)})")
 
 

@@ -13,11 +13,12 @@ from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "diabetes130" / "diabetic_data_dev.csv.gz"
-GENERATORS = ("medgan", "corgan", "dp_marginals", "mst", "aim", "ours", "ours_federated")
+GENERATORS = ("medgan", "corgan", "dp_marginals", "mst", "aim", "mst_federated", "ours",
+              "ours_federated")
 EPSILONS: tuple[float | None, ...] = (1.0, 3.0, 10.0, None)
 LABELS = {"medgan": "medGAN", "corgan": "corGAN", "dp_marginals": "DP marginals",
           "mst": "MST", "aim": "AIM (top-K codes)", "ours": "ours (central)",
-          "ours_federated": "ours (federated)"}
+          "ours_federated": "ours (federated)", "mst_federated": "MST (federated)"}
 
 
 class Metric(NamedTuple):

@@ -30,7 +30,7 @@ SummaryEntry = dict[str, Any]
 # A generator writing fewer codes per patient than this (real patients have 3-5) produces
 # nothing usable: its row is labelled so in the table and never counts as a rival in a claim.
 WORKING_MIN_CODES = 0.05
-RIVALS = ("medgan", "corgan", "dp_marginals", "mst", "aim")
+RIVALS = ("medgan", "corgan", "dp_marginals", "mst", "aim", "mst_federated")
 
 
 def working(entry: SummaryEntry) -> bool:
@@ -90,6 +90,12 @@ def target_check(summary: list[SummaryEntry]) -> list[str]:
                 line = (f"- {LABELS[ours]}, epsilon {eps_label(eps)}, {key}: {v:.3f} vs best "
                         f"baseline {LABELS[best_g]} {best_v:.3f}: {'met' if ok else 'NOT met'}")
                 lines.append(line)
+                fed = by.get(("mst_federated", eps))
+                if ours == "ours_federated" and fed is not None and fed[key]["mean"] is not None:
+                    gap = v - fed[key]["mean"]
+                    lines.append(f"- {LABELS[ours]}, epsilon {eps_label(eps)}, {key}: {v:.3f} "
+                                 f"vs {LABELS['mst_federated']} {fed[key]['mean']:.3f}: "
+                                 f"{'ahead' if gap >= 0 else 'behind'} by {abs(gap):.3f}")
                 marg = by.get(("dp_marginals", eps))
                 if eps is not None and eps < 3 or marg is None or marg[key]["mean"] is None:
                     continue

@@ -13,10 +13,10 @@ from torch import nn
 
 from fedsynth.common.errors import BudgetExceeded
 from fedsynth.privacy.accountant import Mechanism, calibrate_noise
+from fedsynth.privacy.marginals import clip_codes_secure
 from fedsynth.simulations.baselines import dp_sgd
 from fedsynth.simulations.baselines.dp_marginals import (
     MarginalsConfig,
-    clip_codes,
     fit_marginals,
     l2_sensitivity,
     noisy_counts,
@@ -185,7 +185,7 @@ def test_marginals_sensitivity_and_noise_scale() -> None:
     k = 4
     rng = np.random.default_rng(0)
     X = (rng.random((300, 30)) < 0.3).astype(np.uint8)
-    clipped = clip_codes(X, k, rng)
+    clipped = clip_codes_secure(X, k)
     assert clipped.sum(1).max() <= k and np.all(clipped <= X)
     # brute force: removing any one patient moves (counts, n) by at most sqrt(k+1) in L2
     full = np.append(clipped.sum(0), clipped.shape[0])

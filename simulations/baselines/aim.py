@@ -38,16 +38,15 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
+from fedsynth.common.model.tree import IndependentTail
 from fedsynth.privacy import secure_random
 from fedsynth.privacy.accountant import Mechanism, epsilon
+from fedsynth.privacy.marginals import clip_codes_secure, noisy_counts
 from fedsynth.simulations.baselines.mst import (
     ACCOUNTANT,
-    IndependentTail,
-    clip_codes_secure,
     em_mechanism,
     exponential_mechanism,
     gaussian_for_rho,
-    noisy_counts,
     rho_for,
 )
 

@@ -2,7 +2,8 @@
 
 Private release (Dwork & Roth 2014, Thm A.1 / the Gaussian mechanism; accounted like every
 other mechanism in this project by ``privacy.accountant`` as ``Mechanism(sigma, 1.0, 1)``):
-1. clip each patient to at most k codes (a uniformly random k of them, k fixed in advance);
+1. clip each patient to at most k codes (a uniformly random k of them, drawn from the OS's
+   CSPRNG, k fixed in advance: ``privacy.marginals.clip_codes_secure``);
 2. the released vector is (c_1, ..., c_V, n): per-code counts and the patient count. Adding or
    removing one patient changes it by (x_1, ..., x_V, 1) with at most k + 1 ones, so its L2
    sensitivity is Delta_2 = sqrt(k + 1) (add/remove adjacency, the patient as the unit);
@@ -16,14 +17,13 @@ Non-private: exact prevalences (no clipping).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedsynth.privacy import secure_random
 from fedsynth.privacy.accountant import Mechanism
+from fedsynth.privacy.marginals import clip_codes_secure, noisy_counts, one_way_sensitivity
 from fedsynth.simulations.baselines.dp_sgd import plan_privacy
 
 
@@ -36,28 +36,7 @@ class MarginalsConfig:
 
 def l2_sensitivity(max_codes: int) -> float:
     """Delta_2 of (counts, n) under add/remove of one patient with <= k codes: sqrt(k + 1)."""
-    return math.sqrt(max_codes + 1)
-
-
-def clip_codes(X: np.ndarray, max_codes: int, rng: np.random.Generator) -> np.ndarray:
-    """Keep a uniformly random ``max_codes`` of each patient's codes (rows with fewer: as is)."""
-    X = np.asarray(X, dtype=np.uint8)
-    over = np.flatnonzero(X.sum(1) > max_codes)
-    if over.size == 0:
-        return X
-    out = X.copy()
-    for i in over:
-        codes = np.flatnonzero(out[i])
-        drop = rng.choice(codes, size=codes.size - max_codes, replace=False)
-        out[i, drop] = 0
-    return out
-
-
-def noisy_counts(X: np.ndarray, sd: float) -> tuple[np.ndarray, float]:
-    """The Gaussian mechanism on (c_1..c_V, n): every entry plus independent N(0, sd^2), drawn
-    from the OS's CSPRNG (``secure_random.gaussian``), never from the seed."""
-    noise = secure_random.gaussian(X.shape[1] + 1, sd)
-    return X.sum(0, dtype=np.float64) + noise[:-1], float(X.shape[0] + noise[-1])
+    return one_way_sensitivity(max_codes)
 
 
 class MarginalsSampler:
@@ -105,8 +84,7 @@ def fit_marginals(
         raise ValueError("a private release needs delta")
     plan = plan_privacy(epsilon, delta, max(n, 1), max(n, 1), {"counts": 1}, noise_multiplier,
                         cfg.accountant, prior_history)
-    rng = np.random.default_rng(seed)  # which codes a clipped row keeps: any choice is DP
-    clipped = clip_codes(X, cfg.max_codes, rng)
+    clipped = clip_codes_secure(X, cfg.max_codes)  # which codes a row keeps: OS randomness
     sd = plan.noise_multiplier * l2_sensitivity(cfg.max_codes)
     counts, n_noisy = noisy_counts(clipped, sd)
     counts[counts < cfg.zero_below_sd * sd] = 0.0

@@ -60,8 +60,15 @@ import numpy as np
 from scipy.stats import norm
 
 from fedsynth.common.errors import BudgetExceeded
+from fedsynth.common.model.tree import (
+    IndependentTail,
+    TreeSampler,
+    consistent_pairs,
+    pair_scores_from_counts,
+)
 from fedsynth.privacy import secure_random
 from fedsynth.privacy.accountant import Mechanism, epsilon
+from fedsynth.privacy.marginals import clip_codes_secure, noisy_counts
 
 log = logging.getLogger(__name__)
 
@@ -130,55 +137,15 @@ def exponential_mechanism(scores: np.ndarray, eps0: float, sensitivity: float = 
     return int(min(np.searchsorted(cdf, uniform() * cdf[-1], side="right"), len(cdf) - 1))
 
 
-def clip_codes_secure(X: np.ndarray, k: int) -> np.ndarray:
-    """Keep a uniformly random k of each patient's codes (the k largest of i.i.d. secure
-    Gaussian keys: every k-subset equally likely); rows with <= k codes as they are."""
-    X = np.asarray(X, dtype=np.uint8)
-    over = np.flatnonzero(X.sum(1) > k)
-    if over.size == 0:
-        return X
-    out = X.copy()
-    for i in over:
-        codes = np.flatnonzero(out[i])
-        keys = secure_random.gaussian(codes.size)
-        out[i, codes[np.argsort(keys)[:-k]]] = 0
-    return out
-
-
-def noisy_counts(Xc: np.ndarray, sd: float) -> tuple[np.ndarray, float]:
-    """(c_1..c_V) + noise and n + noise, N(0, sd^2) each from the OS CSPRNG."""
-    noise = secure_random.gaussian(Xc.shape[1] + 1, sd) if sd > 0 else np.zeros(Xc.shape[1] + 1)
-    return Xc.sum(0, dtype=np.float64) + noise[:-1], float(Xc.shape[0] + noise[-1])
-
-
-class IndependentTail:
-    """Independent Bernoulli(p_j) codes: what is not modelled jointly."""
-
-    def __init__(self, prevalence: np.ndarray) -> None:
-        self.prevalence = np.clip(np.asarray(prevalence, dtype=np.float64), 0.0, 1.0)
-
-    def fill(self, out: np.ndarray, rng: np.random.Generator) -> None:
-        cols = np.flatnonzero(self.prevalence > 0)
-        out[:, cols] = rng.random((out.shape[0], cols.size)) < self.prevalence[cols]
-
-
-# ---- MST proper --------------------------------------------------------------------------------
+# ---- MST proper (the tree model: common.model.tree) -----------------------------------------
 
 
 def pair_scores(X: np.ndarray, p: np.ndarray, n_est: float) -> np.ndarray:
     """(K, K) L1 distance between each pair's 2x2 table in ``X`` (n x K, 0/1) and the table of
     independent codes with rates ``p`` and total ``n_est``; all pairs from one product."""
     Xf = np.asarray(X, dtype=np.float64)
-    n = float(Xf.shape[0])
     C = Xf.T @ Xf
-    c = np.diag(C).copy()
-    e = n_est * p
-    e11 = np.outer(e, p)
-    e10 = e[:, None] - e11
-    e01 = e[None, :] - e11
-    e00 = n_est - e[:, None] - e[None, :] + e11
-    return (np.abs(C - e11) + np.abs(c[:, None] - C - e10) + np.abs(c[None, :] - C - e01)
-            + np.abs(n - c[:, None] - c[None, :] + C - e00))
+    return pair_scores_from_counts(C, np.diag(C).copy(), float(Xf.shape[0]), p, n_est)
 
 
 def select_tree(scores: np.ndarray, eps0: float | None) -> list[tuple[int, int]]:
@@ -199,73 +166,12 @@ def select_tree(scores: np.ndarray, eps0: float | None) -> list[tuple[int, int]]
     return edges
 
 
-class TreeSampler:
-    """A Bayesian network over a tree of 0/1 codes plus independent codes elsewhere."""
-
-    def __init__(self, n_codes: int, tree_cols: np.ndarray, edges: list[tuple[int, int]],
-                 p: np.ndarray, p_pair: np.ndarray, tail: IndependentTail) -> None:
-        """``p``: rates of the K tree codes; ``p_pair[e]``: P(both) for ``edges[e]`` (tree
-        indices), already consistent with ``p``."""
-        self.n_codes, self.tree_cols, self.tail = n_codes, np.asarray(tree_cols), tail
-        K = len(tree_cols)
-        adj: list[list[tuple[int, float]]] = [[] for _ in range(K)]
-        for (a, b), pab in zip(edges, p_pair, strict=True):
-            adj[a].append((b, float(pab)))
-            adj[b].append((a, float(pab)))
-        self.order: list[int] = []
-        self.parent = np.full(K, -1)
-        self.cond1 = np.zeros(K)  # P(child = 1 | parent = 1)
-        self.cond0 = np.zeros(K)  # P(child = 1 | parent = 0)
-        self.p = np.asarray(p, dtype=np.float64)
-        seen = np.zeros(K, dtype=bool)
-        for root in range(K):  # a forest when K - 1 edges were not all given (never in MST)
-            if seen[root]:
-                continue
-            seen[root] = True
-            queue = [root]
-            while queue:
-                u = queue.pop(0)
-                self.order.append(u)
-                for v, puv in adj[u]:
-                    if seen[v]:
-                        continue
-                    seen[v] = True
-                    self.parent[v] = u
-                    pu, pv = self.p[u], self.p[v]
-                    self.cond1[v] = puv / pu if pu > 0 else pv
-                    self.cond0[v] = (pv - puv) / (1 - pu) if pu < 1 else pv
-                    queue.append(v)
-        self.cond1, self.cond0 = np.clip(self.cond1, 0, 1), np.clip(self.cond0, 0, 1)
-
-    def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        out = np.zeros((n, self.n_codes), dtype=np.uint8)
-        self.tail.fill(out, rng)
-        T = np.zeros((n, len(self.tree_cols)), dtype=bool)
-        for v in self.order:
-            u = rng.random(n)
-            par = self.parent[v]
-            if par < 0:
-                T[:, v] = u < self.p[v]
-            else:
-                T[:, v] = u < np.where(T[:, par], self.cond1[v], self.cond0[v])
-        out[:, self.tree_cols] = T
-        return out
-
-
 @dataclass
 class MSTResult:
     sampler: TreeSampler
     privacy: dict[str, Any] | None
     train_seconds: float
     info: dict[str, Any]
-
-
-def consistent_pairs(p: np.ndarray, edges: list[tuple[int, int]], raw: np.ndarray) -> np.ndarray:
-    """Project each pair rate onto [max(0, p_a + p_b - 1), min(p_a, p_b)] (step 4)."""
-    a = np.array([e[0] for e in edges], dtype=int)
-    b = np.array([e[1] for e in edges], dtype=int)
-    return np.clip(raw, np.maximum(0.0, p[a] + p[b] - 1.0), np.minimum(p[a], p[b]))
 
 
 def fit_mst(X: np.ndarray, epsilon_target: float | None = None, delta: float | None = None,

@@ -7,6 +7,7 @@
   over ``sites`` non-IID sites (``--partition dirichlet:0.5``) at the same per-site epsilon; the
   benchmark's training matrix is written to a temporary matrix file and passed with
   ``--format matrix``. Federation is always DP: there is no non-private federated row.
+- ``mst_federated``: federated MST (``ehr-simulate --generator mst``) on the same sites.
 Presets shrink the epochs (``quick``, ``smoke``); ``full`` uses the project defaults.
 """
 
@@ -31,6 +32,7 @@ from fedsynth.simulations.baselines.registry import Fitted
 log = logging.getLogger(__name__)
 
 OURS = ("ours", "ours_federated")
+FEDERATED = ("ours_federated", "mst_federated")  # run through ehr-simulate
 
 _TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -113,18 +115,50 @@ def fit_ours_federated(
     """Run ``ehr-simulate`` on ``matrix`` and load the global model it writes."""
     if epsilon is None:
         raise NotImplementedError("the federation always trains with DP-SGD")
-    from fedsynth.common.data import write_matrix
     from fedsynth.common.model.store import load_model
 
+    out, seconds, privacy = run_simulation(matrix, epsilon, delta, seed, workdir, options,
+                                           "federated", _FED_PRESETS[preset])
+    gen = load_model(out / "model", device="cpu")
+    return Fitted("ours_federated", gen, privacy, seconds, {"run_dir": str(out)})
+
+
+def fit_mst_federated(
+    matrix: Any,
+    epsilon: float | None,
+    delta: float | None,
+    seed: int,
+    workdir: Path,
+    options: FederatedOptions | None = None,
+) -> Fitted:
+    """Federated MST: ``ehr-simulate --generator mst`` on ``matrix`` (the same sites and
+    partition as ``ours_federated``); loads the tree model it writes."""
+    if epsilon is None:
+        raise NotImplementedError("federated MST is always private")
+    from fedsynth.common.model.tree import load_tree
+
+    out, seconds, privacy = run_simulation(matrix, epsilon, delta, seed, workdir, options,
+                                           "mst-federated", ["--generator", "mst"])
+    return Fitted("mst_federated", load_tree(out / "model" / "tree.json"), privacy, seconds,
+                  {"run_dir": str(out)})
+
+
+def run_simulation(matrix: Any, epsilon: float, delta: float | None, seed: int,
+                   workdir: Path, options: FederatedOptions | None, name: str,
+                   extra: list[str]) -> tuple[Path, float, dict[str, Any]]:
+    """``ehr-simulate`` on ``matrix`` (written once to a matrix file in ``workdir``) over
+    ``options.sites`` sites: (its output folder, wall seconds, its privacy.json)."""
+    from fedsynth.common.data import write_matrix
+
     opts = options or FederatedOptions()
-    out = workdir / f"federated-eps{epsilon}-seed{seed}"
+    out = workdir / f"{name}-eps{epsilon}-seed{seed}"
     data = workdir / "federated-train.csv"
     if not data.exists():
         write_matrix(data, matrix.X, matrix.vocab, matrix.patient_ids)
     cmd = [sys.executable, "-m", "fedsynth.simulations.simulate_cli", "--data", str(data),
            "--format", "matrix", "--sites", str(opts.sites), "--partition", opts.partition,
            "--epsilon", str(epsilon), "--holdout", str(opts.holdout), "--seed", str(seed),
-           "--samples", "10", "--no-progress", "--out", str(out), *_FED_PRESETS[preset]]
+           "--samples", "10", "--no-progress", "--out", str(out), *extra]
     if delta is not None:
         cmd += ["--delta", str(delta)]
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -139,9 +173,7 @@ def fit_ours_federated(
             tail = log_fh.read().decode(errors="replace")[-2000:]
             raise RuntimeError(f"ehr-simulate exited {proc.returncode}: {tail}")
     seconds = time.perf_counter() - start
-    privacy = json.loads((out / "privacy.json").read_text())
-    gen = load_model(out / "model", device="cpu")
-    return Fitted("ours_federated", gen, privacy, seconds, {"run_dir": str(out)})
+    return out, seconds, json.loads((out / "privacy.json").read_text())
 
 
 def round_overhead(run_dir: str | Path) -> dict[str, Any] | None:
