@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -158,8 +157,6 @@ def run_client(args: argparse.Namespace, tls: list[str]) -> int:
     connected = False
     retries = 0 if args.once else args.max_retries
     log_file = state / "logs" / "supernode.log"
-    # Flower's SuperExec asks the SuperNode for a new ClientApp task every 1 s by default
-    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
     from fedsynth.client.worker import resident_worker
 
     # the resident worker keeps torch and the data loaded; each ClientApp forwards to it
