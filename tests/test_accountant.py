@@ -140,3 +140,24 @@ def test_calibration_below_the_rdp_conversion_floor() -> None:
     """A single full-data Gaussian (q=1, 1 step) at eps=0.1: RDP cannot certify it, PRV can."""
     sigma = calibrate_noise(0.1, 1e-5, 1.0, 1)
     assert 0.099 <= epsilon([Mechanism(sigma, 1.0, 1)], 1e-5) <= 0.1
+
+
+def test_memoised_epsilon_equals_a_fresh_computation() -> None:
+    """The cache (issue 18) returns exactly what Opacus computes afresh, per history, delta and
+    accountant; a repeated composition is served from it."""
+    from opacus.accountants import PRVAccountant
+
+    from fedsynth.privacy import accountant as acc_mod
+
+    history = [Mechanism(1.3, 0.01, 300), Mechanism(2.0, 1.0, 1)]
+    acc_mod._composed.cache_clear()
+    first = epsilon(history, 1e-5)
+    hits = acc_mod._composed.cache_info().hits
+    assert epsilon(history, 1e-5) == first
+    assert acc_mod._composed.cache_info().hits == hits + 1
+    fresh = PRVAccountant()
+    fresh.history = [(1.3, 0.01, 300), (2.0, 1.0, 1)]
+    assert first == pytest.approx(fresh.get_epsilon(delta=1e-5), rel=1e-12)
+    assert epsilon(history, 1e-6) > first  # delta is part of the key
+    assert epsilon(history, 1e-5, "rdp") > first  # and the accountant
+    assert epsilon([*history, Mechanism(2.0, 1.0, 1)], 1e-5) > first  # and the history
