@@ -57,11 +57,12 @@ def write_tree_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[s
     """Federated MST's released model (``common.model.tree.TreeSampler``) to
     OUT/model/tree.json and its sample to OUT/synthetic.csv; returns the sample."""
     from fedsynth.common.data import write_matrix
+    from fedsynth.common.model.tree import TREE_FILE
     from fedsynth.common.vocabulary import Vocabulary
 
     vocab = Vocabulary(tuple(vocab_doc["codes"]), name=str(vocab_doc.get("name", "custom")))
     (out / "model").mkdir(parents=True, exist_ok=True)
-    sampler.save(out / "model" / "tree.json", extra={
+    sampler.save(out / "model" / TREE_FILE, extra={
         "generator": "mst", "federated": True, "run_id": settings.run_id,
         "vocabulary": {"name": vocab.name, "codes": list(vocab.codes)},
         "info": dict(info), "privacy": "see ../privacy.json"})

@@ -255,6 +255,15 @@ def test_ehr_server_generator_mst_with_two_clients(tmp_path, monkeypatch) -> Non
     assert len(synth) == 201
     tree = load_tree(out / "model" / "tree.json")
     assert tree.sample(50).shape == (50, len(cohort.vocab.codes))
+    # ehr-sample reads the release like any model folder
+    import subprocess
+
+    syn = tmp_path / "more.csv"
+    done = subprocess.run([str(BIN / "ehr-sample"), "--model", str(out / "model"), "--n", "30",
+                           "--out", str(syn)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert syn.read_text().splitlines()[0].split(",")[1:] == list(cohort.vocab.codes)
+    assert len(syn.read_text().splitlines()) == 31
     lines = [json.loads(x) for x in capture.read_text().splitlines()]
     kinds = [x["message_type"] for x in lines]
     assert kinds.count("query") == 2 and kinds.count(MARGINALS) == 4, kinds

@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 from fedsynth.common.data import write_matrix
 from fedsynth.common.device import resolve_device
 from fedsynth.common.errors import InputError, cli_errors
 from fedsynth.common.model.store import load_model
+from fedsynth.common.model.tree import TREE_FILE, load_tree_release
 
 log = logging.getLogger("ehr-sample")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="ehr-sample", description=__doc__)
-    ap.add_argument("--model", required=True, help="model directory written by ehr-train")
+    ap.add_argument("--model", required=True,
+                    help="model directory written by ehr-train, ehr-server or ehr-simulate "
+                         "(a federated MST run's model/ too)")
     ap.add_argument("--n", type=int, required=True, help="number of synthetic patients")
     ap.add_argument("--out", required=True, help="synthetic.csv or synthetic.parquet")
     ap.add_argument("--seed", type=int, default=0)
@@ -40,11 +44,18 @@ def main(argv: list[str] | None = None) -> None:
         resolve_device(args.device)
     except ValueError as err:
         raise InputError("--device", str(err)) from None
-    gen = load_model(args.model, device=args.device)
+    tree = Path(args.model) / TREE_FILE
     t0 = time.perf_counter()
-    X = gen.sample(args.n, seed=args.seed, batch=args.batch, progress=not args.quiet)
+    if tree.is_file():  # a federated MST release (ehr-server/ehr-simulate --generator mst)
+        sampler, vocab = load_tree_release(tree)
+        X = sampler.sample(args.n, seed=args.seed)
+    else:
+        gen = load_model(args.model, device=args.device)
+        t0 = time.perf_counter()
+        X = gen.sample(args.n, seed=args.seed, batch=args.batch, progress=not args.quiet)
+        vocab = gen.vocab
     dt = time.perf_counter() - t0
-    write_matrix(args.out, X, gen.vocab)
+    write_matrix(args.out, X, vocab)
     log.info("%d patients in %.1f s (%.0f patients/s), %.2f codes per patient -> %s",
              args.n, dt, args.n / max(dt, 1e-9), X.sum(axis=1).mean(), args.out)
 

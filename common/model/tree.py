@@ -25,6 +25,7 @@ import numpy as np
 from fedsynth.common.atomic import write_json
 
 FORMAT = "fedsynth-tree-model/1"
+TREE_FILE = "tree.json"  # in a run's model/ folder
 
 
 def pair_scores_from_counts(C: np.ndarray, c: np.ndarray, n: float, p: np.ndarray,
@@ -153,3 +154,20 @@ def load_tree(path: str | Path) -> TreeSampler:
     return TreeSampler(int(doc["n_codes"]), np.asarray(doc["tree_cols"], dtype=int),
                        [tuple(e) for e in doc["edges"]], np.asarray(doc["p"]),
                        np.asarray(doc["p_pair"]), IndependentTail(np.asarray(doc["tail"])))
+
+
+def load_tree_release(path: str | Path) -> tuple[TreeSampler, Any]:
+    """(the sampler, its ``Vocabulary``) from a federated MST run's ``model/tree.json``;
+    ``InputError`` naming the file when it is not one."""
+    from fedsynth.common.errors import InputError
+    from fedsynth.common.vocabulary import Vocabulary
+
+    try:
+        sampler = load_tree(path)
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))["vocabulary"]
+        vocab = Vocabulary(tuple(str(c) for c in doc["codes"]), name=str(doc.get("name", "")))
+        if len(vocab.codes) != sampler.n_codes:
+            raise ValueError("its vocabulary and model differ in size")
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise InputError(path, f"not a tree model ({err})") from None
+    return sampler, vocab
