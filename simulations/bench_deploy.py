@@ -247,9 +247,12 @@ def measure(out: Path, sites: list[str]) -> dict[str, Any]:
             "overhead_share": None if overhead is None or secs <= 0 else overhead / secs,
             "time": logged})
     status = _json(out / "run" / "status.json")
-    after = None
+    after = release = None
     if rows and "time" in status:
         after = float(status["time"]) - rows[-1]["time"]
+    privacy = out / "run" / "privacy.json"  # written right after model/ and synthetic.csv
+    if rows and privacy.exists():
+        release = privacy.stat().st_mtime - rows[-1]["time"]
     shares = [r["overhead_share"] for r in rows if r["overhead_share"] is not None]
     return {
         "run_id": run_id, "status": status.get("status"), "status_detail": status.get("detail"),
@@ -257,6 +260,7 @@ def measure(out: Path, sites: list[str]) -> dict[str, Any]:
         "overhead_share_mean": float(np.mean(shares)) if shares else None,
         "overhead_share_max": max(shares) if shares else None,
         "overhead_target": OVERHEAD_TARGET,
+        "release_after_last_round_seconds": None if release is None else round(release, 3),
         "outputs_after_last_round_seconds": None if after is None else round(after, 3),
         "outputs_target_seconds": OUTPUTS_TARGET_S,
     }
@@ -297,15 +301,18 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{_fmt(r['overhead_share'], '.1%')} |")
     mean, peak = doc["overhead_share_mean"], doc["overhead_share_max"]
     after = doc["outputs_after_last_round_seconds"]
+    release = doc.get("release_after_last_round_seconds")
     lines += ["", f"Overhead share: mean {_fmt(mean, '.1%')}, max {_fmt(peak, '.1%')} "
               f"(target <= {OVERHEAD_TARGET:.0%} every round: {_verdict(peak, OVERHEAD_TARGET)}); "
-              f"outputs after the last round: {_fmt(after)} s (target <= {OUTPUTS_TARGET_S:g} s: "
-              f"{_verdict(after, OUTPUTS_TARGET_S)}).", "",
+              f"model, synthetic.csv and privacy.json written {_fmt(release)} s after the last "
+              f"round (target <= {OUTPUTS_TARGET_S:g} s: {_verdict(release, OUTPUTS_TARGET_S)}); "
+              f"run ended (after the sites' evaluation) {_fmt(after)} s after it.", "",
               "Round s: the coordinator's, from sending the train messages to the last reply. "
               "DP-SGD s: the site's own training (STATE/rounds-<site>.jsonl). Site handling s: "
               "its resident worker's whole train request, DP-SGD included "
-              "(STATE/logs/site-<site>.jsonl). Overhead = round - slowest DP-SGD. Outputs after "
-              "the last round: status.json's time (written last) - the last round's log time.",
+              "(STATE/logs/site-<site>.jsonl). Overhead = round - slowest DP-SGD. Written after "
+              "the last round: privacy.json's mtime - the last round's log time; run ended: "
+              "status.json's time (written last).",
               ""]
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """The benchmark behind ``ehr-benchmark``: every generator at every epsilon, one table.
 
-Generators: medGAN, corGAN, DP marginals, MST, AIM (``simulations.baselines``), our model trained
-centrally (``ours``) and federated over non-IID sites (``ours_federated``). Epsilons 1, 3, 10
+Generators: medGAN, corGAN, DP marginals, MST, AIM (``simulations.baselines``), federated MST
+(``mst_federated``, ``ehr-simulate --generator mst``), our model trained centrally (``ours``)
+and federated over non-IID sites (``ours_federated``). Epsilons 1, 3, 10
 and non-private (``None``). On an 80/20 patient split (``split_holdout``, seed 0) of the named
 dataset, for each seed: train on the 80%, sample, score against the held-out 20%:
 prevalence r, co-occurrence r, dimension-wise prediction AUROC ratio, discriminator AUROC

@@ -59,9 +59,11 @@ def test_demo_deployment_is_measured_and_stopped(tmp_path: Path) -> None:
     assert 0.0 <= doc["overhead_share_max"] <= 1.0
     after = doc["outputs_after_last_round_seconds"]
     assert isinstance(after, float) and math.isfinite(after) and after >= 0.0
+    release = doc["release_after_last_round_seconds"]
+    assert isinstance(release, float) and 0.0 <= release <= after
     assert doc["wall_seconds"] > 0
     md = (out / "bench_deploy.md").read_text()
-    assert "overhead share" in md and "outputs after the last round" in md
+    assert "overhead share" in md and "written" in md and "after the last round" in md
     assert md.strip() in done.stdout
     # nothing of the run is left: no ehr-server/ehr-client, SuperLink, SuperNode or helper
     for home in flower_homes(out.resolve(), 2):
