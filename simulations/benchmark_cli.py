@@ -1,6 +1,6 @@
 """``ehr-benchmark``: medGAN, corGAN, DP marginals, MST, AIM, federated MST and our model
-(central and federated) at epsilon 1, 3, 10 and non-private, on one dataset and one held-out split, in one
-table.
+(central and federated) at epsilon 1, 3, 10 and non-private, on one dataset and one held-out
+split, in one table.
 
     ehr-benchmark --quick --out runs/bench-quick          # < 10 min on 2 cores
     ehr-benchmark --data PATH --format F --seeds 3 --out runs/bench
