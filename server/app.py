@@ -94,7 +94,9 @@ def run_federation(grid: Grid, coord: Coordinator) -> None:
     coord.progress(stage="sampling", round=s.rounds)
     coord.write_model_and_sample()  # OUT/model and OUT/synthetic.csv
     coord.write_privacy()
+    t0 = time.monotonic()
     evaluate_sites(grid, coord)
+    coord.stage_seconds["evaluation"] = round(time.monotonic() - t0, 2)
 
 
 def wait_for_nodes(grid: Grid, k: int, timeout: float, coord: Coordinator) -> list[int]:

@@ -55,6 +55,7 @@ class Coordinator:
     node_sites: dict[int, str] = field(default_factory=dict)  # Flower node id -> site (live)
     resumed: checkpoint.Checkpoint | None = field(default=None, repr=False)  # --resume: read once
     generator: Any = None  # the released model, once written (common.model.store.Generator)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # after the last round
 
     def __post_init__(self) -> None:
         self.out = Path(self.settings.out_dir)
@@ -341,7 +342,7 @@ class Coordinator:
         (``self.generator``: the released model, read back from OUT/model)."""
         self.generator, synth = report.write_model_and_sample(
             self.out, self.settings, self.vocab, self.kept, self.prevalence, self.final_state(),
-            self.next_round - 1)
+            self.next_round - 1, self.stage_seconds)
         return synth
 
     def write_privacy(self) -> dict[str, Any]:
@@ -354,4 +355,5 @@ class Coordinator:
         return report.write_evaluation(self.out, self.settings, statuses)
 
     def write_status(self, status: str, detail: str = "") -> None:
-        report.write_status(self.out, self.settings, status, detail, self.next_round - 1)
+        report.write_status(self.out, self.settings, status, detail, self.next_round - 1,
+                            self.stage_seconds)

@@ -27,15 +27,18 @@ State = dict[str, np.ndarray]
 
 def write_model_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[str, Any],
                            kept: list[int] | None, prevalence: list[float] | None,
-                           final_state: State, rounds: int) -> tuple[Any, np.ndarray]:
+                           final_state: State, rounds: int,
+                           stages: dict[str, float] | None = None) -> tuple[Any, np.ndarray]:
     """The global model (EMA weights) to OUT/model and OUT/synthetic.csv; returns (the released
-    Generator, read back from OUT/model, and the sample)."""
+    Generator, read back from OUT/model, and the sample). ``stages`` gets the seconds of each."""
+    stages = {} if stages is None else stages
     from fedsynth.common.model.release import FIXED_THRESHOLD, release_generator, save_release
     from fedsynth.common.model.store import load_model
     from fedsynth.common.vocabulary import Vocabulary
 
     cfg = settings.model_config()
     vocab = Vocabulary(tuple(vocab_doc["codes"]), name=str(vocab_doc.get("name", "custom")))
+    t0 = time.perf_counter()
     gen, _ = release_generator(  # calibration: post-processing of the sites' private counts
         final_state, cfg.model, vocab, kept, threshold_source=FIXED_THRESHOLD,
         prevalence=None if prevalence is None else np.asarray(prevalence),
@@ -45,10 +48,13 @@ def write_model_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[
     save_release(model_dir, gen, extra={"federated": True, "run_id": settings.run_id,
                                         "rounds": rounds, "privacy": "see ../privacy.json"})
     generator = load_model(model_dir, device="cpu")
+    t1 = time.perf_counter()
     synth = generator.sample(settings.samples, seed=settings.seed)
     from fedsynth.common.data import write_matrix
 
     write_matrix(out / "synthetic.csv", synth, vocab)
+    stages["release"] = round(t1 - t0, 2)  # build, calibrate, save the model
+    stages["sample"] = round(time.perf_counter() - t1, 2)
     return generator, synth
 
 
@@ -133,9 +139,11 @@ def write_progress(out: Path, rounds: int, epsilon_spent: Mapping[str, float],
 
 
 def write_status(out: Path, settings: RunSettings, status: str, detail: str = "",
-                 rounds_completed: int = 0) -> None:
-    """status.json: the run's end (completed or failed), for the launcher."""
+                 rounds_completed: int = 0, stages: Mapping[str, float] | None = None) -> None:
+    """status.json: the run's end (completed or failed), for the launcher; ``stages``: seconds
+    of each stage after the last round (release, sample, privacy, evaluation)."""
     write_json(out / "status.json", {"status": status, "detail": detail,
                                      "launch_id": settings.launch_id,
                                      "rounds_completed": rounds_completed,
+                                     "stage_seconds": dict(stages or {}),
                                      "time": time.time()})

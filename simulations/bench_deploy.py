@@ -261,6 +261,7 @@ def measure(out: Path, sites: list[str]) -> dict[str, Any]:
         "overhead_share_max": max(shares) if shares else None,
         "overhead_target": OVERHEAD_TARGET,
         "release_after_last_round_seconds": None if release is None else round(release, 3),
+        "stage_seconds": status.get("stage_seconds", {}),
         "outputs_after_last_round_seconds": None if after is None else round(after, 3),
         "outputs_target_seconds": OUTPUTS_TARGET_S,
     }
@@ -306,7 +307,10 @@ def markdown(doc: dict[str, Any]) -> str:
               f"(target <= {OVERHEAD_TARGET:.0%} every round: {_verdict(peak, OVERHEAD_TARGET)}); "
               f"model, synthetic.csv and privacy.json written {_fmt(release)} s after the last "
               f"round (target <= {OUTPUTS_TARGET_S:g} s: {_verdict(release, OUTPUTS_TARGET_S)}); "
-              f"run ended (after the sites' evaluation) {_fmt(after)} s after it.", "",
+              f"run ended (after the sites' evaluation) {_fmt(after)} s after it"
+              + ("; stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in
+                                          doc.get("stage_seconds", {}).items())
+                 if doc.get("stage_seconds") else "") + ".", "",
               "Round s: the coordinator's, from sending the train messages to the last reply. "
               "DP-SGD s: the site's own training (STATE/rounds-<site>.jsonl). Site handling s: "
               "its resident worker's whole train request, DP-SGD included "
