@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,3 +75,17 @@ def tiny_site_config():  # -> common.config.Config
     cfg.federation.sample_rate = 0.25
     cfg.federation.local_epochs = 0.5
     return cfg
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Fail (not hang) when the block runs longer than ``seconds`` (SIGALRM; main thread)."""
+    def _alarm(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -13,14 +13,13 @@ import gzip
 import io
 import json
 import os
-import signal
 import string
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import time_limit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -54,18 +53,9 @@ SEEDS = {
 }
 
 
-@contextlib.contextmanager
-def no_hang(seconds: int = HANG_S) -> Iterator[None]:
+def no_hang(seconds: int = HANG_S) -> contextlib.AbstractContextManager[None]:
     """Fail (not hang) when a loader runs longer than ``seconds`` on a small input."""
-    def _alarm(signum: int, frame: object) -> None:
-        raise TimeoutError(f"loader still running after {seconds} s")
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+    return time_limit(seconds)
 
 
 def check_load(path: Path, fmt: str, **kw: object) -> object:

@@ -10,15 +10,13 @@ place of a file. A few go through the ``ehr-train`` command: exit code 2, one st
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
-import signal
 import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import time_limit
 
 from fedsynth.common.data import CodeMatrix, load_codes
 from fedsynth.common.data.reading import MAX_INPUT_ENV
@@ -363,20 +362,6 @@ CASES = [
 
 
 
-@contextlib.contextmanager
-def time_limit(seconds: int = LIMIT_S) -> Iterator[None]:
-    """A hang is a failure, not a stuck test run."""
-    def _alarm(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def test_at_least_fifty_crafted_bad_files() -> None:
     bad = [c for c in CASES if c.words]
     assert len(bad) >= 50 and len({c.name for c in CASES}) == len(CASES)
@@ -388,7 +373,7 @@ def test_crafted_file(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv(key, value)
     path = case.build(tmp_path)
     start = time.monotonic()
-    with time_limit():
+    with time_limit(LIMIT_S):
         try:
             m = load_codes(path, format=case.fmt, **case.kw)  # type: ignore[arg-type]
         except InputError as err:
@@ -415,7 +400,7 @@ def test_the_2gib_bomb_fails_fast_without_inflating_it(tmp_path: Path) -> None:
     assert path.stat().st_size < 8 << 20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.monotonic()
-    with time_limit(), pytest.raises(InputError, match="decompresses to more than"):
+    with time_limit(LIMIT_S), pytest.raises(InputError, match="decompresses to more than"):
         load_codes(path)
     assert time.monotonic() - start < 5
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
