@@ -33,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="folder of the privacy ledgers (default $XDG_STATE_HOME/fedsynth or "
                          "~/.local/state/fedsynth); every DP run on the same patients composes "
                          "in one ledger there, whatever --out is")
+    ap.add_argument("--columns", choices=["codes", "all"], default="codes",
+                    help="codes: the code matrix (default); all: whole records, the schema's "
+                         "columns (demographics, admission, counts, outcomes) beside the codes, "
+                         "for diabetes130 and MIMIC with PATIENTS/ADMISSIONS")
+    ap.add_argument("--schema", help="with --columns all: a built-in schema name or a TOML file "
+                                     "(default: the format's built-in)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
 
@@ -105,9 +111,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = build_config(args)
     check_device(config)  # before loading the data
-    matrix = load_codes(args.data, format=args.format)
+    layout = None
+    if args.columns == "all":
+        from fedsynth.common.data.record_tokens import records_matrix
+        from fedsynth.common.data.records import load_records
+
+        records = load_records(args.data, args.format, schema=args.schema)
+        matrix, layout = records_matrix(records)
+    else:
+        if args.schema:
+            raise InputError("--schema", "only with --columns all")
+        matrix = load_codes(args.data, format=args.format)
     report = train_to_folder(matrix, config, Path(args.out), state_dir=args.state_dir,
                              progress=not args.quiet)
+    if layout is not None:
+        from fedsynth.common.data.record_tokens import write_layout
+
+        write_layout(args.out, layout, records.schema)
     json.dump({"model_dir": str(args.out), **(report or {})}, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
 

@@ -6,8 +6,13 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from fedsynth.common.data import write_matrix
+from fedsynth.common.data.record_tokens import read_layout, tokens_to_table
+from fedsynth.common.data.writer import write_records
 from fedsynth.common.device import resolve_device
 from fedsynth.common.errors import InputError, cli_errors
 from fedsynth.common.model.store import load_model
@@ -54,10 +59,33 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         X = gen.sample(args.n, seed=args.seed, batch=args.batch, progress=not args.quiet)
         vocab = gen.vocab
+        records = read_layout(args.model)
+        if records is not None:  # a whole-records model (ehr-train --columns all)
+            write_sampled_records(args, gen, X, *records)
+            return
     dt = time.perf_counter() - t0
     write_matrix(args.out, X, vocab)
     log.info("%d patients in %.1f s (%.0f patients/s), %.2f codes per patient -> %s",
              args.n, dt, args.n / max(dt, 1e-9), X.sum(axis=1).mean(), args.out)
+
+
+def write_sampled_records(args: argparse.Namespace, gen: Any, X: np.ndarray, layout: Any,
+                          schema: Any) -> None:
+    """Records from a whole-records model: each column's token with the highest score (the
+    sampler's output minus its output step's threshold), then the codes as sampled."""
+    from fedsynth.common.vocabulary import Vocabulary
+
+    T = layout.n_tokens
+    cont = gen.sample_continuous(args.n, seed=args.seed, batch=args.batch)
+    step = gen.output_step
+    thresholds = (np.asarray(step.thresholds, dtype=np.float64) if step.kind == "per_code"
+                  else np.full(cont.shape[1], float(step.threshold)))
+    scores = cont[:, :T] - thresholds[None, :T]
+    table = tokens_to_table(scores, layout, schema, seed=args.seed)
+    codes = Vocabulary(tuple(gen.vocab.codes[T:]), name=gen.vocab.name)
+    write_records(args.out, table, X[:, T:], codes)
+    log.info("%d records (%d columns and %d codes), %.2f codes per patient -> %s", args.n,
+             len(table.columns), len(codes), X[:, T:].sum(axis=1).mean(), args.out)
 
 
 if __name__ == "__main__":

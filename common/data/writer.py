@@ -85,10 +85,42 @@ def _csv_rows(X: np.ndarray, ids: np.ndarray) -> bytes:
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP CSV injection: spreadsheet formulas
 
 
+def _no_formula(value: str) -> str:
+    """'=cmd|...' must never reach a spreadsheet as a formula."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def _csv_field(value: str) -> str:
-    s = str(value)
-    if s.startswith(_FORMULA_START):  # '=cmd|...' must never reach a spreadsheet as a formula
-        s = "'" + s
+    s = _no_formula(str(value))
     if any(ch in s for ch in ',"\n\r'):
         return '"' + s.replace('"', '""') + '"'
     return s
+
+
+def write_records(
+    path: str | os.PathLike[str],
+    table: pd.DataFrame,
+    X: np.ndarray,
+    vocab: Vocabulary,
+    patient_ids: Sequence[str] | np.ndarray | None = None,
+) -> Path:
+    """Whole records, atomically: ``patient_id``, the schema's columns with the source's labels
+    (Parquet typed: categoricals as category dtype, counts as integers), then one 0/1 column per
+    code. CSV text cells that would start a spreadsheet formula are prefixed with a quote."""
+    X, ids = _check(X, vocab, patient_ids)
+    if len(table) != X.shape[0]:
+        raise ValueError(f"{len(table)} records for {X.shape[0]} code rows")
+    codes = pd.DataFrame(X, columns=list(vocab.codes))
+    df = pd.concat([pd.DataFrame({"patient_id": ids}), table.reset_index(drop=True), codes],
+                   axis=1)
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            text = df.astype(object).where(df.notna(), "")
+            for name in ["patient_id", *table.columns]:
+                text[name] = [_no_formula(v) if isinstance(v, str) else v for v in text[name]]
+            text.columns = [_no_formula(str(c)) for c in df.columns]
+            text.to_csv(tmp, index=False)  # pandas quotes commas and quotes itself
+    return out

@@ -1,0 +1,209 @@
+"""Whole records as 0/1 tokens beside the codes, so that the code model learns them jointly.
+
+Every schema column becomes a group of 0/1 token columns, fixed by the PUBLIC schema only:
+
+- categorical: one token per category (``race:0`` = Caucasian; a missing value: none set);
+- integer: one token per value for the first ``UNIT_VALUES`` values of the domain, then bins
+  whose width grows geometrically (ratio ``BIN_RATIO``) up to the schema's bound
+  (``num_lab_procedures:33`` = [33,36]);
+- real: geometric bins over [low, high] on the log1p scale.
+
+A record row is the concatenation of its groups (exactly one token per group, none when the
+value is missing). Decoding (``tokens_to_table``) takes, in each group, the token with the
+highest score (the sampler's output minus its calibrated threshold) and, for a bin, a value
+drawn uniformly inside it from a seeded generator (post-processing).
+
+Choice (issue 16): numeric columns are ordinal tokens rather than EDM-continuous coordinates,
+so the existing model, its DP-SGD, its count release and its federation apply unchanged; the
+price is that values inside a bin are uniform.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsynth.common.data.schema import Column, Schema
+from fedsynth.common.vocabulary import Vocabulary
+
+UNIT_VALUES = 32  # integer columns: one token per value for the first 32 values
+BIN_RATIO = 1.12  # then bins whose upper edge grows by this factor
+REAL_BINS = 40
+LAYOUT_FILE = "records_layout.json"
+
+
+@dataclass
+class Group:
+    """One schema column's tokens: ``labels[i]`` is token ``start + i``; numeric groups keep
+    each token's [lo, hi] range in ``bounds``."""
+
+    name: str
+    kind: str
+    start: int
+    labels: list[str]
+    bounds: list[tuple[float, float]] | None = None
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.labels)
+
+
+@dataclass
+class TokenLayout:
+    schema: str
+    groups: list[Group]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.groups[-1].stop if self.groups else 0
+
+    def tokens(self) -> list[str]:
+        """Column names in the model's vocabulary: ``<column>:<i>`` (the label of token i is
+        ``labels[i]``: a vocabulary entry may not hold ``=``, brackets or spaces)."""
+        return [f"{g.name}:{i}" for g in self.groups for i in range(len(g.labels))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, "groups": [asdict(g) for g in self.groups]}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> TokenLayout:
+        groups = [Group(g["name"], g["kind"], int(g["start"]), [str(x) for x in g["labels"]],
+                        None if g.get("bounds") is None
+                        else [(float(a), float(b)) for a, b in g["bounds"]])
+                  for g in doc["groups"]]
+        return cls(str(doc["schema"]), groups)
+
+
+def _integer_bounds(low: int, high: int) -> list[tuple[float, float]]:
+    out = [(float(v), float(v)) for v in range(low, min(high, low + UNIT_VALUES - 1) + 1)]
+    lo = low + UNIT_VALUES
+    while lo <= high:
+        hi = min(high, max(lo, math.floor((lo + 1) * BIN_RATIO) - 1))
+        out.append((float(lo), float(hi)))
+        lo = hi + 1
+    return out
+
+
+def _real_bounds(low: float, high: float) -> list[tuple[float, float]]:
+    a, b = math.log1p(max(low, 0.0)), math.log1p(high)
+    edges = np.expm1(np.linspace(a, b, REAL_BINS + 1))
+    edges[0], edges[-1] = low, high
+    return [(float(edges[i]), float(edges[i + 1])) for i in range(REAL_BINS)]
+
+
+def _label(lo: float, hi: float, kind: str) -> str:
+    if kind == "integer":
+        return f"{int(lo)}" if lo == hi else f"[{int(lo)},{int(hi)}]"
+    return f"[{lo:.4g},{hi:.4g})"
+
+
+def token_layout(schema: Schema) -> TokenLayout:
+    groups: list[Group] = []
+    start = 0
+    for c in schema.columns:
+        if c.is_categorical:
+            g = Group(c.name, c.kind, start, list(c.categories or ()))
+        else:
+            bounds = (_integer_bounds(int(c.low), int(c.high)) if c.kind == "integer"  # type: ignore[arg-type]
+                      else _real_bounds(float(c.low), float(c.high)))  # type: ignore[arg-type]
+            g = Group(c.name, c.kind, start, [_label(a, b, c.kind) for a, b in bounds], bounds)
+        groups.append(g)
+        start = g.stop
+    return TokenLayout(schema.name, groups)
+
+
+def _index(values: pd.Series, group: Group) -> np.ndarray:
+    """Token index within the group per row (-1: missing)."""
+    if group.bounds is None:
+        pos = {label: i for i, label in enumerate(group.labels)}
+        return np.array([pos.get(str(v), -1) if not pd.isna(v) else -1 for v in values])
+    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    uppers = np.array([b for _, b in group.bounds])
+    idx = np.searchsorted(uppers, x, side="left")
+    if group.kind == "real":  # [lo, hi): a value at an upper edge goes to the next bin
+        idx = np.searchsorted(uppers, x, side="right")
+    idx = np.minimum(idx, len(uppers) - 1)
+    return np.where(np.isnan(x), -1, idx)
+
+
+def records_to_tokens(table: pd.DataFrame, layout: TokenLayout) -> np.ndarray:
+    """(n, n_tokens) uint8: one token per group and row (none for a missing value)."""
+    out = np.zeros((len(table), layout.n_tokens), dtype=np.uint8)
+    rows = np.arange(len(table))
+    for g in layout.groups:
+        idx = _index(table[g.name], g)
+        ok = idx >= 0
+        out[rows[ok], g.start + idx[ok]] = 1
+    return out
+
+
+def tokens_to_table(scores: np.ndarray, layout: TokenLayout, schema: Schema,
+                    seed: int = 0) -> pd.DataFrame:
+    """The records of (n, n_tokens) ``scores``: per group the highest-scoring token; a bin's
+    value uniform inside it (seeded); typed like ``load_records``' table."""
+    rng = np.random.default_rng([int(seed) % 2**63, 0x7EC0])
+    cols: dict[str, Any] = {}
+    for g in layout.groups:
+        pick = np.argmax(scores[:, g.start:g.stop], axis=1)
+        col: Column = schema.column(g.name)
+        if g.bounds is None:
+            labels = np.array(g.labels, dtype=object)[pick]
+            cols[g.name] = pd.Categorical(labels, categories=list(col.categories or ()))
+            continue
+        lo = np.array([a for a, _ in g.bounds])[pick]
+        hi = np.array([b for _, b in g.bounds])[pick]
+        if g.kind == "integer":
+            cols[g.name] = pd.array(rng.integers(lo.astype(np.int64), hi.astype(np.int64) + 1),
+                                    dtype="Int64")
+        else:
+            cols[g.name] = pd.array(lo + rng.random(len(lo)) * (hi - lo), dtype="Float64")
+    return pd.DataFrame(cols)
+
+
+def record_vocabulary(layout: TokenLayout, codes: Vocabulary) -> Vocabulary:
+    """The model's columns: the schema's tokens (public), then the codes."""
+    return Vocabulary(tuple(layout.tokens()) + tuple(codes.codes),
+                      name=f"{layout.schema}+{codes.name}")
+
+
+def records_matrix(records: Any) -> tuple[Any, TokenLayout]:
+    """(a ``CodeMatrix`` of tokens then codes, its layout) from ``load_records``' result."""
+    from fedsynth.common.data.matrix import CodeMatrix
+
+    layout = token_layout(records.schema)
+    X = np.hstack([records_to_tokens(records.table, layout), records.codes.X])
+    matrix = CodeMatrix(X, records.patient_ids, record_vocabulary(layout, records.codes.vocab),
+                        source=records.codes.source, report=records.codes.report)
+    return matrix, layout
+
+
+def write_layout(model_dir: Any, layout: TokenLayout, schema: Schema) -> None:
+    """``model_dir/records_layout.json``: the token layout and the schema (both public)."""
+    from pathlib import Path
+
+    from fedsynth.common.atomic import write_json
+
+    write_json(Path(model_dir) / LAYOUT_FILE, {"layout": layout.to_dict(),
+                                              "schema": schema.to_dict()})
+
+
+def read_layout(model_dir: Any) -> tuple[TokenLayout, Schema] | None:
+    """The layout and schema of a records model; None for a codes-only model."""
+    import json
+    from pathlib import Path
+
+    from fedsynth.common.data.schema import schema_from_dict
+    from fedsynth.common.errors import InputError
+
+    path = Path(model_dir) / LAYOUT_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return TokenLayout.from_dict(doc["layout"]), schema_from_dict(doc["schema"], path)
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(path, f"not a records layout ({err})") from None
