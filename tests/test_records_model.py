@@ -95,3 +95,22 @@ def test_schema_flag_needs_whole_records(mimic_path, tmp_path) -> None:
                 "mimic3", "--out", str(tmp_path / "m"), ok=False)
     assert done.returncode == 2 and "--schema" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_pick_tokens_keeps_single_tokens_and_the_group_rates() -> None:
+    from fedsynth.common.model.record_output import pick_tokens
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    truth = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
+    on = np.eye(3, dtype=bool)[truth]
+    on[:2000] = False  # no token on
+    on[2000:3000, :2] = True  # two tokens on
+    scores = np.where(on, 0.5, -0.5)
+    pick = pick_tokens(scores, np.random.default_rng(1))
+    single = on.sum(axis=1) == 1
+    assert (pick[single] == truth[single]).all()
+    assert on[np.arange(2000, 3000), pick[2000:3000]].all()  # only among those on
+    rate = on.mean(axis=0) / on.mean(axis=0).sum()
+    share = np.bincount(pick, minlength=3) / n
+    assert np.abs(share - rate).max() < 0.01

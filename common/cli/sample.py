@@ -15,6 +15,7 @@ from fedsynth.common.data.record_tokens import read_layout, tokens_to_table
 from fedsynth.common.data.writer import write_records
 from fedsynth.common.device import resolve_device
 from fedsynth.common.errors import InputError, cli_errors
+from fedsynth.common.model.record_output import pick_tokens, token_scores
 from fedsynth.common.model.store import load_model
 from fedsynth.common.model.tree import TREE_FILE, load_tree_release
 
@@ -76,12 +77,8 @@ def write_sampled_records(args: argparse.Namespace, gen: Any, X: np.ndarray, lay
     from fedsynth.common.vocabulary import Vocabulary
 
     T = layout.n_tokens
-    cont = gen.sample_continuous(args.n, seed=args.seed, batch=args.batch)
-    step = gen.output_step
-    thresholds = (np.asarray(step.thresholds, dtype=np.float64) if step.kind == "per_code"
-                  else np.full(cont.shape[1], float(step.threshold)))
-    scores = cont[:, :T] - thresholds[None, :T]
-    table = tokens_to_table(scores, layout, schema, seed=args.seed)
+    scores = token_scores(gen, T, args.n, args.seed, args.batch)
+    table = tokens_to_table(scores, layout, schema, seed=args.seed, pick=pick_tokens)
     codes = Vocabulary(tuple(gen.vocab.codes[T:]), name=gen.vocab.name)
     write_records(args.out, table, X[:, T:], codes)
     log.info("%d records (%d columns and %d codes), %.2f codes per patient -> %s", args.n,

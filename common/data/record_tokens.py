@@ -9,9 +9,9 @@ Every schema column becomes a group of 0/1 token columns, fixed by the PUBLIC sc
 - real: geometric bins over [low, high] on the log1p scale.
 
 A record row is the concatenation of its groups (exactly one token per group, none when the
-value is missing). Decoding (``tokens_to_table``) takes, in each group, the token with the
-highest score (the sampler's output minus its calibrated threshold) and, for a bin, a value
-drawn uniformly inside it from a seeded generator (post-processing).
+value is missing). Decoding (``tokens_to_table``) takes one token per group (by default the
+highest score; ``ehr-sample`` uses ``common.model.record_output.pick_tokens``) and, for a bin,
+a value drawn uniformly inside it from a seeded generator (post-processing).
 
 Choice (issue 16): numeric columns are ordinal tokens rather than EDM-continuous coordinates,
 so the existing model, its DP-SGD, its count release and its federation apply unchanged; the
@@ -142,20 +142,22 @@ def records_to_tokens(table: pd.DataFrame, layout: TokenLayout) -> np.ndarray:
 
 
 def tokens_to_table(scores: np.ndarray, layout: TokenLayout, schema: Schema,
-                    seed: int = 0) -> pd.DataFrame:
-    """The records of (n, n_tokens) ``scores``: per group the highest-scoring token; a bin's
-    value uniform inside it (seeded); typed like ``load_records``' table."""
+                    seed: int = 0, pick: Any = None) -> pd.DataFrame:
+    """The records of (n, n_tokens) ``scores``: per group the token ``pick(group scores, rng)``
+    chooses (default: the highest score); a bin's value uniform inside it (seeded); typed like
+    ``load_records``' table."""
     rng = np.random.default_rng([int(seed) % 2**63, 0x7EC0])
     cols: dict[str, Any] = {}
     for g in layout.groups:
-        pick = np.argmax(scores[:, g.start:g.stop], axis=1)
+        block = scores[:, g.start:g.stop]
+        pick_g = np.argmax(block, axis=1) if pick is None else pick(block, rng)
         col: Column = schema.column(g.name)
         if g.bounds is None:
-            labels = np.array(g.labels, dtype=object)[pick]
+            labels = np.array(g.labels, dtype=object)[pick_g]
             cols[g.name] = pd.Categorical(labels, categories=list(col.categories or ()))
             continue
-        lo = np.array([a for a, _ in g.bounds])[pick]
-        hi = np.array([b for _, b in g.bounds])[pick]
+        lo = np.array([a for a, _ in g.bounds])[pick_g]
+        hi = np.array([b for _, b in g.bounds])[pick_g]
         if g.kind == "integer":
             cols[g.name] = pd.array(rng.integers(lo.astype(np.int64), hi.astype(np.int64) + 1),
                                     dtype="Int64")

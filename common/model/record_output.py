@@ -1,0 +1,46 @@
+"""Decoding a whole-records model's tokens per column (post-processing of its sample).
+
+Each schema column is a group of 0/1 tokens (``common.data.record_tokens``). The sampler's
+outputs x_j are (almost exactly) 0 or 1, and the output step calibrates every token's own rate
+P(x_j > t_j) to its target (the training prevalence, or under DP the one from the accounted
+counts). Most records have exactly one token of a group on; that token is their value. The
+rest (none on, or several) are assigned so that the group's distribution stays at the tokens'
+calibrated rates, normalised within the group: each such record draws a token (among those on,
+when several are) with weight max(0, n p_j - c_j), where c_j counts the records already
+assigned to j (a seeded draw; it reads nothing but the model's own sample).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+WEIGHT_FLOOR = 1e-9
+
+
+def token_scores(gen: Any, n_tokens: int, n: int, seed: int, batch: int = 1000) -> np.ndarray:
+    """(n, n_tokens) x_j - t_j of ``n`` records sampled from ``gen`` (> 0: the token is on)."""
+    cont = gen.sample_continuous(n, seed=seed, batch=batch)
+    step = gen.output_step
+    thresholds = (np.asarray(step.thresholds, dtype=np.float64) if step.kind == "per_code"
+                  else np.full(cont.shape[1], float(step.threshold)))
+    return cont[:, :n_tokens] - thresholds[None, :n_tokens]
+
+
+def pick_tokens(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The token index (within the group) of each record (module docstring)."""
+    on = scores > 0
+    n, k = on.shape
+    rate = on.mean(axis=0)
+    target = rate / rate.sum() if rate.sum() > 0 else np.full(k, 1.0 / k)
+    count = on.sum(axis=1)
+    pick = np.where(count == 1, np.argmax(on, axis=1), -1)
+    deficit = np.maximum(target * n - np.bincount(pick[pick >= 0], minlength=k), 0.0)
+    for i in np.flatnonzero(pick < 0):
+        allowed = on[i] if count[i] > 1 else np.ones(k, dtype=bool)
+        w = np.where(allowed, deficit + WEIGHT_FLOOR, 0.0)
+        j = int(rng.choice(k, p=w / w.sum()))
+        pick[i] = j
+        deficit[j] = max(deficit[j] - 1.0, 0.0)
+    return pick
