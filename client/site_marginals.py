@@ -32,11 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from fedsynth.client.site_training import MIN_LEFT, SiteData, keep_locally, plan_refusal
-from fedsynth.common.atomic import atomic_path
+from fedsynth.client.site_training import (
+    SiteData,
+    keep_locally,
+    keep_release,
+    kept_release,
+    plan_refusal,
+    require_left,
+)
 from fedsynth.common.errors import BudgetExceeded
 from fedsynth.federation.protocol import ONE_WAY, PAIRS, MarginalsRequest
-from fedsynth.privacy.accountant import Mechanism, calibrate_noise, epsilon
+from fedsynth.privacy.accountant import Mechanism, calibrate_noise
 from fedsynth.privacy.marginals import (
     one_way_sensitivity,
     pair_sensitivity,
@@ -98,19 +104,17 @@ def site_marginals(data: SiteData, req: MarginalsRequest, ledger: Any, budget: f
     key = hashlib.sha256(json.dumps([req.stage, req.max_codes, req.share, list(req.cols)])
                          .encode()).hexdigest()[:16]
     cache = folder / f"marginals-{data.site}-{plan.run_id}-{key}.npz"
-    if cache.exists():
-        with np.load(cache, allow_pickle=False) as saved:
-            size = float(saved["size"][0]) if saved["size"].size else None
-            return SiteMarginals(data.site, "ok", counts=saved["counts"], size=size,
-                                 noise_std=float(saved["noise_std"]),
-                                 privacy=ledger.report(None, budget, acc))
+    saved = kept_release(cache)
+    if saved is not None:
+        size = float(saved["size"][0]) if saved["size"].size else None
+        return SiteMarginals(data.site, "ok", counts=saved["counts"], size=size,
+                             noise_std=float(saved["noise_std"]),
+                             privacy=ledger.report(None, budget, acc))
     delta = float(ledger.delta)
     target = min(plan.target_epsilon, budget)
     history = list(ledger.history)
     try:
-        if history and target - epsilon(history, delta, acc) < MIN_LEFT * target:
-            raise BudgetExceeded(f"less than {MIN_LEFT:.0%} of min(target "
-                                 f"{plan.target_epsilon:g}, budget {budget:g}) is left")
+        require_left(history, plan, budget, delta, f"the {req.stage} marginals")
         sigma = calibrate_noise(target, delta, 1.0, 1, acc, prior_history=history)
         if req.stage == ONE_WAY:
             sigma /= math.sqrt(req.share)  # rho_1 = share x rho
@@ -128,8 +132,7 @@ def site_marginals(data: SiteData, req: MarginalsRequest, ledger: Any, budget: f
     else:
         pairs = release_pairs(data.train, np.asarray(req.cols), k, sigma)
         counts, size, sd = pairs.counts, None, pairs.noise_std
-    with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, counts=counts, size=np.array([] if size is None else [size]),
+    keep_release(cache, counts=counts, size=np.array([] if size is None else [size]),
                  noise_std=np.array(sd))
     keep_locally(ledger, plan, budget, {
         "event": f"mst-{req.stage}", "run_id": plan.run_id, "round": plan.round,

@@ -164,19 +164,46 @@ def plan_mechanism(n_train: int, plan: SitePlan, history: list[Mechanism], budge
     remaining = (plan.rounds - plan.round + 1) * steps
     target = min(plan.target_epsilon, budget)
     accountant = plan.config.privacy.accountant
-    if history:
-        spent = epsilon(history, delta, accountant)
-        if target - spent < MIN_LEFT * target:
-            raise BudgetExceeded(
-                f"epsilon spent {spent:.4f} leaves less than {MIN_LEFT:.0%} of min(target "
-                f"{plan.target_epsilon:g}, budget {budget:g}) for round {plan.round}: "
-                "an update that noisy would be useless; nothing trained, nothing sent")
+    require_left(history, plan, budget, delta, f"round {plan.round}")
     reused = _reuse_sigma(history, q, remaining, target, delta, accountant)
     if reused is not None:
         return Mechanism(reused, q, steps)
     sigma = noise_for_target(target, delta, q, remaining, accountant, history,
                              refusal=f"cannot plan round {plan.round}")
     return Mechanism(sigma, q, steps)
+
+
+def require_left(history: list[Mechanism], plan: SitePlan, budget: float, delta: float,
+                 what: str) -> None:
+    """``BudgetExceeded`` when the site's history leaves less than ``MIN_LEFT`` of
+    min(target, budget) for ``what`` (a DP-SGD round, a marginals release): a release that
+    noisy would be useless."""
+    if not history:
+        return
+    target = min(plan.target_epsilon, budget)
+    spent = epsilon(history, delta, plan.config.privacy.accountant)
+    if target - spent < MIN_LEFT * target:
+        raise BudgetExceeded(
+            f"epsilon spent {spent:.4f}: less than {MIN_LEFT:.0%} of min(target "
+            f"{plan.target_epsilon:g}, budget {budget:g}) is left for {what}; a release that "
+            "noisy would be useless: nothing computed, nothing sent")
+
+
+def kept_release(path: Path) -> dict[str, np.ndarray] | None:
+    """A release this site already sent in this run (``keep_release``), or None: asked again
+    (a resumed coordinator, a retried message), the site re-sends it and spends nothing."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        return {k: saved[k] for k in saved.files}
+
+
+def keep_release(path: Path, **arrays: np.ndarray) -> None:
+    """Keep a release (atomically) once it is recorded in the ledger, for ``kept_release``."""
+    from fedsynth.common.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def _reuse_sigma(history: list[Mechanism], q: float, remaining: int, target: float,
@@ -345,10 +372,9 @@ def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
     if pc.count_epsilon_share <= 0:
         return SiteCounts(data.site, "off", privacy=ledger.report(None, budget, pc.accountant))
     cache = folder / f"counts-{data.site}-{plan.run_id}.npz"
-    if cache.exists():
-        with np.load(cache, allow_pickle=False) as saved:
-            release = NoisyCounts(saved["counts"], float(saved["size"]),
-                                  float(saved["noise_std"]))
+    saved = kept_release(cache)
+    if saved is not None:
+        release = NoisyCounts(saved["counts"], float(saved["size"]), float(saved["noise_std"]))
         return SiteCounts(data.site, "ok", counts=release,
                           privacy=ledger.report(None, budget, pc.accountant))
     target = min(plan.target_epsilon, budget)
@@ -364,10 +390,7 @@ def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
     ledger.record(mech, plan.run_id, 0, note=MECHANISM_NOTE, max_grad_norm=pc.count_clip,
                   expected_batch=float(n))
     release = release_counts(data.train, pc.count_clip, z)
-    from fedsynth.common.atomic import atomic_path
-
-    with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, counts=release.counts, size=np.array(release.size),
+    keep_release(cache, counts=release.counts, size=np.array(release.size),
                  noise_std=np.array(release.noise_std))
     keep_locally(ledger, plan, budget, {
         "event": "counts", "run_id": plan.run_id, "round": 0, "n_train": n,
