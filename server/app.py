@@ -186,15 +186,26 @@ def query_sites(grid: Grid, nodes: list[int], coord: Coordinator) -> dict[str, A
         log.warning("query: %s", line)
     if len(replies) < s.min_sites:
         raise RuntimeError(f"only {len(replies)} of {s.min_sites} sites answered the query")
-    unpacked = []
+    malformed: list[str] = []
+    unpacked = [reply for _, reply in unpack_replies(replies, QueryReply, coord, malformed)]
+    for line in malformed:
+        log.warning("query: %s", line)
+    return coord.receive_query(unpacked)
+
+
+def unpack_replies(replies: list[Message], reply_type: Any, coord: Coordinator,
+                   failures: list[str]) -> list[tuple[Message, Any]]:
+    """(message, ``reply_type.unpack`` of it) for each reply that unpacks, noting which site
+    each node is; one line in ``failures`` per malformed reply."""
+    out: list[tuple[Message, Any]] = []
     for r in replies:
         try:
-            unpacked.append(QueryReply.unpack(r.content))
+            out.append((r, reply_type.unpack(r.content)))
         except (KeyError, ValueError, TypeError) as err:
-            log.warning("query: node %s: malformed reply (%s)", r.metadata.src_node_id, err)
+            failures.append(f"node {r.metadata.src_node_id}: malformed reply ({err})")
             continue
-        coord.node_sites[r.metadata.src_node_id] = unpacked[-1].site
-    return coord.receive_query(unpacked)
+        coord.node_sites[r.metadata.src_node_id] = out[-1][1].site
+    return out
 
 
 def train_round(grid: Grid, coord: Coordinator, rnd: int) -> bool:
@@ -212,17 +223,9 @@ def train_round(grid: Grid, coord: Coordinator, rnd: int) -> bool:
     received = exchange(grid, msgs, s.round_timeout, lambda got, total: coord.progress(
         stage="training", round=rnd, answered=got, expected=total))
     replies, failures = conforming(received, TRAIN)
-    unpacked: list[TrainReply] = []
-    bytes_in = 0
-    for r in replies:
-        try:
-            unpacked.append(TrainReply.unpack(r.content))
-        except (KeyError, ValueError, TypeError) as err:
-            failures.append(f"node {r.metadata.src_node_id}: malformed reply ({err})")
-            continue
-        coord.node_sites[r.metadata.src_node_id] = unpacked[-1].site
-        bytes_in += sum(rec.count_bytes() for rec in r.content.array_records.values())
-    updates, refusals, reports = coord.receive_train(unpacked)
+    pairs = unpack_replies(replies, TrainReply, coord, failures)
+    bytes_in = sum(rec.count_bytes() for r, _ in pairs for rec in r.content.array_records.values())
+    updates, refusals, reports = coord.receive_train([reply for _, reply in pairs])
     missing = len(nodes) - len(received)
     if missing:
         failures.append(f"{missing} site(s) did not answer within {s.round_timeout:g}s")
@@ -277,14 +280,7 @@ def marginals_round(grid: Grid, coord: Coordinator, rnd: int, request: Marginals
     received = exchange(grid, msgs, s.round_timeout, lambda got, total: coord.progress(
         stage=f"mst {request.stage}", round=rnd, answered=got, expected=total))
     replies, failures = conforming(received, MARGINALS)
-    unpacked: list[MarginalsReply] = []
-    for r in replies:
-        try:
-            unpacked.append(MarginalsReply.unpack(r.content))
-        except (KeyError, ValueError, TypeError) as err:
-            failures.append(f"node {r.metadata.src_node_id}: malformed reply ({err})")
-            continue
-        coord.node_sites[r.metadata.src_node_id] = unpacked[-1].site
+    unpacked = [reply for _, reply in unpack_replies(replies, MarginalsReply, coord, failures)]
     for f in failures:
         log.warning("mst %s: %s", request.stage, f)
     ok = coord.receive_marginals(unpacked, length)
