@@ -58,11 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         gen = load_model(args.model, device=args.device)
         t0 = time.perf_counter()
-        X = gen.sample(args.n, seed=args.seed, batch=args.batch, progress=not args.quiet)
+        cont = gen.sample_continuous(args.n, seed=args.seed, batch=args.batch,
+                                     progress=not args.quiet)
+        X = gen.finish(cont, seed=args.seed)
         vocab = gen.vocab
         records = read_layout(args.model)
         if records is not None:  # a whole-records model (ehr-train --columns all)
-            write_sampled_records(args, gen, X, *records)
+            write_sampled_records(args, gen, cont, X, *records)
             return
     dt = time.perf_counter() - t0
     write_matrix(args.out, X, vocab)
@@ -70,14 +72,14 @@ def main(argv: list[str] | None = None) -> None:
              args.n, dt, args.n / max(dt, 1e-9), X.sum(axis=1).mean(), args.out)
 
 
-def write_sampled_records(args: argparse.Namespace, gen: Any, X: np.ndarray, layout: Any,
-                          schema: Any) -> None:
-    """Records from a whole-records model: each column's token with the highest score (the
-    sampler's output minus its output step's threshold), then the codes as sampled."""
+def write_sampled_records(args: argparse.Namespace, gen: Any, cont: np.ndarray, X: np.ndarray,
+                          layout: Any, schema: Any) -> None:
+    """Records from a whole-records model: each column's token chosen by ``pick_tokens`` from
+    the sampler's outputs ``cont`` (the one sample ``X`` came from), then the codes of ``X``."""
     from fedsynth.common.vocabulary import Vocabulary
 
     T = layout.n_tokens
-    scores = token_scores(gen, T, args.n, args.seed, args.batch)
+    scores = token_scores(gen, cont, T)
     table = tokens_to_table(scores, layout, schema, seed=args.seed, pick=pick_tokens)
     codes = Vocabulary(tuple(gen.vocab.codes[T:]), name=gen.vocab.name)
     write_records(args.out, table, X[:, T:], codes)

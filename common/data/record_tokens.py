@@ -20,14 +20,19 @@ price is that values inside a bin are uniform.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fedsynth.common.data.schema import Column, Schema
+from fedsynth.common.atomic import write_json
+from fedsynth.common.data.matrix import CodeMatrix
+from fedsynth.common.data.schema import Column, Schema, schema_from_dict
+from fedsynth.common.errors import InputError
 from fedsynth.common.vocabulary import Vocabulary
 
 UNIT_VALUES = 32  # integer columns: one token per value for the first 32 values
@@ -123,9 +128,8 @@ def _index(values: pd.Series, group: Group) -> np.ndarray:
         return np.array([pos.get(str(v), -1) if not pd.isna(v) else -1 for v in values])
     x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
     uppers = np.array([b for _, b in group.bounds])
-    idx = np.searchsorted(uppers, x, side="left")
-    if group.kind == "real":  # [lo, hi): a value at an upper edge goes to the next bin
-        idx = np.searchsorted(uppers, x, side="right")
+    # integers: [lo, hi]; reals: [lo, hi), a value at an upper edge goes to the next bin
+    idx = np.searchsorted(uppers, x, side="right" if group.kind == "real" else "left")
     idx = np.minimum(idx, len(uppers) - 1)
     return np.where(np.isnan(x), -1, idx)
 
@@ -172,10 +176,8 @@ def record_vocabulary(layout: TokenLayout, codes: Vocabulary) -> Vocabulary:
                       name=f"{layout.schema}+{codes.name}")
 
 
-def records_matrix(records: Any) -> tuple[Any, TokenLayout]:
+def records_matrix(records: Any) -> tuple[CodeMatrix, TokenLayout]:
     """(a ``CodeMatrix`` of tokens then codes, its layout) from ``load_records``' result."""
-    from fedsynth.common.data.matrix import CodeMatrix
-
     layout = token_layout(records.schema)
     X = np.hstack([records_to_tokens(records.table, layout), records.codes.X])
     matrix = CodeMatrix(X, records.patient_ids, record_vocabulary(layout, records.codes.vocab),
@@ -185,22 +187,12 @@ def records_matrix(records: Any) -> tuple[Any, TokenLayout]:
 
 def write_layout(model_dir: Any, layout: TokenLayout, schema: Schema) -> None:
     """``model_dir/records_layout.json``: the token layout and the schema (both public)."""
-    from pathlib import Path
-
-    from fedsynth.common.atomic import write_json
-
     write_json(Path(model_dir) / LAYOUT_FILE, {"layout": layout.to_dict(),
                                               "schema": schema.to_dict()})
 
 
 def read_layout(model_dir: Any) -> tuple[TokenLayout, Schema] | None:
     """The layout and schema of a records model; None for a codes-only model."""
-    import json
-    from pathlib import Path
-
-    from fedsynth.common.data.schema import schema_from_dict
-    from fedsynth.common.errors import InputError
-
     path = Path(model_dir) / LAYOUT_FILE
     if not path.is_file():
         return None

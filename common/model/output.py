@@ -36,13 +36,17 @@ class OutputStep:
     info: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Binary uint8 matrix from the continuous (n, n_codes) output."""
+        """Binary uint8 matrix from the continuous (n, n_codes) output: x_j > t_j."""
+        return (x > self.thresholds_for(x.shape[1])[None, :]).astype(np.uint8)
+
+    def thresholds_for(self, n_codes: int) -> np.ndarray:
+        """(n_codes,) t_j: the per-code thresholds, or the scalar one for every code."""
         if self.kind == "per_code":
-            if self.thresholds is None or len(self.thresholds) != x.shape[1]:
+            if self.thresholds is None or len(self.thresholds) != n_codes:
                 raise ValueError("per-code thresholds do not match the number of codes")
-            return (x > self.thresholds[None, :]).astype(np.uint8)
+            return np.asarray(self.thresholds, dtype=np.float64)
         if self.kind == "threshold":
-            return (x > self.threshold).astype(np.uint8)
+            return np.full(n_codes, float(self.threshold))
         raise ValueError(f"unknown output step kind {self.kind!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,13 +19,10 @@ import numpy as np
 WEIGHT_FLOOR = 1e-9
 
 
-def token_scores(gen: Any, n_tokens: int, n: int, seed: int, batch: int = 1000) -> np.ndarray:
-    """(n, n_tokens) x_j - t_j of ``n`` records sampled from ``gen`` (> 0: the token is on)."""
-    cont = gen.sample_continuous(n, seed=seed, batch=batch)
-    step = gen.output_step
-    thresholds = (np.asarray(step.thresholds, dtype=np.float64) if step.kind == "per_code"
-                  else np.full(cont.shape[1], float(step.threshold)))
-    return cont[:, :n_tokens] - thresholds[None, :n_tokens]
+def token_scores(gen: Any, continuous: np.ndarray, n_tokens: int) -> np.ndarray:
+    """(n, n_tokens) x_j - t_j of ``gen``'s sampler outputs (> 0: the token is on)."""
+    thresholds = gen.output_step.thresholds_for(continuous.shape[1])[:n_tokens]
+    return continuous[:, :n_tokens] - thresholds[None, :]
 
 
 def pick_tokens(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:

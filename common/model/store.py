@@ -321,7 +321,12 @@ class Generator:
     ) -> np.ndarray:
         """(n, n_codes) uint8 0/1 synthetic patients: the network's codes through the output
         step, then each tail code drawn independently at its prevalence (batch-independent)."""
-        X = self.output_step.apply(self.sample_continuous(n, seed, batch, progress=progress))
+        return self.finish(self.sample_continuous(n, seed, batch, progress=progress), seed)
+
+    def finish(self, continuous: np.ndarray, seed: int = 0) -> np.ndarray:
+        """``sample``'s 0/1 patients from ``sample_continuous``' output of the same seed."""
+        X = self.output_step.apply(continuous)
+        n = X.shape[0]
         if self.tail is not None:
             cols = np.flatnonzero(self.tail > 0)
             for start in range(0, n, NOISE_CHUNK):
