@@ -315,10 +315,7 @@ class QueryReply:
 
     def pack(self) -> RecordDict:
         info: dict[str, Any] = {
-            SITE: self.site, STATUS: self.status, REASON: self.reason,
-            VOCAB_NAME: self.vocab_name, VOCAB_CODES: list(self.codes),
-            PRIVACY: json.dumps(public_report(self.privacy)),
-            LEDGER_HEAD: json.dumps(self.ledger_head)}
+            **_reported(self), VOCAB_NAME: self.vocab_name, VOCAB_CODES: list(self.codes)}
         records: dict[str, Any] = {}
         if self.counts is not None:
             info[NOISY_SIZE] = float(self.counts.size)
@@ -359,9 +356,7 @@ class TrainReply:
 
     def pack(self) -> RecordDict:
         records: dict[str, Any] = {SITE_RECORD: ConfigRecord({
-            SITE: self.site, STATUS: self.status, REASON: self.reason, STEPS: int(self.steps),
-            PRIVACY: json.dumps(public_report(self.privacy)),
-            LEDGER_HEAD: json.dumps(self.ledger_head)})}
+            **_reported(self), STEPS: int(self.steps)})}
         if self.weights is not None:
             records[WEIGHTS_RECORD] = pack_state(self.weights)
         if self.ema is not None:
@@ -409,10 +404,7 @@ class MarginalsReply:
     ledger_head: dict[str, Any] = field(default_factory=dict)
 
     def pack(self) -> RecordDict:
-        info: dict[str, Any] = {
-            SITE: self.site, STATUS: self.status, REASON: self.reason,
-            PRIVACY: json.dumps(public_report(self.privacy)),
-            LEDGER_HEAD: json.dumps(self.ledger_head)}
+        info: dict[str, Any] = _reported(self)
         records: dict[str, Any] = {}
         if self.counts is not None:
             info[NOISE_STD] = float(self.noise_std)
@@ -434,6 +426,14 @@ class MarginalsReply:
                    size=None if size is None else float(size),  # type: ignore[arg-type]
                    noise_std=float(info.get(NOISE_STD, 0.0)),  # type: ignore[arg-type]
                    privacy=_json_dict(info[PRIVACY]), ledger_head=_json_dict(info[LEDGER_HEAD]))
+
+
+def _reported(reply: Any) -> dict[str, Any]:
+    """The keys every reporting reply carries: site, status, reason, the PUBLIC privacy report
+    (``public_report``: never the site's full one) and the signed ledger head."""
+    return {SITE: reply.site, STATUS: reply.status, REASON: reply.reason,
+            PRIVACY: json.dumps(public_report(reply.privacy)),
+            LEDGER_HEAD: json.dumps(reply.ledger_head)}
 
 
 def public_report(report: Mapping[str, Any]) -> dict[str, Any]:
