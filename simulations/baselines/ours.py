@@ -32,7 +32,6 @@ from fedsynth.simulations.baselines.registry import Fitted
 log = logging.getLogger(__name__)
 
 OURS = ("ours", "ours_federated")
-FEDERATED = ("ours_federated", "mst_federated")  # run through ehr-simulate
 
 _TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
