@@ -6,16 +6,13 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from fedsynth.common.data import write_matrix
-from fedsynth.common.data.record_tokens import read_layout, tokens_to_table
+from fedsynth.common.data.record_tokens import read_layout
 from fedsynth.common.data.writer import write_records
 from fedsynth.common.device import resolve_device
 from fedsynth.common.errors import InputError, cli_errors
-from fedsynth.common.model.record_output import pick_tokens, token_scores
+from fedsynth.common.model.record_output import sample_records
 from fedsynth.common.model.store import load_model
 from fedsynth.common.model.tree import TREE_FILE, load_tree_release
 
@@ -57,34 +54,21 @@ def main(argv: list[str] | None = None) -> None:
         X = sampler.sample(args.n, seed=args.seed)
     else:
         gen = load_model(args.model, device=args.device)
-        t0 = time.perf_counter()
-        cont = gen.sample_continuous(args.n, seed=args.seed, batch=args.batch,
-                                     progress=not args.quiet)
-        X = gen.finish(cont, seed=args.seed)
-        vocab = gen.vocab
         records = read_layout(args.model)
         if records is not None:  # a whole-records model (ehr-train --columns all)
-            write_sampled_records(args, gen, cont, X, *records)
+            table, X, codes = sample_records(gen, *records, args.n, seed=args.seed,
+                                             batch=args.batch, progress=not args.quiet)
+            write_records(args.out, table, X, codes)
+            log.info("%d records (%d columns and %d codes), %.2f codes per patient -> %s",
+                     args.n, len(table.columns), len(codes), X.sum(axis=1).mean(), args.out)
             return
+        t0 = time.perf_counter()
+        X = gen.sample(args.n, seed=args.seed, batch=args.batch, progress=not args.quiet)
+        vocab = gen.vocab
     dt = time.perf_counter() - t0
     write_matrix(args.out, X, vocab)
     log.info("%d patients in %.1f s (%.0f patients/s), %.2f codes per patient -> %s",
              args.n, dt, args.n / max(dt, 1e-9), X.sum(axis=1).mean(), args.out)
-
-
-def write_sampled_records(args: argparse.Namespace, gen: Any, cont: np.ndarray, X: np.ndarray,
-                          layout: Any, schema: Any) -> None:
-    """Records from a whole-records model: each column's token chosen by ``pick_tokens`` from
-    the sampler's outputs ``cont`` (the one sample ``X`` came from), then the codes of ``X``."""
-    from fedsynth.common.vocabulary import Vocabulary
-
-    T = layout.n_tokens
-    scores = token_scores(gen, cont, T)
-    table = tokens_to_table(scores, layout, schema, seed=args.seed, pick=pick_tokens)
-    codes = Vocabulary(tuple(gen.vocab.codes[T:]), name=gen.vocab.name)
-    write_records(args.out, table, X[:, T:], codes)
-    log.info("%d records (%d columns and %d codes), %.2f codes per patient -> %s", args.n,
-             len(table.columns), len(codes), X[:, T:].sum(axis=1).mean(), args.out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 WEIGHT_FLOOR = 1e-9
 
@@ -41,3 +42,21 @@ def pick_tokens(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         pick[i] = j
         deficit[j] = max(deficit[j] - 1.0, 0.0)
     return pick
+
+
+def sample_records(gen: Any, layout: Any, schema: Any, n: int, seed: int = 0, batch: int = 1000,
+                   progress: bool = False) -> tuple[pd.DataFrame, np.ndarray, Any]:
+    """``n`` whole records from a records model ``gen`` (``common.model.store.Generator``) with
+    its ``layout`` and ``schema`` (``record_tokens.read_layout``): (the schema's columns typed
+    like ``load_records``' table, the (n, n_codes) 0/1 codes, the codes' vocabulary). One
+    sample of the model: the codes and each column's token (``pick_tokens``) come from it."""
+    from fedsynth.common.data.record_tokens import tokens_to_table
+    from fedsynth.common.vocabulary import Vocabulary
+
+    cont = gen.sample_continuous(n, seed=seed, batch=batch, progress=progress)
+    X = gen.finish(cont, seed=seed)
+    T = layout.n_tokens
+    table = tokens_to_table(token_scores(gen, cont, T), layout, schema, seed=seed,
+                            pick=pick_tokens)
+    codes = Vocabulary(tuple(gen.vocab.codes[T:]), name=gen.vocab.name)
+    return table, np.ascontiguousarray(X[:, T:]), codes
