@@ -11,6 +11,7 @@ from typing import Any
 
 from fedsynth.common.config import Config
 from fedsynth.common.data import CodeMatrix, load_codes
+from fedsynth.common.data.columns import CHOICES, resolve_columns
 from fedsynth.common.errors import InputError, cli_errors
 
 log = logging.getLogger("ehr-train")
@@ -33,11 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="folder of the privacy ledgers (default $XDG_STATE_HOME/fedsynth or "
                          "~/.local/state/fedsynth); every DP run on the same patients composes "
                          "in one ledger there, whatever --out is")
-    ap.add_argument("--columns", choices=["codes", "all"], default="codes",
-                    help="codes: the code matrix (default); all: whole records, the schema's "
-                         "columns (demographics, admission, counts, outcomes) beside the codes, "
-                         "for diabetes130 and MIMIC with PATIENTS/ADMISSIONS")
-    ap.add_argument("--schema", help="with --columns all: a built-in schema name or a TOML file "
+    ap.add_argument("--columns", choices=CHOICES, default="auto",
+                    help="all: whole records, the schema's columns (demographics, admission, "
+                         "counts, outcomes) beside the codes; codes: the code matrix only; "
+                         "auto (default): all for diabetes130, MIMIC with PATIENTS/ADMISSIONS "
+                         "beside the diagnoses, or with --schema; codes otherwise")
+    ap.add_argument("--schema", help="whole records: a built-in schema name or a TOML file "
                                      "(default: the format's built-in)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
@@ -112,12 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     config = build_config(args)
     check_device(config)  # before loading the data
     layout = None
-    if args.columns == "all":
+    if resolve_columns(args.columns, args.data, args.format, args.schema) == "all":
         from fedsynth.common.data.record_tokens import records_matrix
         from fedsynth.common.data.records import load_records
 
         records = load_records(args.data, args.format, schema=args.schema)
         matrix, layout = records_matrix(records)
+        config.model.one_hot_groups = layout.group_sizes()
     else:
         if args.schema:
             raise InputError("--schema", "only with --columns all")

@@ -50,6 +50,11 @@ class ModelConfig:
     # prevalence matches the training (non-private) or private (DP) prevalence
     calibrate: bool = True
     sample_precision: str = "auto"  # "auto" | "fp32" | "bf16" (inner net at sampling, CPU only)
+    # whole records: the sizes of the one-hot groups (one per schema column) that open the
+    # network's columns, in order; each is modelled with the softmax posterior of a one-hot
+    # vector (common.model.binary). Set from the public token layout, never from data; ():
+    # every column is an independent 0/1 code
+    one_hot_groups: tuple[int, ...] = ()
 
     def output_kind(self) -> str:
         """The output step ``output_step`` resolves to: "threshold" or "per_code"."""

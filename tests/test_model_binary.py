@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.special import logsumexp
 from scipy.stats import norm
 from torch import nn
 
@@ -108,3 +109,44 @@ def test_prior_is_a_buffer_not_a_parameter() -> None:
     assert "prior_logit" not in dict(model.named_parameters())
     assert torch.sigmoid(model.prior_logit)[:3].numpy() == pytest.approx([0.1, 0.2, 0.3])
     assert model.prior_logit[3].item() < -11  # prevalence 0 is clipped, not -inf
+
+
+def test_one_hot_group_posterior_is_the_exact_bayes_posterior() -> None:
+    # a 3-category group then one code: P(x0 = e_k | x) = p_k N(x_g; e_k, s^2 I) / sum_l (...),
+    # computed here from the Gaussian densities of the whole group vector, independently of the
+    # module's softmax; the code's posterior is still the binary one
+    p = np.array([0.6, 0.3, 0.1, 0.2])
+    model = BinaryPosterior(_Zero(), prior_logit(p, 4, (3,)), (3,)).double()
+    rng = np.random.default_rng(0)
+    eye = np.eye(3)
+    for s in (0.05, 0.3, 1.0, 4.0):
+        x = rng.normal(0.4, 1.0, size=(40, 4))
+        logd = np.stack([np.log(p[k]) + norm.logpdf(x[:, :3], eye[k], s).sum(axis=1)
+                         for k in range(3)], 1)
+        expected_g = np.exp(logd - logsumexp(logd, axis=1, keepdims=True))
+        l1 = np.log(p[3]) + norm.logpdf(x[:, 3], 1.0, s)
+        l0 = np.log(1 - p[3]) + norm.logpdf(x[:, 3], 0.0, s)
+        expected_c = np.exp(l1 - np.logaddexp(l1, l0))
+        with torch.no_grad():
+            got = model(torch.as_tensor(x), torch.full((40, 1), s, dtype=torch.float64)).numpy()
+        np.testing.assert_allclose(got[:, :3], expected_g, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(got[:, 3], expected_c, rtol=1e-6, atol=1e-9)
+
+
+def test_one_hot_group_loss_is_the_cross_entropy_and_sampling_keeps_one_hot() -> None:
+    cfg = ModelConfig(hidden=(16,), time_dim=8, one_hot_groups=(3, 2))
+    p = np.array([0.5, 0.3, 0.2, 0.9, 0.1, 0.25])
+    model = build_model(6, cfg, p).double()
+    x0 = torch.tensor([[0, 1, 0, 1, 0, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    s = torch.full((2, 1), 0.7, dtype=torch.float64)
+    z = model(x0 + 0.3, s, logits=True)
+    ce = (-torch.log_softmax(z[:, :3], -1)[torch.arange(2), torch.tensor([1, 0])]
+          - torch.log_softmax(z[:, 3:5], -1) @ torch.tensor([1.0, 0.0], dtype=torch.float64)
+          * torch.tensor([1.0, 0.0], dtype=torch.float64))  # row 2's second group: missing
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 5], x0[:, 5], reduction="none")
+    np.testing.assert_allclose(model.nll(z, x0).detach().numpy(), (ce + bce).detach().numpy())
+    noise = torch.randn(4000, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = heun_sample(model, noise, edm_sigmas(32, 0.02, 5.0, 7.0)).numpy()
+    assert np.allclose(x[:, :3].sum(axis=1), 1.0, atol=1e-6)  # exactly one category
+    se = np.sqrt(p[:3] * (1 - p[:3]) / 4000)
+    assert np.all(np.abs(x[:, :3].mean(axis=0) - p[:3]) < 5 * se + 0.01)  # untrained: the prior

@@ -66,6 +66,10 @@ class TokenLayout:
     def n_tokens(self) -> int:
         return self.groups[-1].stop if self.groups else 0
 
+    def group_sizes(self) -> tuple[int, ...]:
+        """Tokens per column, in order (``ModelConfig.one_hot_groups``)."""
+        return tuple(len(g.labels) for g in self.groups)
+
     def tokens(self) -> list[str]:
         """Column names in the model's vocabulary: ``<column>:<i>`` (the label of token i is
         ``labels[i]``: a vocabulary entry may not hold ``=``, brackets or spaces)."""
@@ -87,7 +91,10 @@ def _integer_bounds(low: int, high: int) -> list[tuple[float, float]]:
     out = [(float(v), float(v)) for v in range(low, min(high, low + UNIT_VALUES - 1) + 1)]
     lo = low + UNIT_VALUES
     while lo <= high:
-        hi = min(high, max(lo, math.floor((lo + 1) * BIN_RATIO) - 1))
+        if lo < 0:  # below zero the bins shrink toward 0 (mirrored): never one per value
+            hi = min(high, -1, max(lo, math.ceil(lo / BIN_RATIO) - 1))
+        else:
+            hi = min(high, max(lo, math.floor((lo + 1) * BIN_RATIO) - 1))
         out.append((float(lo), float(hi)))
         lo = hi + 1
     return out

@@ -21,6 +21,17 @@ the private (noisy-count) prevalence under DP, a constant fixed in advance other
 buffer (saved with the weights, identical at every site, never trained). The network's last
 layer starts at zero, so an untrained (or noise-drowned DP) model is independent per-code
 sampling at the prior, and training adds the dependencies between codes.
+
+One-hot groups (whole records, ``ModelConfig.one_hot_groups``): a schema column is a group of
+K tokens of which exactly one is 1, x0 = e_k. Under the same Gaussian noise the exact posterior
+is the softmax generalisation of the binary one: log N(x; e_k, s^2 I) = (x_k - 1/2) / s^2 + a
+term that is the same for every k, so
+
+    P(x0 = e_k | x) = softmax_k( prior_k + (x_k - 1/2) / s^2 + F_k(x, s) ),
+
+with ``prior_k`` = log of the category's prevalence. The network sees the group through that
+softmax of the evidence; the loss of a group is its cross-entropy -log P(x0 = e_true | x) (0
+when the value is missing: no token set). Codes outside the groups stay independent 0/1.
 """
 
 from __future__ import annotations
@@ -37,8 +48,14 @@ DEFAULT_PREVALENCE = 0.005  # the prior when no (private) prevalence is availabl
 MIN_PREVALENCE = 1e-5
 
 
-def prior_logit(prevalence: np.ndarray | None, n_codes: int) -> Tensor:
-    """logit of each code's prevalence, clipped to [1e-5, 1 - 1e-5]; a constant when None."""
+PAD_LOGIT = -1e4  # a padding slot of a group: probability exp(-1e4) = 0, never NaN
+
+
+def prior_logit(prevalence: np.ndarray | None, n_codes: int,
+                groups: tuple[int, ...] = ()) -> Tensor:
+    """logit of each code's prevalence, clipped to [1e-5, 1 - 1e-5]; a constant when None.
+    In the one-hot ``groups`` (sizes, from column 0): log of the prevalence (a softmax's
+    log-prior; a constant group when None)."""
     if prevalence is None:
         p = np.full(n_codes, DEFAULT_PREVALENCE)
     else:
@@ -46,7 +63,53 @@ def prior_logit(prevalence: np.ndarray | None, n_codes: int) -> Tensor:
         if p.shape != (n_codes,):
             raise ValueError(f"prevalence has shape {p.shape}, expected ({n_codes},)")
     p = np.clip(p, MIN_PREVALENCE, 1.0 - MIN_PREVALENCE)
-    return torch.as_tensor(np.log(p / (1.0 - p)), dtype=torch.float32)
+    out = np.log(p / (1.0 - p))
+    g = int(sum(groups))
+    out[:g] = np.log(p[:g])
+    return torch.as_tensor(out, dtype=torch.float32)
+
+
+def group_index(groups: tuple[int, ...], n_codes: int) -> Tensor:
+    """(G, K_max) column index of each group's tokens, padded with ``n_codes`` (a slot past
+    the last column)."""
+    if sum(groups) > n_codes or any(k < 1 for k in groups):
+        raise ValueError(f"one-hot groups {groups} do not fit {n_codes} columns")
+    k_max = max(groups)
+    idx = torch.full((len(groups), k_max), n_codes, dtype=torch.long)
+    start = 0
+    for i, k in enumerate(groups):
+        idx[i, :k] = torch.arange(start, start + k)
+        start += k
+    return idx
+
+
+class OneHotGroups(nn.Module):
+    """The grouped columns' softmax (module docstring). ``gather(z)``: (..., G, K_max) logits,
+    padding at ``PAD_LOGIT``; ``probs(z)``: sigmoid on the codes, the group softmax on the
+    tokens; ``loss(z, x0)``: per column-or-group negative log-likelihood summed, (...,)."""
+
+    def __init__(self, groups: tuple[int, ...], n_codes: int) -> None:
+        super().__init__()
+        self.n_grouped = int(sum(groups))
+        self.register_buffer("index", group_index(groups, n_codes), persistent=False)
+
+    def gather(self, z: Tensor, pad: float = PAD_LOGIT) -> Tensor:
+        ext = torch.cat([z, torch.full_like(z[..., :1], pad)], dim=-1)
+        return ext[..., self.index]
+
+    def probs(self, z: Tensor) -> Tensor:
+        sm = torch.softmax(self.gather(z), dim=-1).flatten(-2)  # (..., G * K_max)
+        flat = self.index.flatten().expand(*z.shape[:-1], -1)
+        ext = torch.zeros(*z.shape[:-1], z.shape[-1] + 1, dtype=z.dtype, device=z.device)
+        grouped = ext.scatter(-1, flat, sm)[..., :-1]  # padding lands in the dropped slot
+        return torch.cat([grouped[..., :self.n_grouped],
+                          torch.sigmoid(z[..., self.n_grouped:])], dim=-1)
+
+    def loss(self, z: Tensor, x0: Tensor) -> Tensor:
+        g = self.n_grouped
+        ce = -(self.gather(x0, 0.0) * torch.log_softmax(self.gather(z), dim=-1)).sum(dim=(-2, -1))
+        bce = F.binary_cross_entropy_with_logits(z[..., g:], x0[..., g:], reduction="none")
+        return ce + bce.sum(dim=-1)
 
 
 class BinaryPosterior(nn.Module):
@@ -57,9 +120,10 @@ class BinaryPosterior(nn.Module):
     broadcastable to (..., 1).
     """
 
-    def __init__(self, net: nn.Module, prior: Tensor) -> None:
+    def __init__(self, net: nn.Module, prior: Tensor, groups: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.net = net
+        self.groups = OneHotGroups(tuple(groups), len(prior)) if groups else None
         self.register_buffer("prior_logit", prior.detach().clone().float())
         # added to the output log-odds only (not to the network's input): set after training by
         # common.model.calibrate.calibrate_marginals, zero until then
@@ -74,18 +138,37 @@ class BinaryPosterior(nn.Module):
         while sigma.dim() < x.dim():
             sigma = sigma.unsqueeze(-1)
         ev = self.prior_logit.to(x.dtype) + (x - 0.5) / sigma**2
-        out = ev + run_net(self.net, torch.sigmoid(ev), sigma.log() / 4.0) + self.logit_offset
-        return out if logits else torch.sigmoid(out)
+        out = ev + run_net(self.net, self.probs(ev), sigma.log() / 4.0) + self.logit_offset
+        return out if logits else self.probs(out)
+
+    def probs(self, z: Tensor) -> Tensor:
+        """P(x0_j = 1 | x) from the log-odds / group logits ``z``."""
+        return torch.sigmoid(z) if self.groups is None else self.groups.probs(z)
+
+    def nll(self, z: Tensor, x0: Tensor) -> Tensor:
+        """Negative log-likelihood of the clean ``x0`` under ``z``, summed over codes and
+        groups: shape ``z.shape[:-1]``."""
+        if self.groups is None:
+            return F.binary_cross_entropy_with_logits(z, x0, reduction="none").sum(dim=-1)
+        return self.groups.loss(z, x0)
 
 
 def per_example_bce(model: nn.Module, x: Tensor, cfg: ModelConfig, multiplicity: int = 1) -> Tensor:
-    """Each example's loss: the sum over codes of the binary cross-entropy of its log-odds,
-    averaged over ``multiplicity`` (sigma, noise) draws; shape (batch,). Summed over codes, so
-    a patient's gradient scale does not depend on how many codes are modelled."""
+    """Each example's loss: the sum over codes of the binary cross-entropy of its log-odds
+    (over one-hot groups: their cross-entropy), averaged over ``multiplicity`` (sigma, noise)
+    draws; shape (batch,). Summed, so a patient's gradient scale does not depend on how many
+    codes are modelled."""
     b, d = x.shape
     k = int(multiplicity)
     x0 = x.unsqueeze(1).expand(b, k, d)
     sigma = sample_sigma((b, k, 1), cfg, x)
     out = model(x0 + torch.randn_like(x0) * sigma, sigma, logits=True)
-    bce = F.binary_cross_entropy_with_logits(out, x0, reduction="none")
-    return bce.sum(dim=2).mean(dim=1)
+    return _posterior(model).nll(out, x0).mean(dim=1)
+
+
+def _posterior(model: nn.Module) -> BinaryPosterior:
+    """The BinaryPosterior inside an Opacus wrapper (GradSampleModule's ``_module``)."""
+    inner = getattr(model, "_module", model)
+    if not isinstance(inner, BinaryPosterior):
+        raise TypeError(f"the binary loss needs a BinaryPosterior, got {type(inner).__name__}")
+    return inner

@@ -40,19 +40,24 @@ def _logit(p: np.ndarray) -> np.ndarray:
 def calibrate_marginals(generator: Any, prevalence: np.ndarray, n: int = CALIBRATION_SAMPLES,
                         iterations: int = 3, seed: int = CALIBRATION_SEED) -> dict[str, Any]:
     """Fit ``logit_offset`` of a binary model so that each modelled code's sampled prevalence
-    matches ``prevalence`` (one entry per vocabulary code). Returns a summary for the model's
+    matches ``prevalence`` (one entry per vocabulary code; a one-hot group's tokens by the
+    log-ratio log p_j - log phat_j, the softmax's fixed point). Returns a summary for the model's
     config (mean codes per patient before and after, iterations, sample size, seed)."""
     module = generator.model
     if not isinstance(module, BinaryPosterior):
         raise TypeError("calibrate_marginals needs the binary parameterisation")
     cols = generator.modelled if generator.modelled is not None else np.arange(generator.n_codes)
     floor = 0.5 / n
+    grouped = sum(generator.cfg.one_hot_groups)  # network columns [0, grouped) are groups
     target = np.clip(np.asarray(prevalence, dtype=np.float64)[cols], floor, 1.0 - floor)
     before = None
     for _ in range(iterations):
         got = generator.sample(n, seed=seed)[:, cols].mean(axis=0)
         before = float(got.sum()) if before is None else before
         step = _logit(target) - _logit(np.clip(got, floor, 1.0 - floor))
+        # a one-hot group's tokens are a softmax: its logits move by the log-ratio
+        g = np.asarray(cols) < grouped
+        step[g] = np.log(target[g]) - np.log(np.clip(got[g], floor, 1.0))
         with torch.no_grad():
             module.logit_offset += torch.as_tensor(np.clip(step, -MAX_STEP, MAX_STEP),
                                                    dtype=module.logit_offset.dtype,

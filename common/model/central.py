@@ -20,9 +20,13 @@ from fedsynth.common.model.train import train_model
 
 log = logging.getLogger(__name__)
 
-def seen_codes(X: np.ndarray) -> np.ndarray:
-    """Columns at least one training patient has (at least one column)."""
-    cols = np.flatnonzero(np.asarray(X).sum(axis=0) > 0)
+def seen_codes(X: np.ndarray, grouped: int = 0) -> np.ndarray:
+    """Columns at least one training patient has (at least one column), and every one of the
+    first ``grouped`` (whole records: the columns' tokens, a public layout the one-hot groups
+    of ``ModelConfig.one_hot_groups`` index; an unseen value keeps its tiny prior)."""
+    seen = np.asarray(X).sum(axis=0) > 0
+    seen[:grouped] = True
+    cols = np.flatnonzero(seen)
     return cols if len(cols) else np.arange(min(1, X.shape[1]))
 
 
@@ -34,7 +38,7 @@ def train_centralized(X: np.ndarray, vocab: Any, config: Config, out_dir: str | 
     """
     t0 = time.perf_counter()
     X = np.asarray(X)
-    modelled = seen_codes(X)
+    modelled = seen_codes(X, sum(config.model.one_hot_groups))
     result = train_model(X[:, modelled], config.model, config.train, progress=progress)
     gen, calibration = release_generator(
         result.ema.module, config.model, vocab, modelled,

@@ -55,6 +55,9 @@ def release_generator(
     entry per vocabulary code) the generator is calibrated to it
     (``calibrate.calibrate`` on ``calibrate.CALIBRATION_SAMPLES`` samples, read at call time);
     without one it stays as it is and the returned info is ``{}``."""
+    g = int(sum(cfg.one_hot_groups))
+    if g and modelled is not None and list(np.asarray(modelled)[:g]) != list(range(g)):
+        raise ValueError("whole records: every token of the one-hot groups must be modelled")
     if isinstance(weights, nn.Module):
         model = weights
     else:

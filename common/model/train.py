@@ -33,7 +33,8 @@ def build_model(n_codes: int, cfg: ModelConfig,
     ``EDMPrecond`` ("edm"; ``prevalence`` unused)."""
     net = MLPDenoiser(n_codes, tuple(cfg.hidden), cfg.time_dim)
     if cfg.parameterization == "binary":
-        return BinaryPosterior(net, prior_logit(prevalence, n_codes))
+        groups = tuple(cfg.one_hot_groups)
+        return BinaryPosterior(net, prior_logit(prevalence, n_codes, groups), groups)
     return EDMPrecond(net, cfg.sigma_data)
 
 
