@@ -2,7 +2,11 @@
 
     ehr-audit --model MODEL_DIR --members A.csv --non-members B.csv [--format F] [--out DIR]
               [--privacy PRIVACY_JSON] [--canaries CANARIES_NPZ]
+              [--columns auto|all|codes] [--attribute-targets COL1,COL2]
 
+A whole-records model (ehr-train --columns all) is audited on whole records: members and
+non-members are read with its schema, the attacks run on its own vectors (tokens then codes),
+and an attribute-disclosure attack infers each target column from the others.
 Writes DIR/audit.json and DIR/audit.html. Exit 1 when the audit fails (empirical lower bound
 above the accountant's epsilon), 2 on bad input.
 """
@@ -40,6 +44,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="auto|cpu|cuda")
     p.add_argument("--no-white-box", action="store_true", help="skip the loss attack")
+    p.add_argument("--columns", choices=("auto", "all", "codes"), default="auto",
+                   help="all: the model is a whole-records model and members / non-members are "
+                   "patient records; codes: a codes-only model; auto (default): what the model "
+                   "is (records_layout.json in its folder)")
+    p.add_argument("--attribute-targets", metavar="COL1,COL2",
+                   help="whole records: the categorical columns the attribute attack infers from "
+                   "the others (default: readmitted,race for diabetes130, "
+                   "hospital_expire_flag and ethnicity/race for MIMIC; other schemas: columns "
+                   "named like race, ethnicity, readmitted or death, else the last categorical "
+                   "column)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -91,8 +105,21 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("--alpha", f"must be in (0, 1), got {args.alpha}")
     generator = load_model(args.model, device=args.device)
     privacy = read_privacy(args.privacy, getattr(generator, "extra", {}), args.model)
-    members = load_codes(args.members, args.format, vocab=generator.vocab)
-    non_members = load_codes(args.non_members, args.format, vocab=generator.vocab)
+    layout = _records_layout(args)
+    records = None
+    if layout is None:
+        members = load_codes(args.members, args.format, vocab=generator.vocab)
+        non_members = load_codes(args.non_members, args.format, vocab=generator.vocab)
+    else:
+        from fedsynth.privacy.audit.records import RecordsAudit, load_members, parse_targets
+
+        tokens, schema = layout
+        targets = parse_targets(args.attribute_targets, schema)
+        members, mem_table = load_members(args.members, args.format, tokens, schema,
+                                          generator.vocab)
+        non_members, non_table = load_members(args.non_members, args.format, tokens, schema,
+                                              generator.vocab)
+        records = RecordsAudit(schema, tokens.n_tokens, mem_table, non_table, targets)
     for name, m in ((args.members, members), (args.non_members, non_members)):
         if m.X.shape[0] < 2:
             raise InputError(name, f"needs at least 2 patients, found {m.X.shape[0]}")
@@ -105,9 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     identity = _identity(args, privacy, getattr(generator, "extra", {}), members.X.shape[0],
                          non_members.X.shape[0])
     with console.status("auditing: sampling, attacks, white-box scores ..."):
+        synth = None
+        if records is not None and layout is not None:
+            from fedsynth.privacy.audit.records import sample_synthetic
+
+            synth, records.synth = sample_synthetic(generator, layout[0], layout[1], cfg)
         audit = run_audit(generator, members.X, non_members.X, args.out, privacy, cfg,
                           canaries=canaries, included=included, white_box=not args.no_white_box,
-                          identity=identity)
+                          identity=identity, synth=synth, records=records)
     out = Path(args.out)
     verdict = audit["verdict"]
     console.print(f"[bold]{verdict['headline']}[/bold]: {verdict['text']}")
@@ -115,6 +147,25 @@ def main(argv: list[str] | None = None) -> int:
     if verdict["status"] == "fail":
         return 1
     return 0
+
+
+def _records_layout(args: argparse.Namespace) -> tuple[Any, Any] | None:
+    """The model's (token layout, schema) when it is a whole-records model, else None; a
+    --columns that contradicts the model, or targets for a codes model, is an InputError."""
+    from fedsynth.common.data.record_tokens import read_layout
+
+    layout = read_layout(args.model)
+    if layout is None and args.columns == "all":
+        raise InputError(args.model, "a codes-only model (no records_layout.json): it has no "
+                         "record columns to audit", "Pass --columns codes (or auto)")
+    if layout is not None and args.columns == "codes":
+        raise InputError(args.model, "a whole-records model: its vectors hold the schema's "
+                         "columns before the codes, so it is audited on whole records",
+                         "Pass --columns all (or auto) and patient records")
+    if layout is None and args.attribute_targets:
+        raise InputError("--attribute-targets", "only for a whole-records model (ehr-train "
+                         "--columns all)")
+    return layout
 
 
 def _identity(args: argparse.Namespace, privacy: dict[str, Any] | None, extra: Any,

@@ -3,9 +3,10 @@
 Sections (element ids): identity (run id, date, software, data and model digests: what a
 sign-off refers to), verdict, threat-model, epsilon-bounds (eps vs eps_lb), membership (ROC
 curves; a worst-case row per attack, per-site rows folded), presence (worst case per site, the
-rest folded), attribute, prevalence (scatter), epsilon-rounds (cumulative spend from the
-code-count release at round 0, with the budget lines). Delta is always in scientific notation:
-at 1e-5 a fixed-point "0.000" would hide it.
+rest folded), attribute, attribute-records (whole-records models: each target column inferred
+from the others, with a plain verdict), prevalence (scatter), epsilon-rounds (cumulative spend
+from the code-count release at round 0, with the budget lines). Delta is always in scientific
+notation: at 1e-5 a fixed-point "0.000" would hide it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fedsynth.privacy.audit.identity import NOT_RECORDED  # noqa: E402
 
 SECTIONS = ("identity", "verdict", "threat-model", "epsilon-bounds", "membership", "presence",
-            "attribute", "prevalence", "epsilon-rounds")
+            "attribute", "attribute-records", "prevalence", "epsilon-rounds")
 _ATTACK_NAMES = {"dcr_hamming": "DCR Hamming", "dcr_jaccard": "DCR Jaccard",
                  "domias": "density ratio (DOMIAS)"}
 _CSS = """
@@ -279,6 +280,42 @@ def _attribute_rows(sites: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+def attribute_records_rows(sites: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
+    """One row per site and target of the attribute attack on whole records."""
+    rows = []
+    for name, audit in sites.items():
+        a = audit.get("attribute_records")
+        if not isinstance(a, Mapping):
+            continue
+        for target, r in (a.get("by_target") or {}).items():
+            rows.append([name, target, r["accuracy_members_synth"],
+                         r["accuracy_nonmembers_synth"], r["accuracy_members_holdout"],
+                         r["majority_rate"], r["gain_over_nonmembers"],
+                         r["gain_over_baseline"], "yes" if r.get("signal") else "no"])
+    return rows
+
+
+def _attribute_records_section(sites: Mapping[str, Mapping[str, Any]]) -> str:
+    head = ("<section id='attribute-records'><h2>Attribute disclosure on whole records</h2>")
+    rows = attribute_records_rows(sites)
+    if not rows:
+        return (head + "<p class='muted'>Not a whole-records model: the model holds codes only, "
+                "so there are no record columns to infer.</p></section>")
+    verdicts = "".join(
+        f"<p>{escape(str(a['attribute_records'].get('verdict', '')))}</p>"
+        for a in sites.values() if isinstance(a.get("attribute_records"), Mapping))
+    return (head + "<p class='muted'>The attacker knows every other column of a patient's record "
+            "and takes the value of the target column held by the closest record (Gower "
+            "distance) of a source: the synthetic records, for training patients (members) and "
+            "for patients the model never saw (non-members), and, as the baseline, real records "
+            "of other patients from the same population. Disclosure attributable to the "
+            "generator is what members gain over non-members.</p>" + verdicts
+            + _table(["site", "target", "members (synthetic)", "non-members (synthetic)",
+                      "members (real baseline)", "majority class", "gain over non-members",
+                      "gain over baseline", "beyond chance"], rows, MAX_ROWS)
+            + "</section>")
+
+
 def _bounds_rows(audit: Mapping[str, Any]) -> list[list[Any]]:
     rows = []
     for name, s in audit["sites"].items():
@@ -392,6 +429,7 @@ def render_html(audit: Mapping[str, Any]) -> str:
         "data.</p>",
         _table(["site", "source", "known codes", "k", "precision", "recall", "F1"],
                _attribute_rows(sites)), "</section>",
+        _attribute_records_section(sites),
         "<section id='prevalence'><h2>Code prevalence: real vs synthetic</h2>",
         _prevalence_figure(sites), "</section>",
         "<section id='epsilon-rounds'><h2>Epsilon spent per round per site</h2>",

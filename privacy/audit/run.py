@@ -22,6 +22,7 @@ from fedsynth.privacy.audit.canaries import canary_audit, loss_attack, score_can
 from fedsynth.privacy.audit.config import AuditConfig
 from fedsynth.privacy.audit.identity import audit_identity, find_run_id
 from fedsynth.privacy.audit.membership import membership_attacks
+from fedsynth.privacy.audit.records import RecordsAudit, attribute_records_audit
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,17 @@ def audit_site(
     privacy: Mapping[str, Any] | None = None,
     site: str | None = None,
     white_box: bool = True,
+    records: RecordsAudit | None = None,
 ) -> dict[str, Any]:
     """Every attack for one site; returns aggregate figures only (safe to send to the server).
 
     generator: has ``.sample(n, seed)`` and holds the torch module (white-box parts);
     canaries/included: from ``insert_canaries`` when the site trained with canaries;
-    privacy: the site's privacy report (epsilon, delta, ...) or None for a non-private model."""
+    privacy: the site's privacy report (epsilon, delta, ...) or None for a non-private model;
+    records: a whole-records model's tables and synthetic records (``privacy.audit.records``;
+    ``synth`` then holds the same records as the model's vectors, tokens then codes): the
+    code-level attribute attack runs on the codes, the attribute attack on the records on the
+    schema's columns."""
     cfg = cfg or AuditConfig()
     members = np.asarray(members, dtype=np.uint8)
     non_members = np.asarray(non_members, dtype=np.uint8)
@@ -63,6 +69,7 @@ def audit_site(
         synth = np.asarray(generator.sample(cfg.n_synth, seed=cfg.seed), dtype=np.uint8)
     eps = None if not privacy or privacy.get("epsilon") is None else float(privacy["epsilon"])
     delta = float(privacy.get("delta") or 0.0) if privacy else 0.0
+    t = records.n_tokens if records is not None else 0  # code-level attack: the codes only
     out: dict[str, Any] = {
         "site": site,
         "n_members": int(len(members)),
@@ -71,13 +78,16 @@ def audit_site(
         "epsilon": eps,
         "delta": delta,
         "membership": membership_attacks(synth, members, non_members, cfg=cfg),
-        "attribute": attribute_disclosure(synth, members, non_members, cfg),
+        "attribute": attribute_disclosure(synth[:, t:], members[:, t:], non_members[:, t:],
+                                          cfg),
         "prevalence": {  # per-code shares; member codes seen < min_cell times are suppressed
             "members": _suppressed_prevalence(members, cfg.min_cell),
             "synthetic": _rounded(synth.mean(axis=0)),
             "min_cell": cfg.min_cell,
         },
     }
+    if records is not None:
+        out["attribute_records"] = attribute_records_audit(records, cfg)
     if canaries is not None and included is not None:
         scores = score_canaries(generator, canaries, cfg.canary_sigmas, cfg.canary_draws, cfg.seed)
         out["white_box"] = canary_audit(scores, included, eps, delta, cfg)
@@ -271,7 +281,10 @@ def _auroc_noise(n1: int, n2: int) -> float:
 
 def _summary(sites: Mapping[str, Mapping[str, Any]], release_eps: float | None) -> dict[str, Any]:
     best_auroc, best_wb, signal, eps_lbs, failures = 0.5, None, False, [], []
+    attr_signal: bool | None = None  # None: no attribute attack on records was run
     for name, audit in sites.items():
+        if isinstance(audit.get("attribute_records"), Mapping):
+            attr_signal = bool(attr_signal) or bool(audit["attribute_records"].get("signal"))
         for attack in ATTACKS:
             res = audit["membership"][attack]
             se = _auroc_noise(res["n_members"], res["n_non_members"])
@@ -292,6 +305,7 @@ def _summary(sites: Mapping[str, Mapping[str, Any]], release_eps: float | None) 
         "max_membership_auroc": best_auroc,
         "white_box_loss_auroc": best_wb,
         "membership_signal": bool(signal),
+        "attribute_signal": attr_signal,
         "eps_lb": max(eps_lbs) if eps_lbs else None,
         "eps_accountant": release_eps,
         "failed_sites": failures,
@@ -304,17 +318,23 @@ def verdict(summary: Mapping[str, Any]) -> dict[str, str]:
     eps, lb = summary["eps_accountant"], summary["eps_lb"]
     auroc = max(summary["max_membership_auroc"], summary.get("white_box_loss_auroc") or 0.0)
     lb_txt = "not measured" if lb is None else f"{lb:.2f}"
+    attr = (" The synthetic records also disclose columns of their training patients beyond "
+            "what unseen patients show (attribute disclosure).") if summary.get(
+        "attribute_signal") else ""
     if summary["failed_sites"]:
         return {"status": "fail", "headline": "AUDIT FAILED", "text": (
             f"The measured lower bound on epsilon ({lb_txt}) exceeds the "
             f"accountant's epsilon ({eps:.2f}) at site(s) {', '.join(summary['failed_sites'])}. "
             "The privacy claim is refuted: look for an accounting or implementation bug before "
             "releasing anything.")}
-    if eps is None and (summary["membership_signal"] or (lb is not None and lb > 0)):
+    if eps is None and (summary["membership_signal"] or summary.get("attribute_signal")
+                        or (lb is not None and lb > 0)):
+        leaks = ("leaks membership" if summary["membership_signal"] or (lb is not None and lb > 0)
+                 else "shows no clear membership signal")
         return {"status": "risk", "headline": "HIGH RISK", "text": (
-            f"This model has no differential-privacy guarantee and leaks membership "
-            f"(best membership AUROC {auroc:.3f}, empirical epsilon lower bound {lb_txt}). "
-            "Do not release it or its synthetic data as anonymous.")}
+            f"This model has no differential-privacy guarantee and {leaks} "
+            f"(best membership AUROC {auroc:.3f}, empirical epsilon lower bound {lb_txt})."
+            f"{attr} Do not release it or its synthetic data as anonymous.")}
     if eps is None:
         return {"status": "risk", "headline": "NO DP GUARANTEE", "text": (
             f"No differential-privacy guarantee; the attacks found no clear membership signal "
@@ -322,6 +342,9 @@ def verdict(summary: Mapping[str, Any]) -> dict[str, str]:
             "attack is not a guarantee.")}
     note = (" The black-box attacks see some membership signal, which a DP model may show "
             "within its epsilon.") if summary["membership_signal"] else ""
+    if attr:
+        note += (" The synthetic records disclose some columns of their training patients "
+                 "beyond unseen patients, which a DP model may also show within its epsilon.")
     return {"status": "pass", "headline": "PASS", "text": (
         f"The accountant's epsilon is {eps:.2f}; the audit's lower bound ({lb_txt}) does not "
         f"exceed it, and the best membership AUROC is {auroc:.3f}.{note} The audit can refute "
@@ -353,13 +376,17 @@ def run_audit(
     site: str = "all",
     white_box: bool = True,
     identity: Mapping[str, Any] | None = None,
+    synth: np.ndarray | None = None,
+    records: RecordsAudit | None = None,
 ) -> dict[str, Any]:
-    """Audit one (centralized or already-merged) model; write the files when out_dir is given."""
+    """Audit one (centralized or already-merged) model; write the files when out_dir is given.
+    synth: the synthetic vectors (default: ``generator.sample``); records: see ``audit_site``."""
     cfg = cfg or AuditConfig()
     reports = site_reports(privacy)
     site_priv = reports.get(site) or (dict(privacy) if privacy and "epsilon" in privacy else None)
-    one = audit_site(generator, members, non_members, cfg, canaries=canaries, included=included,
-                     privacy=site_priv, site=site, white_box=white_box)
+    one = audit_site(generator, members, non_members, cfg, synth=synth, canaries=canaries,
+                     included=included, privacy=site_priv, site=site, white_box=white_box,
+                     records=records)
     audit = merge_site_audits({site: one}, privacy, round_log, cfg, identity)
     if out_dir is not None:
         write_audit(out_dir, audit)
