@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fedsynth.client import refusal
 from fedsynth.client.site_budget import check_budget, site_budget
+from fedsynth.common.data.columns import CHOICES
 from fedsynth.common.errors import InputError, cli_errors
 from fedsynth.common.names import check_site_name
 
@@ -32,6 +33,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="the site's patients")
     p.add_argument("--format", default="auto",
                    help="auto|mimic|diabetes130|long|matrix (default auto)")
+    p.add_argument("--columns", choices=CHOICES, default="auto",
+                   help="all: whole records (the schema's columns beside the codes); codes: the "
+                        "code matrix; auto (default): all for diabetes130, MIMIC with "
+                        "PATIENTS/ADMISSIONS, or with --schema")
+    p.add_argument("--schema", help="whole records: a built-in schema name or a TOML file (it "
+                                    "is public: the site sends it to the coordinator)")
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="the SuperLink")
     p.add_argument("--state-dir", required=True, type=Path,
                    help="the site's private state: privacy ledger, Flower home, logs")
@@ -122,7 +129,8 @@ def site_delta(args: argparse.Namespace, state: Path) -> float:
         return float(ledger.delta)
     from fedsynth.client.site_training import load_site_data
 
-    data = load_site_data(args.data, args.format, args.holdout, 0, args.site)
+    data = load_site_data(args.data, args.format, args.holdout, 0, args.site, args.columns,
+                          args.schema)
     log.info("site %s: %d training and %d held-out patients, %d codes", args.site,
              data.train.shape[0], data.holdout.shape[0], data.train.shape[1])
     delta = ledger.delta if ledger.delta is not None else default_delta(data.train.shape[0])
@@ -144,7 +152,9 @@ def run_client(args: argparse.Namespace, tls: list[str]) -> int:
         "site": args.site, "data-path": str(args.data.resolve()), "format": args.format,
         "state-dir": str(state), "epsilon-budget": budget,
         "holdout": float(args.holdout), "device": args.device, "threads": int(args.threads),
-        "delta": delta,
+        "delta": delta, "columns": args.columns,
+        "schema": str(Path(args.schema).resolve()) if args.schema and Path(args.schema).exists()
+        else (args.schema or ""),
     }
     if args.auth_key is not None:  # the enrolment key also signs the site's ledger heads
         node_config["signing-key"] = str(args.auth_key.resolve())

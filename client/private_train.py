@@ -9,7 +9,10 @@ Two mechanisms touch the patients, both in the ledger and in ``privacy.json``'s 
    post-processing: the codes the model is trained on (noisy count above 3 noise std; the
    other codes are never emitted) and the per-code output thresholds (each code's synthetic
    prevalence matched to its noisy prevalence).
-2. DP-SGD (``client.dp_training``) on those columns, sigma calibrated so that the site's whole
+2. Whole records only (``ModelConfig.one_hot_groups``): private counts of the record columns'
+   values (``privacy.record_counts``, their own Gaussian mechanism, sensitivity sqrt(columns));
+   each column's distribution from them is the model's prior and calibration target.
+3. DP-SGD (``client.dp_training``) on those columns, sigma calibrated so that the site's whole
    history (ledger prior + counts + this run) reaches at most the target epsilon.
 
 The noise multiplier of the counts is calibrated to ``privacy.counts.count_epsilon`` (the share
@@ -35,10 +38,13 @@ from fedsynth.common.data import CodeMatrix
 from fedsynth.common.errors import BudgetExceeded, InputError
 from fedsynth.common.model import build_model
 from fedsynth.common.model.release import FIXED_THRESHOLD, release_generator, save_release
+from fedsynth.privacy import record_counts
 from fedsynth.privacy.accountant import Mechanism, default_delta, epsilon
 from fedsynth.privacy.counts import MECHANISM_NOTE, count_epsilon, estimate, release_counts
 from fedsynth.privacy.ledger import Ledger, LedgerCorrupted, user_state_dir
 from fedsynth.privacy.planning import noise_for_target, poisson_rate, steps_for_epochs
+from fedsynth.privacy.record_counts import MECHANISM_NOTE as COLUMN_NOTE
+from fedsynth.privacy.record_counts import column_prevalence, release_column_counts
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +58,14 @@ class PrivatePlan:
     sample_rate: float
     steps: int
     count_noise: float | None  # noise multiplier of the counts mechanism (None: no counts)
+    column_noise: float | None  # ... of the record column counts (None: codes only)
     noise_multiplier: float  # DP-SGD sigma
     target_epsilon: float
     prior: list[Mechanism]
 
     @property
     def mechanisms(self) -> list[Mechanism]:
-        counts = [Mechanism(self.count_noise, 1.0, 1)] if self.count_noise else []
+        counts = [Mechanism(z, 1.0, 1) for z in (self.count_noise, self.column_noise) if z]
         return [*counts, Mechanism(self.noise_multiplier, self.sample_rate, self.steps)]
 
 
@@ -76,13 +83,17 @@ def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
     q = poisson_rate(pc.batch_size, n)
     steps = steps_for_epochs(pc.epochs, q)
     refusal = f"cannot reach epsilon={pc.epsilon:g}"
-    count_noise = None
+    count_noise = column_noise = None
     if pc.count_epsilon_share > 0:
         count_eps = count_epsilon(pc.epsilon, pc.count_epsilon_share, pc.count_epsilon_min)
         count_noise = noise_for_target(count_eps, delta, 1.0, 1, pc.accountant, refusal=refusal)
-    prior_all = [*prior, *([Mechanism(count_noise, 1.0, 1)] if count_noise else [])]
-    sigma = noise_for_target(pc.epsilon, delta, q, steps, pc.accountant, prior_all, refusal)
-    return PrivatePlan(n, delta, q, steps, count_noise, sigma, pc.epsilon, list(prior))
+        if config.model.one_hot_groups:  # the record columns' counts: the same share
+            column_noise = count_noise
+    counts = [Mechanism(z, 1.0, 1) for z in (count_noise, column_noise) if z]
+    sigma = noise_for_target(pc.epsilon, delta, q, steps, pc.accountant, [*prior, *counts],
+                             refusal)
+    return PrivatePlan(n, delta, q, steps, count_noise, column_noise, sigma, pc.epsilon,
+                       list(prior))
 
 
 def data_set_site(matrix: CodeMatrix) -> str:
@@ -138,17 +149,28 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
              "none" if plan.count_noise is None else f"{plan.count_noise:.3f}",
              plan.target_epsilon, plan.delta, pc.accountant, n, would)
 
-    # 1. private code counts -> modelled codes and target prevalences (post-processing)
+    # 1. private code counts -> modelled codes and target prevalences (post-processing);
+    # whole records: the columns' tokens [0, g) have counts of their own and are all modelled
+    groups = tuple(config.model.one_hot_groups)
+    g = int(sum(groups))
     kept = np.arange(n_codes)
     prevalence = None
     count_info: dict[str, Any] = {}
     if plan.count_noise is not None:
-        ledger.record(mechs[0], run_id=_run_id(), round=0, note=MECHANISM_NOTE)
-        est = estimate(release_counts(X, pc.count_clip, plan.count_noise),  # OS randomness
+        ledger.record(Mechanism(plan.count_noise, 1.0, 1), run_id=_run_id(), round=0,
+                      note=MECHANISM_NOTE)
+        est = estimate(release_counts(X[:, g:], pc.count_clip, plan.count_noise),  # OS random
                        tail_gate=pc.count_tail_gate)
-        kept, prevalence, count_info = est.kept, est.prevalence, est.info
+        kept, prevalence, count_info = g + est.kept, est.prevalence, est.info
         log.info("private counts: %d of %d codes modelled, %d more in the tail",
-                 len(kept), n_codes, count_info.get("tail_codes", 0))
+                 len(est.kept), n_codes - g, count_info.get("tail_codes", 0))
+    if plan.column_noise is not None:
+        ledger.record(Mechanism(plan.column_noise, 1.0, 1), run_id=_run_id(), round=0,
+                      note=COLUMN_NOTE)
+        columns = column_prevalence(release_column_counts(X[:, :g], groups, plan.column_noise),
+                                    groups)
+        kept = np.concatenate([np.arange(g), kept])
+        prevalence = np.concatenate([columns, prevalence])
 
     # 2. DP-SGD on those columns (the binary model's prior: the private prevalence)
     model_cfg = config.private_model()
@@ -177,7 +199,7 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
     report.update({
         "n_patients": n,
         "release": "centralized model (one site); the output step uses only the private counts",
-        "mechanisms": _describe(plan, res.mechanism, pc, count_info),
+        "mechanisms": _describe(plan, res.mechanism, pc, count_info, groups),
         "this_run": [m.to_dict() for m in [*mechs[:-1], res.mechanism]],
         "examples_per_s": round(res.examples_per_s, 1),
         "train_seconds": round(train_seconds, 1),
@@ -204,9 +226,15 @@ def _check_all(ledger: Ledger, mechs: list[Mechanism], plan: PrivatePlan,
     return total
 
 
-def _describe(plan: PrivatePlan, ran: Mechanism, pc: Any,
-              count_info: dict[str, Any]) -> list[dict]:
+def _describe(plan: PrivatePlan, ran: Mechanism, pc: Any, count_info: dict[str, Any],
+              groups: tuple[int, ...] = ()) -> list[dict]:
     out = []
+    if plan.column_noise is not None:
+        out.append({"name": COLUMN_NOTE, "kind": "Gaussian mechanism (q=1, steps=1 entry)",
+                    "noise_multiplier": plan.column_noise,
+                    "l2_sensitivity": record_counts.sensitivity(groups),
+                    "use": "each record column's distribution over its public values (the "
+                           "model's prior and calibration target)"})
     if plan.count_noise is not None:
         out.append({"name": MECHANISM_NOTE, "kind": "Gaussian mechanism (q=1, steps=1 entry)",
                     "noise_multiplier": plan.count_noise, "l2_sensitivity": pc.count_clip,

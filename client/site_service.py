@@ -58,6 +58,8 @@ class SiteConfig:
     # the enrolment key (ehr-client --auth-key, node config ``signing-key``) signs the ledger
     # heads; "": the state folder's site key (privacy.witness.SiteKey.load_or_create)
     auth_key: str = ""
+    columns: str = "auto"  # whole records or codes (common.data.columns)
+    schema: str = ""  # whole records: a built-in schema name or a TOML file; "": the format's
 
     def budget(self, plan: SitePlan) -> float:
         """The site's epsilon budget: its own, else (none configured) the plan's target."""
@@ -75,6 +77,7 @@ def site_config_from(node: Mapping[str, Any], run: Mapping[str, Any]) -> SiteCon
             device=str(node.get("device", "cpu")), seed=int(run.get("seed", 0)),
             threads=int(node.get("threads", 0)), delta=float(node.get("delta", 0.0)),
             auth_key=str(node.get("signing-key", "")),
+            columns=str(node.get("columns", "auto")), schema=str(node.get("schema", "")),
         )
     pid = int(node.get("partition-id", 0))
     n_parts = int(node.get("num-partitions", 1))
@@ -161,12 +164,12 @@ class SiteService:
         data = self.data(cfg)
         budget = cfg.budget(plan)
         reply = QueryReply(cfg.site, "refused", vocab_name=str(data.vocab.name),
-                           codes=[str(c) for c in data.vocab.codes])
+                           codes=[str(c) for c in data.vocab.codes], schema=data.schema)
         ledger, reply.reason = open_ledger(cfg, data)
         if ledger is not None:
             res = site_counts(data, plan, ledger, budget, cfg.state_dir)
             reply.status, reply.reason, reply.privacy = res.status, res.reason, res.privacy
-            reply.counts = res.counts
+            reply.counts, reply.column_counts = res.counts, res.column_counts
             reply.ledger_head = signed_head(cfg, ledger)
         return reply
 
@@ -235,7 +238,8 @@ def load_data(cfg: SiteConfig) -> Any:
         part = cohort.subset(idx)
         tr, ho = split_holdout(part, cfg.holdout, cfg.seed)
         return SiteData(cfg.site, tr.X, ho.X, cohort.vocab)
-    return load_site_data(cfg.data_path, cfg.format, cfg.holdout, cfg.seed, cfg.site)
+    return load_site_data(cfg.data_path, cfg.format, cfg.holdout, cfg.seed, cfg.site,
+                          cfg.columns, cfg.schema or None)
 
 
 def open_ledger(cfg: SiteConfig, data: Any) -> tuple[Any, str]:

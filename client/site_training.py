@@ -59,6 +59,19 @@ class SiteData:
     # ones are the last rows of ``train``; the site's real patients are the rows before them
     canaries: np.ndarray | None = None
     included: np.ndarray | None = None
+    # whole records: the public schema (``Schema.to_dict()``) whose tokens open ``vocab``
+    # (``common.data.record_tokens``); None: codes only
+    schema: dict[str, Any] | None = None
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """Sizes of the one-hot groups (one per schema column) opening the columns; ()."""
+        if self.schema is None:
+            return ()
+        from fedsynth.common.data.record_tokens import token_layout
+        from fedsynth.common.data.schema import schema_from_dict
+
+        return token_layout(schema_from_dict(self.schema, "site data")).group_sizes()
 
     @property
     def members(self) -> np.ndarray:
@@ -82,8 +95,10 @@ class SiteUpdate:
     privacy: dict[str, Any] = field(default_factory=dict)
 
 
-def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: str) -> SiteData:
-    """Load the site's patients and split off its held-out part (deterministic in ``seed``)."""
+def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: str,
+                   columns: str = "auto", schema: str | None = None) -> SiteData:
+    """Load the site's patients and split off its held-out part (deterministic in ``seed``).
+    ``columns``/``schema``: whole records or codes (``common.data.columns``)."""
     path = Path(path)
     if path.suffix == ".npz":  # a simulated site's partition (written by ehr-simulate)
         from fedsynth.common.vocabulary import Vocabulary
@@ -92,6 +107,7 @@ def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: 
             with np.load(path, allow_pickle=False) as data:
                 train, hold = data["train"].astype(np.uint8), data["holdout"].astype(np.uint8)
                 vocab = Vocabulary.from_dict(json.loads(str(data["vocab"])), source=path)
+                schema_doc = json.loads(str(data["schema"])) if "schema" in data else None
                 canaries = included = None
                 if "canaries" in data:
                     canaries = data["canaries"].astype(np.uint8)
@@ -99,14 +115,24 @@ def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: 
                     train = np.vstack([train, canaries[included]])
         except (OSError, KeyError, ValueError) as err:
             raise InputError(path, f"not a simulated site file ({err})") from None
-        return SiteData(site, train, hold, vocab, canaries, included)
+        return SiteData(site, train, hold, vocab, canaries, included, schema_doc)
     from fedsynth.common.data import load_codes, split_holdout
+    from fedsynth.common.data.columns import resolve_columns
 
-    matrix = load_codes(path, fmt)
+    schema_doc = None
+    if resolve_columns(columns, path, fmt, schema) == "all":
+        from fedsynth.common.data.record_tokens import records_matrix
+        from fedsynth.common.data.records import load_records
+
+        records = load_records(path, fmt, schema=schema)
+        matrix, _ = records_matrix(records)
+        schema_doc = records.schema.to_dict()
+    else:
+        matrix = load_codes(path, fmt)
     if holdout > 0:
         tr, ho = split_holdout(matrix, holdout, seed)
-        return SiteData(site, tr.X, ho.X, matrix.vocab)
-    return SiteData(site, matrix.X, matrix.X[:0], matrix.vocab)
+        return SiteData(site, tr.X, ho.X, matrix.vocab, schema=schema_doc)
+    return SiteData(site, matrix.X, matrix.X[:0], matrix.vocab, schema=schema_doc)
 
 
 def sample_rate(n_train: int, plan: SitePlan) -> float:
@@ -150,6 +176,18 @@ def plan_refusal(plan: SitePlan, ledger: Any, n_train: int) -> str:
     if delta >= 1.0 / max(1, n_train):
         return (f"site {ledger.site}'s delta {delta:g} is not below 1/n for its number of "
                 "patients; set a smaller --delta")
+    return ""
+
+
+def _columns_refusal(plan: SitePlan, data: SiteData) -> str:
+    """Why a whole-records plan does not fit the site's records ("" when it does): its one-hot
+    groups must be the site's schema columns, all of them modelled."""
+    groups = data.groups
+    g = int(sum(groups))
+    if tuple(plan.config.model.one_hot_groups) != groups or (
+            g and plan.kept is not None and list(plan.kept[:g]) != list(range(g))):
+        return ("the plan's record columns differ from this site's schema; nothing trained, "
+                "nothing sent")
     return ""
 
 
@@ -253,7 +291,7 @@ def run_site_round(
 
     n = int(data.train.shape[0])
     accountant = plan.config.privacy.accountant
-    refusal = plan_refusal(plan, ledger, n)
+    refusal = plan_refusal(plan, ledger, n) or _columns_refusal(plan, data)
     if refusal:
         log.warning("site %s refuses round %d: %s", data.site, plan.round, refusal)
         return SiteUpdate(data.site, "refused", reason=refusal,
@@ -348,6 +386,7 @@ class SiteCounts:
     reason: str = ""
     counts: Any = None  # privacy.counts.NoisyCounts
     privacy: dict[str, Any] = field(default_factory=dict)
+    column_counts: Any = None  # whole records: privacy.record_counts' release (NoisyCounts)
 
 
 def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
@@ -356,8 +395,12 @@ def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
     prevalences, the FedAvg weight): ``privacy.counts.release_counts``, one Gaussian mechanism
     on (counts, size) with sensitivity ``count_clip``, noise multiplier calibrated to
     ``count_epsilon_share`` of the target at the site's delta; recorded in the ledger (round 0,
-    "code counts and site size") before anything leaves. Asked again in the same run (a
-    resumed coordinator), the site re-sends what it already released: no new spend."""
+    "code counts and site size") before anything leaves. Whole records: the codes' counts
+    over the code columns only, and the record columns' counts as a second mechanism of their
+    own (``privacy.record_counts``, same noise multiplier, sensitivity sqrt(columns)). Asked
+    again in the same run (a resumed coordinator), the site re-sends what it already released:
+    no new spend."""
+    from fedsynth.privacy import record_counts
     from fedsynth.privacy.counts import MECHANISM_NOTE, NoisyCounts, count_epsilon, release_counts
 
     pc = plan.config.privacy
@@ -373,29 +416,43 @@ def site_counts(data: SiteData, plan: SitePlan, ledger: Any, budget: float,
         return SiteCounts(data.site, "off", privacy=ledger.report(None, budget, pc.accountant))
     cache = folder / f"counts-{data.site}-{plan.run_id}.npz"
     saved = kept_release(cache)
+    groups = data.groups
+    g = int(sum(groups))
     if saved is not None:
         release = NoisyCounts(saved["counts"], float(saved["size"]), float(saved["noise_std"]))
-        return SiteCounts(data.site, "ok", counts=release,
+        columns = None if "column_counts" not in saved else NoisyCounts(
+            saved["column_counts"], float(saved["column_size"]), float(saved["column_std"]))
+        return SiteCounts(data.site, "ok", counts=release, column_counts=columns,
                           privacy=ledger.report(None, budget, pc.accountant))
     target = min(plan.target_epsilon, budget)
     try:
         z = calibrate_noise(count_epsilon(target, pc.count_epsilon_share, pc.count_epsilon_min),
                             delta, 1.0, 1, pc.accountant, prior_history=())
-        mech = Mechanism(z, 1.0, 1)
-        ledger.check(mech, budget, delta, pc.accountant)
+        mechs = [Mechanism(z, 1.0, 1)] * (2 if groups else 1)
+        # both releases at once: two q = 1 Gaussian steps of the same z
+        ledger.check(Mechanism(z, 1.0, len(mechs)), budget, delta, pc.accountant)
     except (BudgetExceeded, ValueError) as err:
         log.warning("site %s refuses the counts: %s", data.site, err)
         return SiteCounts(data.site, "refused", reason=str(err),
                           privacy=ledger.report(None, budget, pc.accountant))
-    ledger.record(mech, plan.run_id, 0, note=MECHANISM_NOTE, max_grad_norm=pc.count_clip,
+    ledger.record(mechs[0], plan.run_id, 0, note=MECHANISM_NOTE, max_grad_norm=pc.count_clip,
                   expected_batch=float(n))
-    release = release_counts(data.train, pc.count_clip, z)
+    release = release_counts(data.train[:, g:], pc.count_clip, z)
+    kept: dict[str, np.ndarray] = {}
+    columns = None
+    if groups:
+        ledger.record(mechs[1], plan.run_id, 0, note=record_counts.MECHANISM_NOTE,
+                      max_grad_norm=record_counts.sensitivity(groups), expected_batch=float(n))
+        columns = record_counts.release_column_counts(data.train[:, :g], groups, z)
+        kept = {"column_counts": columns.counts, "column_size": np.array(columns.size),
+                "column_std": np.array(columns.noise_std)}
     keep_release(cache, counts=release.counts, size=np.array(release.size),
-                 noise_std=np.array(release.noise_std))
+                 noise_std=np.array(release.noise_std), **kept)
     keep_locally(ledger, plan, budget, {
         "event": "counts", "run_id": plan.run_id, "round": 0, "n_train": n,
-        "noise_multiplier": z, "noisy_size": release.size, "delta": delta})
-    return SiteCounts(data.site, "ok", counts=release,
+        "noise_multiplier": z, "noisy_size": release.size, "delta": delta,
+        "mechanisms": len(mechs)})
+    return SiteCounts(data.site, "ok", counts=release, column_counts=columns,
                       privacy=ledger.report(None, budget, pc.accountant))
 
 

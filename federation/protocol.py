@@ -28,6 +28,14 @@ query         site      config          noisy_size           DP release: the sit
 query         site      config          noise_std            public metadata: the counts' noise
                                                              std (z x clip: public constants)
 query         counts    array           counts               DP release: noisy per-code counts
+query         site      config          schema               public metadata: whole records, the
+                                                             record schema (built-in or the
+                                                             site's TOML: columns, public domains)
+query         site      config          column_noise_std     public metadata: whole records, the
+                                                             column counts' noise std
+query         columns   array           counts               DP release: whole records, noisy
+                                                             counts of the columns' values
+                                                             (``privacy.record_counts``)
 train         site      config          site                 public metadata
 train         site      config          status               public metadata: ok | refused
 train         site      config          reason               public metadata: one-line refusal
@@ -84,6 +92,7 @@ ONE_WAY, PAIRS = "one-way", "pairs"  # the stages of a marginals request
 # record names
 SITE_RECORD = "site"
 COUNTS_RECORD = "counts"
+COLUMNS_RECORD = "columns"  # query reply, whole records: the record columns' noisy counts
 WEIGHTS_RECORD = "weights"
 EMA_RECORD = "ema"
 PLAN_RECORD = "plan"
@@ -97,6 +106,7 @@ SITE, STATUS, REASON = "site", "status", "reason"
 VOCAB_NAME, VOCAB_CODES = "vocab_name", "vocab_codes"
 PRIVACY, LEDGER_HEAD = "privacy", "ledger_head"
 NOISY_SIZE, NOISE_STD = "noisy_size", "noise_std"
+RECORD_SCHEMA, COLUMN_NOISE_STD = "schema", "column_noise_std"
 COUNTS = "counts"
 STEPS = "steps"
 PLAN = "plan"
@@ -140,8 +150,11 @@ SCHEMA: dict[str, dict[str, Record]] = {
         SITE_RECORD: Record("config", {
             **_SITE_KEYS, VOCAB_NAME: Key((str,), PUBLIC), VOCAB_CODES: Key((list,), PUBLIC),
             **_REPORTED, NOISY_SIZE: Key((float,), DP, required=False),
-            NOISE_STD: Key((float,), PUBLIC, required=False)}),
+            NOISE_STD: Key((float,), PUBLIC, required=False),
+            RECORD_SCHEMA: Key((str,), PUBLIC, required=False),
+            COLUMN_NOISE_STD: Key((float,), PUBLIC, required=False)}),
         COUNTS_RECORD: Record("array", {COUNTS: Key((np.ndarray,), DP)}, required=False),
+        COLUMNS_RECORD: Record("array", {COUNTS: Key((np.ndarray,), DP)}, required=False),
     },
     TRAIN: {
         SITE_RECORD: Record("config", {**_SITE_KEYS, STEPS: Key((int,), PUBLIC), **_REPORTED}),
@@ -312,6 +325,10 @@ class QueryReply:
     privacy: dict[str, Any] = field(default_factory=dict)
     ledger_head: dict[str, Any] = field(default_factory=dict)
     counts: Any = None  # privacy.counts.NoisyCounts (counts, size, noise_std) or None
+    # whole records: the public schema (Schema.to_dict()) and the column counts' release
+    # (privacy.record_counts; its noisy size is never sent)
+    schema: dict[str, Any] | None = None
+    column_counts: Any = None
 
     def pack(self) -> RecordDict:
         info: dict[str, Any] = {
@@ -321,24 +338,35 @@ class QueryReply:
             info[NOISY_SIZE] = float(self.counts.size)
             info[NOISE_STD] = float(self.counts.noise_std)
             records[COUNTS_RECORD] = _arrays({COUNTS: np.asarray(self.counts.counts, np.float64)})
+        if self.schema is not None:
+            info[RECORD_SCHEMA] = json.dumps(self.schema)
+        if self.column_counts is not None:
+            info[COLUMN_NOISE_STD] = float(self.column_counts.noise_std)
+            records[COLUMNS_RECORD] = _arrays(
+                {COUNTS: np.asarray(self.column_counts.counts, np.float64)})
         records[SITE_RECORD] = ConfigRecord(info)
         return RecordDict(records)
 
     @classmethod
     def unpack(cls, content: RecordDict) -> QueryReply:
         info = content[SITE_RECORD]
-        counts = None
-        if COUNTS_RECORD in content:
-            from fedsynth.privacy.counts import NoisyCounts
+        from fedsynth.privacy.counts import NoisyCounts
 
+        counts = columns = None
+        if COUNTS_RECORD in content:
             arr = content[COUNTS_RECORD][COUNTS].numpy().astype(np.float64)
             counts = NoisyCounts(counts=arr, size=float(info[NOISY_SIZE]),
                                  noise_std=float(info[NOISE_STD]))
+        if COLUMNS_RECORD in content:
+            arr = content[COLUMNS_RECORD][COUNTS].numpy().astype(np.float64)
+            columns = NoisyCounts(counts=arr, size=float("nan"),
+                                  noise_std=float(info[COLUMN_NOISE_STD]))
+        schema = _json_dict(info[RECORD_SCHEMA]) if RECORD_SCHEMA in info else None
         return cls(site=str(info[SITE]), status=str(info[STATUS]),
                    reason=str(info.get(REASON, "")), vocab_name=str(info[VOCAB_NAME]),
                    codes=[str(c) for c in info[VOCAB_CODES]],  # type: ignore[union-attr]
                    privacy=_json_dict(info[PRIVACY]), ledger_head=_json_dict(info[LEDGER_HEAD]),
-                   counts=counts)
+                   counts=counts, schema=schema, column_counts=columns)
 
 
 @dataclass

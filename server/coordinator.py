@@ -21,6 +21,7 @@ import numpy as np
 
 from fedsynth.federation.protocol import MarginalsReply, QueryReply, SitePlan, TrainReply
 from fedsynth.privacy.counts import NoisyCounts, combine, estimate
+from fedsynth.privacy.record_counts import column_prevalence
 from fedsynth.privacy.witness import Witness
 from fedsynth.server import checkpoint, report
 from fedsynth.server import plan as plans
@@ -45,6 +46,8 @@ class Coordinator:
     kept: list[int] | None = None
     prevalence: list[float] | None = None
     site_counts: list[Any] = field(default_factory=list)  # privacy.counts.NoisyCounts per site
+    # whole records: each site's column counts (privacy.record_counts), same sites and order
+    column_counts: list[Any] = field(default_factory=list)
     count_info: dict[str, Any] = field(default_factory=dict)  # privacy.counts.estimate's info
     # what the coordinator can check itself, kept in its checkpoint: each site's noisy size
     # (its DP counts release: the FedAvg weight), the witness of the sites' signed ledger
@@ -83,6 +86,8 @@ class Coordinator:
         the modelled codes (family-wise test over the vocabulary), every code's shrunk
         prevalence (the binary model's prior, the calibration target, the tail) and
         ``count_info`` (for privacy.json): post-processing of the sites' releases."""
+        groups = plans.record_groups(vocab)
+        self.settings.config.setdefault("model", {})["one_hot_groups"] = list(groups)
         if self.resumed is not None:
             ck = self.resumed
             if ck.meta.get("vocab", {}).get("codes") != vocab.get("codes"):
@@ -104,9 +109,18 @@ class Coordinator:
         if counts:
             est = estimate(combine(counts), tail_gate=self.settings.model_config().privacy
                            .count_tail_gate)
-            self.kept = [int(j) for j in est.kept]
+            g = int(sum(groups))  # whole records: the columns' tokens come first, all modelled
+            self.kept = [*range(g), *(g + int(j) for j in est.kept)]
             self.prevalence = [float(p) for p in est.prevalence]
             self.count_info = {**est.info, "sites": len(counts)}
+            if groups:
+                if len(self.column_counts) != len(counts):
+                    raise RuntimeError("whole records: a site sent code counts without column "
+                                       "counts")
+                columns = column_prevalence(combine(self.column_counts), groups)
+                self.prevalence = [*(float(p) for p in columns), *self.prevalence]
+                self.count_info["record_columns"] = {"columns": len(groups), "tokens": g,
+                                                     "sites": len(self.column_counts)}
             log.info("private counts of %d sites: %d of %d codes modelled, %d in the tail",
                      len(counts), len(est.kept), len(est.prevalence),
                      est.info.get("tail_codes", 0))
@@ -159,8 +173,13 @@ class Coordinator:
         every site the witness and the delta check accept."""
         vocabs: dict[str, dict[str, Any]] = {}
         counts: list[Any] = []
+        columns: dict[str, Any] = {}
         for rep in replies:
-            vocabs[rep.site] = {"name": rep.vocab_name, "codes": list(rep.codes)}
+            vocabs[rep.site] = {"name": rep.vocab_name, "codes": list(rep.codes),
+                                "schema": rep.schema}
+            if rep.column_counts is not None and np.all(np.isfinite(rep.column_counts.counts)) \
+                    and rep.column_counts.noise_std > 0:
+                columns[rep.site] = rep.column_counts
             if rep.privacy:
                 self.site_reports[rep.site] = rep.privacy
             if self.check_site(rep.site, rep.ledger_head, rep.privacy, rep.status):
@@ -172,8 +191,11 @@ class Coordinator:
                 counts.append((rep.site, rep.counts))
         first = plans.common_vocabulary(vocabs)
         log.info("%d sites answered the query: %s", len(vocabs), ", ".join(sorted(vocabs)))
-        ok = [(site, c) for site, c in counts if len(c.counts) == len(first["codes"])]
+        g = int(sum(plans.record_groups(first)))
+        ok = [(site, c) for site, c in counts if len(c.counts) == len(first["codes"]) - g
+              and (not g or (site in columns and len(columns[site].counts) == g))]
         self.site_counts = [c for _, c in ok]
+        self.column_counts = [columns[site] for site, _ in ok] if g else []
         self.site_sizes.update({site: float(c.size) for site, c in ok})
         return first
 

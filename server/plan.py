@@ -77,7 +77,23 @@ def common_vocabulary(vocabs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
         if v["codes"] != first["codes"]:
             raise RuntimeError(f"site {site} uses another vocabulary ({v.get('name')}, "
                                f"{len(v['codes'])} codes) than {first.get('name')}")
+        if v.get("schema") != first.get("schema"):
+            raise RuntimeError(f"site {site} uses another record schema than the others")
     return first
+
+
+def record_groups(vocab: Mapping[str, Any]) -> tuple[int, ...]:
+    """The one-hot groups of a whole-records vocabulary (its public schema's token layout,
+    ``common.data.record_tokens``); () for codes only."""
+    if not vocab.get("schema"):
+        return ()
+    from fedsynth.common.data.record_tokens import token_layout
+    from fedsynth.common.data.schema import schema_from_dict
+
+    groups = token_layout(schema_from_dict(vocab["schema"], "the sites' schema")).group_sizes()
+    if len(vocab["codes"]) < sum(groups):
+        raise RuntimeError("the sites' vocabulary is shorter than their schema's tokens")
+    return groups
 
 
 def fedavg_weights(sizes: Mapping[str, float], sites: list[str]) -> list[float]:

@@ -29,8 +29,9 @@ def write_model_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[
                            kept: list[int] | None, prevalence: list[float] | None,
                            final_state: State, rounds: int,
                            stages: dict[str, float] | None = None) -> tuple[Any, np.ndarray]:
-    """The global model (EMA weights) to OUT/model and OUT/synthetic.csv; returns (the released
-    Generator, read back from OUT/model, and the sample). ``stages`` gets the seconds of each."""
+    """The global model (EMA weights) to OUT/model and OUT/synthetic.csv (whole records when the
+    sites' vocabulary carries a schema: its layout in OUT/model too); returns (the released
+    Generator, read back from OUT/model, and the 0/1 sample). ``stages``: seconds of each."""
     stages = {} if stages is None else stages
     from fedsynth.common.model.release import FIXED_THRESHOLD, release_generator, save_release
     from fedsynth.common.model.store import load_model
@@ -49,10 +50,23 @@ def write_model_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[
                                         "rounds": rounds, "privacy": "see ../privacy.json"})
     generator = load_model(model_dir, device="cpu")
     t1 = time.perf_counter()
-    synth = generator.sample(settings.samples, seed=settings.seed)
-    from fedsynth.common.data import write_matrix
+    cont = generator.sample_continuous(settings.samples, seed=settings.seed)
+    synth = generator.finish(cont, seed=settings.seed)
+    if vocab_doc.get("schema"):  # whole records: the schema's columns beside the codes
+        from fedsynth.common.data.record_tokens import token_layout, write_layout
+        from fedsynth.common.data.schema import schema_from_dict
+        from fedsynth.common.data.writer import write_records
+        from fedsynth.common.model.record_output import records_of
 
-    write_matrix(out / "synthetic.csv", synth, vocab)
+        schema = schema_from_dict(vocab_doc["schema"], "the sites' schema")
+        layout = token_layout(schema)
+        write_layout(model_dir, layout, schema)
+        write_records(out / "synthetic.csv",
+                      *records_of(generator, cont, synth, layout, schema, settings.seed))
+    else:
+        from fedsynth.common.data import write_matrix
+
+        write_matrix(out / "synthetic.csv", synth, vocab)
     stages["release"] = round(t1 - t0, 2)  # build, calibrate, save the model
     stages["sample"] = round(time.perf_counter() - t1, 2)
     return generator, synth

@@ -49,19 +49,37 @@ def pooled_holdout(out: Path) -> tuple[np.ndarray, Any]:
     return np.vstack(parts), vocab
 
 
-def pooled_evaluation(out: Path, seed: int = 0) -> dict[str, Any]:
+def pooled_evaluation(out: Path, seed: int = 0, records: Any = None) -> dict[str, Any]:
     """``common.metrics.fidelity(holdout_all, synthetic)`` into OUT/evaluation.json (next to
-    the coordinator's record of where each site keeps its own figures)."""
+    the coordinator's record of where each site keeps its own figures). Whole records
+    (``records``: the cohort's ``Records``): the codes as above and the record metrics
+    (``common.record_metrics.record_fidelity``, target ``readmitted=<30`` when the schema has
+    it) under ``pooled_records``."""
     from fedsynth.common.data import load_codes
     from fedsynth.common.metrics import fidelity
 
     holdout, vocab = pooled_holdout(out)
-    # a collapsed generator samples all-zero patients: scored, not refused
-    synth = load_codes(out / "synthetic.csv", "matrix", vocab=vocab, allow_empty=True).X
-    path = out / "evaluation.json"
     doc: dict[str, Any] = {}
+    if records is None:
+        # a collapsed generator samples all-zero patients: scored, not refused
+        synth = load_codes(out / "synthetic.csv", "matrix", vocab=vocab, allow_empty=True).X
+    else:
+        from fedsynth.common.cli.evaluate_records import read_synthetic_records
+        from fedsynth.common.record_metrics import record_fidelity
+
+        g = len(vocab) - len(records.codes.vocab)
+        table, synth, _ = read_synthetic_records(out / "synthetic.csv", records.schema,
+                                                 records.codes.vocab)
+        real = records.subset(_positions(records.patient_ids, pooled_ids(out)))
+        holdout = holdout[:, g:]  # the codes (the columns are scored as records)
+        target = "readmitted=<30" if _has_value(records.schema, "readmitted", "<30") else None
+        doc["pooled_records"] = finite_figures(record_fidelity(
+            real.table, table, records.schema, target=target, codes_real=holdout,
+            codes_synth=synth, seed=seed))
+        doc["pooled_records_target"] = target
+    path = out / "evaluation.json"
     if path.exists():
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = {**json.loads(path.read_text(encoding="utf-8")), **doc}
     doc.update({
         "pooled": finite_figures(fidelity(holdout, synth, seed=seed)),
         "pooled_n_holdout": int(len(holdout)),
@@ -70,6 +88,28 @@ def pooled_evaluation(out: Path, seed: int = 0) -> dict[str, Any]:
     })
     write_json(path, doc)
     return doc
+
+
+def pooled_ids(out: Path) -> np.ndarray:
+    """Every simulated site's held-out patient ids, in ``pooled_holdout``'s row order."""
+    parts = []
+    for path in site_files(out):
+        with np.load(path, allow_pickle=False) as d:
+            parts.append(d["holdout_ids"].astype(str))
+    return np.concatenate(parts)
+
+
+def _positions(ids: Any, wanted: np.ndarray) -> np.ndarray:
+    index = {str(p): i for i, p in enumerate(ids)}
+    return np.array([index[str(w)] for w in wanted], dtype=np.int64)
+
+
+def _has_value(schema: Any, column: str, value: str) -> bool:
+    names = {c.lower(): c for c in schema.names}
+    if column not in names:
+        return False
+    col = schema.column(names[column])
+    return col.is_categorical and value in (col.categories or ())
 
 
 def finite_figures(figures: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsynth.common.data.columns import CHOICES
 from fedsynth.common.errors import InputError, cli_errors
 from fedsynth.server.options import add_plan_args, build_config, settings_from_args
 
@@ -50,28 +51,44 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--canaries", type=int, default=None,
                    help="with --audit: canary patients per site, each added to the site's "
                         "training rows with probability 1/2 (default 200; 0: none)")
+    p.add_argument("--columns", choices=CHOICES, default="auto",
+                   help="all: whole records (the schema's columns beside the codes); codes: the "
+                        "code matrix; auto (default): all for diabetes130, MIMIC with "
+                        "PATIENTS/ADMISSIONS, or with --schema")
+    p.add_argument("--schema", help="whole records: a built-in schema name or a TOML file")
     p.add_argument("--no-progress", action="store_true")
     add_plan_args(p)
     return p
 
 
-def load_cohort(args: argparse.Namespace) -> Any:
-    """A CodeMatrix from --data (or the demo cohort with one site per simulated site)."""
+def load_cohort(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(a CodeMatrix from --data, or the demo cohort with one site per simulated site; the
+    ``Records`` when the run models whole records, else None). Whole records: the matrix is
+    the records' tokens then their codes (``common.data.record_tokens.records_matrix``)."""
     from fedsynth.common.data import demo_cohort, load_codes
+    from fedsynth.common.data.columns import resolve_columns
 
     if args.data == "demo":
         if args.demo_patients < 10:
             raise InputError("--demo-patients", "must be at least 10")
         return demo_cohort(n_sites=args.sites, patients_per_site=args.demo_patients,
-                           seed=args.seed)
-    return load_codes(Path(args.data), args.format)
+                           seed=args.seed), None
+    if resolve_columns(args.columns, args.data, args.format, args.schema) == "all":
+        from fedsynth.common.data.record_tokens import records_matrix
+        from fedsynth.common.data.records import load_records
+
+        records = load_records(Path(args.data), args.format, schema=args.schema)
+        return records_matrix(records)[0], records
+    return load_codes(Path(args.data), args.format), None
 
 
 def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
-                folder: Path, canaries: int = 0) -> list[dict[str, int]]:
-    """``site<k>.npz`` per simulated site: its train and held-out rows, the vocabulary and,
-    with ``canaries`` > 0, the site's audit canaries (``privacy.audit.canaries.make_canaries``)
-    and which of them the site trains on (each with probability 1/2)."""
+                folder: Path, canaries: int = 0,
+                schema: dict[str, Any] | None = None) -> list[dict[str, int]]:
+    """``site<k>.npz`` per simulated site: its train and held-out rows, the vocabulary, the
+    held-out patients' ids (the operator's pooled evaluation) and, with ``canaries`` > 0, the
+    site's audit canaries (``privacy.audit.canaries.make_canaries``) and which of them the
+    site trains on (each with probability 1/2). Whole records: the public ``schema`` too."""
     from fedsynth.common.atomic import atomic_path
     from fedsynth.common.data import split_holdout
 
@@ -80,7 +97,10 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
     sizes = []
     for k, idx in enumerate(parts):
         train, hold = split_holdout(matrix.subset(idx), holdout, seed + k)
-        arrays = {"train": train.X, "holdout": hold.X, "vocab": np.array(vocab)}
+        arrays = {"train": train.X, "holdout": hold.X, "vocab": np.array(vocab),
+                  "holdout_ids": np.asarray(hold.patient_ids).astype(str)}
+        if schema is not None:
+            arrays["schema"] = np.array(json.dumps(schema))
         if canaries > 0:
             from fedsynth.privacy.audit.canaries import insert_canaries
 
@@ -143,7 +163,7 @@ def run(args: argparse.Namespace) -> Outcome:
     out: Path = args.out.resolve()
     if (out / "checkpoint").exists():
         raise InputError(out, "holds an earlier run", "choose a new --out")
-    matrix = load_cohort(args)
+    matrix, records = load_cohort(args)
     parts = partition(matrix.X, args.sites, spec, matrix.covariates, seed=args.seed)
     n_canaries = 0
     if args.audit:
@@ -151,7 +171,7 @@ def run(args: argparse.Namespace) -> Outcome:
         if n_canaries < 0:
             raise InputError("--canaries", f"must be at least 0 (got {n_canaries})")
     sizes = write_sites(matrix, parts, cfg.federation.holdout, args.seed, out / "sites",
-                        n_canaries)
+                        n_canaries, None if records is None else records.schema.to_dict())
     log.info("%d sites: %s", args.sites, ", ".join(f"site{k} {s['train']}+{s['holdout']}"
                                                    for k, s in enumerate(sizes)))
     settings = settings_from_args(args, cfg, out, min_sites=args.sites, mode="simulation")
@@ -172,18 +192,18 @@ def run(args: argparse.Namespace) -> Outcome:
                            federation_config=federation_config, progress=not args.no_progress))
     outcome = Outcome(out, status)
     if outcome.completed:
-        outcome.audit_rc = operator_outputs(out, settings.run_id, args.audit, args.seed)
+        outcome.audit_rc = operator_outputs(out, settings.run_id, args.audit, args.seed, records)
     return outcome
 
 
-def operator_outputs(out: Path, run_id: str, audit: bool, seed: int) -> int:
+def operator_outputs(out: Path, run_id: str, audit: bool, seed: int, records: Any = None) -> int:
     """What the simulation operator (who holds every site's data) computes after the run: the
     pooled evaluation into OUT/evaluation.json and, with --audit, the sites' kept audits
     merged into OUT/audit.json + audit.html; returns ``audit_status`` (0 without --audit)."""
     from fedsynth.server.launch import audit_status
     from fedsynth.simulations.pooled import merge_local_audits, pooled_evaluation
 
-    pooled_evaluation(out, seed)
+    pooled_evaluation(out, seed, records)
     if not audit:
         return 0
     if merge_local_audits(out, run_id) is None:
