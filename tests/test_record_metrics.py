@@ -252,7 +252,8 @@ def test_real_records_against_themselves(diabetes_files: Path, capsys) -> None:
     r = json.loads(out.read_text())["records"]
     assert r["tv_mean"] == 0.0 and r["ks_mean"] == 0.0
     assert r["association_r"] == pytest.approx(1.0)
-    assert "dcr_auroc" not in r and "downstream_auroc_ratio" not in r  # no --train, no --target
+    assert "dcr_auroc" not in r  # no --train
+    assert "downstream_auroc_ratio" in r  # the default task readmitted=<30, on halves of REAL
 
 
 @pytest.mark.parametrize("case", ["missing_column", "bad_target", "numeric_target",
@@ -267,7 +268,8 @@ def test_one_line_errors(diabetes_files: Path, case: str, capsys) -> None:
         args += ["--target", "readmitted=soon"]
     elif case == "numeric_target":
         args += ["--target", "time_in_hospital=long"]
-    elif case == "schema_without_records":
+    elif case == "schema_without_records":  # a codes file: not records, so --schema is wrong
+        syn = syn.drop(columns=["race"])
         args = [a for a in args if a != "--records"] + ["--schema", "diabetes130"]
     else:
         syn["ZZZ9"] = "0"
@@ -283,3 +285,14 @@ def test_one_line_errors(diabetes_files: Path, case: str, capsys) -> None:
               "schema_without_records": "--schema needs --records",
               "foreign_code": "nor codes of the real data's vocabulary"}[case]
     assert expect in err[0]
+
+
+def test_records_are_detected_and_scored_on_readmission_by_default(diabetes_files: Path,
+                                                                  capsys) -> None:
+    """An ehr-sample records file needs no --records: SYNTH holds every schema column; a schema
+    with readmitted scores the downstream task readmitted=<30 without --target."""
+    d = diabetes_files
+    evaluate_main([str(d / "hold.csv"), str(d / "syn.csv"), "--format", "diabetes130"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["schema"] == "diabetes130" and "tv_mean" in out["records"]
+    assert "downstream_auroc_ratio" in out["records"] or "downstream_auroc_synth" in out["records"]

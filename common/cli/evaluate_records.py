@@ -173,11 +173,59 @@ def plot_marginals(out_dir: str | Path, real: pd.DataFrame, synth: pd.DataFrame,
 
 
 def check_record_options(args: argparse.Namespace) -> None:
-    """--schema, --target and --plot-dir only mean something with --records."""
+    """Whole records are scored with --records, or when SYNTH holds every column of REAL's
+    schema (``looks_like_records``; then ``args.records`` is set). --schema, --target and
+    --plot-dir only mean something with records. Without --target, a schema with
+    ``readmitted`` scores the downstream task ``readmitted=<30`` (the issue's task)."""
+    if not args.records and looks_like_records(args.real, args.synth, args.format, args.schema):
+        log.info("%s holds every column of the real data's schema: scoring whole records",
+                 args.synth)
+        args.records = True
     if not args.records:
         used = [f"--{o.replace('_', '-')}" for o in RECORD_ONLY if getattr(args, o, None)]
         if used:
             raise InputError(None, f"{', '.join(used)} needs --records")
+        return
+    if not args.target:
+        args.target = DEFAULT_TARGET if _has_default_target(args) else None
+
+
+DEFAULT_TARGET = "readmitted=<30"
+
+
+def _has_default_target(args: argparse.Namespace) -> bool:
+    try:
+        parse_target(DEFAULT_TARGET, _real_schema(args.real, args.format, args.schema))
+    except (InputError, OSError, ValueError):
+        return False
+    return True
+
+
+def _real_schema(real: str, fmt: str, schema: str | None) -> Schema:
+    from fedsynth.common.data.columns import resolve_columns
+    from fedsynth.common.data.loaders import FORMAT_ALIASES, detect_format
+    from fedsynth.common.data.records import resolve_schema
+
+    if resolve_columns("auto", real, fmt, schema) != "all":
+        raise InputError(real, "no per-patient columns")
+    p = resolve_input(real)
+    name = FORMAT_ALIASES.get(fmt.strip().lower(), fmt.strip().lower())
+    if name == "auto":
+        name = detect_format(read_header(p)) or "matrix"
+    return resolve_schema(schema, name, p)
+
+
+def looks_like_records(real: str, synth: str, fmt: str = "auto",
+                       schema: str | None = None) -> bool:
+    """True when REAL has per-patient columns a schema describes and SYNTH's header holds every
+    one of them (an ehr-sample records file); False when either cannot be read (the loaders
+    then say why in one line)."""
+    try:
+        names = {c.lower() for c in _real_schema(real, fmt, schema).names}
+        header = {str(c).strip().lower() for c in read_header(resolve_input(synth))}
+    except (InputError, OSError, ValueError):
+        return False
+    return names <= header
 
 
 __all__ = ["check_record_options", "evaluate_records", "plot_marginals",
