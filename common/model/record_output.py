@@ -48,13 +48,19 @@ def sample_records(gen: Any, layout: Any, schema: Any, n: int, seed: int = 0, ba
                    progress: bool = False) -> tuple[pd.DataFrame, np.ndarray, Any]:
     """``n`` whole records from a records model ``gen`` (``common.model.store.Generator``) with
     its ``layout`` and ``schema`` (``record_tokens.read_layout``): (the schema's columns typed
-    like ``load_records``' table, the (n, n_codes) 0/1 codes, the codes' vocabulary). One
-    sample of the model: the codes and each column's token (``pick_tokens``) come from it."""
+    like ``load_records``' table, the (n, n_codes) 0/1 codes, the codes' vocabulary)."""
+    cont = gen.sample_continuous(n, seed=seed, batch=batch, progress=progress)
+    return records_of(gen, cont, gen.finish(cont, seed=seed), layout, schema, seed)
+
+
+def records_of(gen: Any, cont: np.ndarray, X: np.ndarray, layout: Any, schema: Any,
+               seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, Any]:
+    """``sample_records``' result from one sample of ``gen``: its sampler outputs ``cont`` and
+    their 0/1 patients ``X`` (``Generator.finish``); the codes and each column's token
+    (``pick_tokens``) both come from it."""
     from fedsynth.common.data.record_tokens import tokens_to_table
     from fedsynth.common.vocabulary import Vocabulary
 
-    cont = gen.sample_continuous(n, seed=seed, batch=batch, progress=progress)
-    X = gen.finish(cont, seed=seed)
     T = layout.n_tokens
     table = tokens_to_table(token_scores(gen, cont, T), layout, schema, seed=seed,
                             pick=pick_tokens)
