@@ -194,6 +194,8 @@ class Config:
             raise InputError(path, f"cannot read ({err.strerror or err})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise InputError(path, f"not valid TOML ({err})") from None
+        except ValueError as err:  # e.g. an integer of more than 4300 digits
+            raise InputError(path, f"not a value Python reads ({str(err)[:80]})") from None
         return cls.from_dict(data, source=path)
 
 

@@ -372,3 +372,41 @@ def test_vocabulary_files(tmp_path_factory: pytest.TempPathFactory, data: bytes)
     seed = _write(p.parent, "in.csv", SEEDS["long"])
     check_load(seed, "long", vocab=vocab)
     check_load(_write(p.parent, "m.csv", SEEDS["matrix"]), "auto", vocab=vocab)
+
+
+# ---------------------------------------------------------------- whole records
+
+
+def test_records_mutation_run_has_no_findings(tmp_path: Path) -> None:
+    """A few seconds of ``simulations/fuzz_loaders.py --kinds records``: mutated diabetes130
+    files (every column), MIMIC folders (PATIENTS/ADMISSIONS beside the diagnoses) and long
+    tables with their schema through ``load_records``: a result or one InputError line."""
+    from fedsynth.simulations.fuzz_loaders import main
+
+    out = tmp_path / "fuzz"
+    code = main(["--minutes", str(float(os.environ.get("FEDSYNTH_RECORDS_FUZZ_S", "4")) / 60),
+                 "--kinds", "records", "--out", str(out), "--hang", str(HANG_S)])
+    summary = json.loads((out / "summary.json").read_text())
+    findings = sorted((out / "findings").glob("*/traceback.txt")) if code else []
+    assert code == 0 and summary["findings"] == 0, findings[0].read_text()[-3000:]
+    assert summary["runs"] >= 50
+
+
+def test_records_seeds_load() -> None:
+    """The fuzz run's records seeds are valid: mutations start from inputs that load."""
+    import tempfile
+
+    from fedsynth.common.data.records import load_records
+    from fedsynth.simulations.fuzz_loaders import RECORD_SEEDS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, files in RECORD_SEEDS.items():
+            folder = Path(tmp) / fmt
+            folder.mkdir()
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+            main = {"diabetes130": "d.csv", "long": "l.csv"}.get(fmt)
+            r = load_records(folder / main if main else folder, fmt,
+                             schema=folder / "s.toml" if fmt == "long" else None)
+            assert r.n_patients == 2 and r.report.out_of_schema == {}, fmt
+            assert not r.table.isna().any().any(), fmt

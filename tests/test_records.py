@@ -136,6 +136,17 @@ def test_mimic3_demo_loads_demographics_and_admissions(mimic) -> None:
     assert abs(t["los_days"].iloc[i] - (8 * 24 + 20 + 6 / 60) / 24) < 1e-9
 
 
+def test_mimic3_demo_ages(mimic_path: Path) -> None:
+    """The demo's spreadsheet dates (M/D/YY, years shifted by MIMIC) give the age band at the
+    first admission; the 8 DOBs written in full before 1900 are MIMIC's shift of ages > 89."""
+    r = load_records(mimic_path, "mimic")
+    bands = {k: n for k, n in r.table["age"].value_counts().items() if n}
+    assert bands == {"[80-90)": 34, "[70-80)": 25, "[60-70)": 12, "90+": 8, "[50-60)": 8,
+                     "[40-50)": 7, "[20-30)": 3, "[10-20)": 2, "[30-40)": 1}
+    assert r.report.out_of_schema == {} and r.report.missing == {}
+    assert not [n for n in r.report.notes if "not in" in n or "no row" in n]
+
+
 def _mimic_copy(mimic_path: Path, tmp_path: Path) -> Path:
     for name in ("DIAGNOSES_ICD.csv", "PATIENTS.csv", "ADMISSIONS.csv"):
         shutil.copy(mimic_path.parent / name, tmp_path / name)
@@ -241,7 +252,7 @@ def test_schema_toml_round_trip(tmp_path: Path) -> None:
         back = read_schema(tmp_path / f"{name}.toml")
         assert back == s and back.columns == s.columns
     odd = schema_from_dict({"name": 'q"uote\\', "columns": [
-        {"name": "x", "kind": "categorical", "categories": ['a"b', "é", "\t", "?"]},
+        {"name": "x", "kind": "categorical", "categories": ['a"b', "é", "a\tb", "?"]},
         {"name": "y", "kind": "real", "low": -1e300, "high": 0.1, "note": "line\nbreak"}]})
     assert schema_from_dict(tomllib.loads(schema_to_toml(odd))) == odd
 

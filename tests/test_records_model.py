@@ -91,8 +91,8 @@ def test_train_sample_evaluate_whole_records(mimic_path, tmp_path) -> None:
 
 
 def test_schema_flag_needs_whole_records(mimic_path, tmp_path) -> None:
-    done = _run("ehr-train", "--data", str(mimic_path), "--format", "mimic", "--schema",
-                "mimic3", "--out", str(tmp_path / "m"), ok=False)
+    done = _run("ehr-train", "--data", str(mimic_path), "--format", "mimic", "--columns",
+                "codes", "--schema", "mimic3", "--out", str(tmp_path / "m"), ok=False)
     assert done.returncode == 2 and "--schema" in done.stderr
     assert "Traceback" not in done.stderr
 

@@ -308,12 +308,39 @@ def read_table(
 
 def read_header(path: str | Path) -> list[str]:
     """The column names of a table (reads only the first rows)."""
+    input_bytes(path)  # a directory or a pipe is refused before it is opened
     if not is_parquet(path):
         return [str(c) for c in read_table(path, nrows=0).columns]
-    input_bytes(path)
     columns = _parquet_columns(path)
     check_unique_columns(path, columns)
     return columns
+
+
+def check_full_rows(path: str | Path, df: pd.DataFrame) -> None:
+    """A CSV row with fewer fields than the header (a file cut short, a lost delimiter) is an
+    error naming the row: pandas fills the absent cells with '' exactly like empty fields, so
+    they would silently read as missing values. Only when ``df`` (the file or the columns read
+    from it) has an empty cell are the field counts read, with the csv module (one pass)."""
+    p = Path(path)
+    if df.empty or is_parquet(p) or not (df.astype(str) == "").to_numpy().any():
+        return
+    head, gz, _ = _head_bytes(p)
+    sep = _check_text(p, head)
+    opener = gzip.open if gz else open
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, max_input_bytes()))  # a 50-million-character field
+    try:
+        with opener(p, "rt", encoding="utf-8-sig", newline="") as fh:  # type: ignore[operator]
+            rows = (r for r in csv.reader(fh, delimiter=sep) if len(r) > 1 or (r and r[0].strip()))
+            width = len(next(rows, []))
+            for i, row in enumerate(rows):
+                if len(row) < width:
+                    raise InputError(p, f"data row {i + 1} has {len(row)} fields, the header "
+                                     f"{width}", "Was the file cut short? Copy it again")
+    except csv.Error:
+        return  # what the csv module cannot split, pandas has already refused or read
+    finally:
+        csv.field_size_limit(limit)
 
 
 def is_parquet(path: str | Path) -> bool:
@@ -338,5 +365,6 @@ def lower_map(columns: list[str]) -> dict[str, str]:
     return out
 
 
-__all__ = ["MAX_INPUT_ENV", "check_unique_columns", "input_bytes", "is_parquet", "lower_map",
-           "max_input_bytes", "read_header", "read_table", "resolve_input"]
+__all__ = ["MAX_INPUT_ENV", "check_full_rows", "check_unique_columns", "input_bytes",
+           "is_parquet", "lower_map", "max_input_bytes", "read_header", "read_table",
+           "resolve_input"]

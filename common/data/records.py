@@ -24,7 +24,7 @@ from fedsynth.common.data.loaders import (
     load_codes,
 )
 from fedsynth.common.data.matrix import CodeMatrix, LoadReport
-from fedsynth.common.data.reading import lower_map, read_table, resolve_input
+from fedsynth.common.data.reading import check_full_rows, lower_map, read_table, resolve_input
 from fedsynth.common.data.record_encoding import Block, Layout, decode, encode
 from fedsynth.common.data.records_mimic import mimic_table
 from fedsynth.common.data.schema import Schema, read_schema, schema_for
@@ -156,7 +156,8 @@ def record_table(p: Path, fmt: str) -> tuple[pd.DataFrame, str, dict[str, str], 
         return mimic_table(p)
     if fmt == "matrix":
         raise InputError(p, "a 0/1 matrix has no per-patient columns", "Load the codes only")
-    df = read_table(p)
+    df = read_table(p)  # every column: a ragged row is refused only when all are parsed
+    check_full_rows(p, df)
     low = lower_map(list(df.columns))
     notes: list[str] = []
     if fmt == "diabetes130":
@@ -177,7 +178,16 @@ def record_table(p: Path, fmt: str) -> tuple[pd.DataFrame, str, dict[str, str], 
                                                           if c in low)]}
     pid = df[pid_col].astype(str).str.strip()
     first = ~pid.duplicated().to_numpy()
-    raw = df.loc[first, [c for c in df.columns if c not in drop]]
+    cols = [c for c in df.columns if c not in drop]
+    raw = df.loc[first, cols]
+    if fmt == "long" and cols and not first.all():
+        differ = (df[cols].groupby(pid.to_numpy(), sort=False).nunique() > 1).sum()
+        differ = differ[differ > 0]
+        if len(differ):
+            notes.append(f"{int(differ.iloc[0])} patients have rows that disagree on column "
+                         f"{str(differ.index[0])!r}" + (f" (and {len(differ) - 1} more columns)"
+                                                        if len(differ) > 1 else "")
+                         + ": each patient's first row kept")
     raw.index = pd.Index(pid.to_numpy()[first])
     return raw, fmt, {c: str(p) for c in raw.columns}, notes
 
@@ -223,6 +233,7 @@ def apply_schema(raw: pd.DataFrame, schema: Schema, report: RecordReport, strict
             _count_bad(col.name, text[bad], raw.index[bad.to_numpy()], where, schema, report,
                        strict)
     table = pd.DataFrame(out, index=raw.index)
+    _refuse_if_nothing_known(table, schema, report, files, path)
     if report.out_of_schema:
         shown = "; ".join(f"{c} in {Path(files[c]).name}: "
                           + ", ".join(f"{k[:40]!r} x{n}" for k, n in list(v.items())[:3])
@@ -230,6 +241,23 @@ def apply_schema(raw: pd.DataFrame, schema: Schema, report: RecordReport, strict
         log.warning("%s: %d values outside schema %s were set missing (%s)", path,
                     report.out_of_schema_values, schema.name, shown[:1000])
     return table
+
+
+def _refuse_if_nothing_known(table: pd.DataFrame, schema: Schema, report: RecordReport,
+                             files: dict[str, str], path: object) -> None:
+    """Rows in which not one value is in the schema (all outside it, or all empty) would train
+    as if they were data: refused in one line, like a code file where nothing is known."""
+    if table.empty or table.notna().to_numpy().any():
+        return
+    if not report.out_of_schema:
+        raise InputError(path, f"every value of the {len(table.columns)} columns of schema "
+                         f"{schema.name!r} is empty", "Load the codes only (--columns codes)")
+    col, values = next(iter(report.out_of_schema.items()))
+    raise InputError(path, f"no value is in schema {schema.name!r}: all "
+                     f"{report.out_of_schema_values} non-empty values are outside it (first: "
+                     f"column {col!r} in {Path(files[col]).name}: value "
+                     f"{next(iter(values))[:40]!r})",
+                     "Is it the right format and schema? (--format, --schema)")
 
 
 def _count_bad(name: str, values: pd.Series, pids: pd.Index, where: str, schema: Schema,

@@ -14,13 +14,16 @@ far below 50 years), stays and ages are taken modulo 100 years, and a birth date
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fedsynth.common.data.reading import lower_map, read_header, read_table
+from fedsynth.common.data.reading import check_full_rows, lower_map, read_header, read_table
 from fedsynth.common.errors import InputError
+
+log = logging.getLogger(__name__)
 
 _FULL = r"^(\d{4})-(\d{1,2})-(\d{1,2})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d*)?)?)?$"
 _SHORT = r"^(\d{1,2})/(\d{1,2})/(\d{2}|\d{4})(?:\s+(\d{1,2}):(\d{2})(?::(\d{2}))?)?$"
@@ -29,12 +32,11 @@ HIDDEN_AGE = 300  # MIMIC-III: the DOB of a patient older than 89 is 300 years b
 
 
 def find_beside(p: Path, stem: str) -> Path | None:
-    """``stem``.csv(.gz) beside the diagnoses file, in any case (PATIENTS.csv, patients.csv.gz)."""
+    """``stem``.csv(.gz) beside the diagnoses file, in any case (PATIENTS.csv, patients.csv.gz);
+    a directory of that name is returned too, so that reading it fails naming it."""
     wanted = {f"{stem}.csv", f"{stem}.csv.gz"}
-    for f in sorted(p.parent.iterdir()):
-        if f.name.lower() in wanted and f.is_file():
-            return f
-    return None
+    found = [f for f in sorted(p.parent.iterdir()) if f.name.lower() in wanted]
+    return next((f for f in found if f.is_file()), found[0] if found else None)
 
 
 def mimic_table(p: Path) -> tuple[pd.DataFrame, str, dict[str, str], list[str]]:
@@ -55,6 +57,14 @@ def mimic_table(p: Path) -> tuple[pd.DataFrame, str, dict[str, str], list[str]]:
     pat = _columns(fp, lower_map(read_header(fp)), pat_need)
     notes: list[str] = []
     adm["subject_id"] = _ids(adm["subject_id"], fa, adm_cols["subject_id"])
+    adm["hadm_id"] = _ids(adm["hadm_id"], fa, adm_cols["hadm_id"])
+    twice = adm["hadm_id"].duplicated(keep=False).to_numpy()
+    if twice.any():
+        i, j = np.flatnonzero(adm["hadm_id"].to_numpy() == adm["hadm_id"][twice].iloc[0])[:2]
+        raise InputError(fa, f"column {adm_cols['hadm_id']!r}: admission "
+                         f"{adm['hadm_id'].iloc[i]!r} is in data rows {i + 1} and {j + 1}",
+                         "Each admission has one row")
+    notes += _unknown_admissions(p, adm, fa)
     admit = _dates(adm["admittime"], fa, adm_cols["admittime"], allow_missing=False)
     disch = _dates(adm["dischtime"], fa, adm_cols["dischtime"], allow_missing=True)
     short = admit["short"] | disch["short"].fillna(False)
@@ -77,7 +87,13 @@ def mimic_table(p: Path) -> tuple[pd.DataFrame, str, dict[str, str], list[str]]:
     if pat["subject_id"].duplicated().any():
         notes.append(f"{fp.name}: {int(pat['subject_id'].duplicated().sum())} repeated "
                      "patients, first row kept")
-    pat = pat.drop_duplicates("subject_id").set_index("subject_id").reindex(out.index)
+    pat = pat.drop_duplicates("subject_id").set_index("subject_id")
+    absent = int((~out.index.isin(pat.index)).sum())
+    if absent:
+        first_absent = out.index[~out.index.isin(pat.index)][0]
+        notes.append(_warn(f"{fa.name}: {absent} patients (first: SUBJECT_ID {first_absent!r}) "
+                           f"have no row in {fp.name}: their gender and age are missing"))
+    pat = pat.reindex(out.index)
     out["gender"] = pat["gender"].str.strip()
     if version == "mimic4":
         anchor_age = _ints(pat["anchor_age"], fp, "anchor_age")
@@ -93,7 +109,7 @@ def mimic_table(p: Path) -> tuple[pd.DataFrame, str, dict[str, str], list[str]]:
     out["n_admissions"] = adm.groupby("subject_id")["_hadm"].nunique().reindex(out.index)
     out["hospital_expire_flag"] = _died(adm).reindex(out.index)
     src = {c: str(fa) for c in out.columns}
-    src.update(gender=str(fp), age=f"{fp} (DOB/anchor_age) + {fa.name}")
+    src.update(gender=str(fp), age=f"{fp} + {fa.name}")  # named PATIENTS.csv + ADMISSIONS.csv
     return out, version, src, notes
 
 
@@ -116,15 +132,47 @@ def _columns(f: Path, low: dict[str, str], need: list[str]) -> pd.DataFrame:
     df.columns = need
     if df.empty:
         raise InputError(f, "no rows (the file has a header but no rows)")
+    check_full_rows(f, df)
     return df.assign(_row=np.arange(len(df)))
 
 
 def _ids(s: pd.Series, f: Path, col: str) -> pd.Series:
+    """MIMIC's SUBJECT_ID and HADM_ID are whole numbers: anything else ('inf', '-3', '1e400',
+    'x1') is a damaged table, refused naming the file, the column, the value and the row."""
     ids = s.astype(str).str.strip()
     if ids.str.lower().isin(_MISSING).any():
         i = int(np.flatnonzero(ids.str.lower().isin(_MISSING).to_numpy())[0])
-        raise InputError(f, f"column {col!r}: empty patient id (data row {i + 1})")
+        raise InputError(f, f"column {col!r}: empty id (data row {i + 1})")
+    bad = ~ids.str.fullmatch(r"\d{1,18}").to_numpy(dtype=bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f, f"column {col!r}: value {ids.iloc[i][:60]!r} (data row {i + 1}) is "
+                         "not a whole number", "MIMIC ids are positive integers")
     return ids
+
+
+def _warn(note: str) -> str:
+    log.warning("%s", note)
+    return note
+
+
+def _unknown_admissions(p: Path, adm: pd.DataFrame, fa: Path) -> list[str]:
+    """A diagnosis row whose (SUBJECT_ID, HADM_ID) is in no admission: its codes stay the
+    patient's, but the admission is not counted; said in a warning, never silently."""
+    low = lower_map(read_header(p))
+    if "hadm_id" not in low or "subject_id" not in low:
+        return []
+    d = read_table(p, usecols=[low["subject_id"], low["hadm_id"]])
+    sid, hadm = (d[low[c]].astype(str).str.strip() for c in ("subject_id", "hadm_id"))
+    keys = pd.MultiIndex.from_arrays([sid, hadm])
+    known = pd.MultiIndex.from_arrays([adm["subject_id"], adm["hadm_id"]])
+    lost = ~keys.isin(known) & ~hadm.str.lower().isin(_MISSING).to_numpy()
+    if not lost.any():
+        return []
+    i = int(np.flatnonzero(lost)[0])
+    return [_warn(f"{p.name}: {int(lost.sum())} diagnosis rows name an admission that is not in "
+                  f"{fa.name} (first: data row {i + 1}, SUBJECT_ID {sid.iloc[i][:40]!r} HADM_ID "
+                  f"{hadm.iloc[i][:40]!r}); their codes are kept")]
 
 
 def _ints(s: pd.Series, f: Path, col: str) -> pd.Series:

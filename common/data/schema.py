@@ -97,10 +97,11 @@ def schema_from_dict(data: object, source: str | Path | None = None) -> Schema:
         raise InputError(where, "the schema needs at least one [[columns]] entry")
     columns = tuple(_column(c, i, where) for i, c in enumerate(cols))
     seen: set[str] = set()
-    for c in columns:
-        if c.name in seen:
-            raise InputError(where, f"column {c.name!r} is declared twice")
-        seen.add(c.name)
+    for c in columns:  # any case: data columns are looked up case-insensitively
+        if c.name.lower() in seen:
+            raise InputError(where, f"column {c.name!r} is declared twice (names are compared "
+                             "in any case)")
+        seen.add(c.name.lower())
     return Schema(name.strip(), columns, desc, str(source or ""))
 
 
@@ -127,6 +128,10 @@ def _column(d: object, i: int, where: object) -> Column:
         if len(set(cats)) != len(cats):
             dup = next(c for c in cats if cats.count(c) > 1)
             raise InputError(where, f"{at}: category {dup!r} is listed twice")
+        odd = next((c for c in cats if not c.strip() or c != c.strip()), None)
+        if odd is not None:  # values are read stripped, and an empty one is missing
+            raise InputError(where, f"{at}: category {odd!r} is empty or has surrounding "
+                             "spaces: no value could match it")
         if any(k in d for k in ("low", "high")) or d.get("transform", "none") != "none":
             raise InputError(where, f"{at}: a categorical column has no low/high/transform")
         return Column(name, kind, tuple(cats), note=note)
@@ -161,8 +166,9 @@ def read_schema(path: str | Path) -> Schema:
     try:
         with open(p, "rb") as fh:
             data = tomllib.load(fh)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise InputError(p, f"not a valid TOML schema ({str(err).splitlines()[0]})") from None
+    except (ValueError, UnicodeDecodeError) as err:  # TOMLDecodeError, or a 5000-digit int
+        raise InputError(p, f"not a valid TOML schema ({str(err).splitlines()[0][:200]})"
+                         ) from None
     except OSError as err:
         raise InputError(p, f"cannot read schema ({err.strerror})") from None
     return schema_from_dict(data, p)
