@@ -16,7 +16,8 @@ This module runs the cells in order; each job lives in its own module: ``benchma
 (what to run), ``benchmark_data`` (the split), ``benchmark_cells`` (fit, sample, score one
 cell), ``benchmark_scores``, ``benchmark_summary`` (mean and sd, target check),
 ``benchmark_speed``, ``benchmark_report`` and ``benchmark_plots`` (the files),
-``benchmark_merge`` (``--merge``).
+``benchmark_merge`` (``--merge``). ``--columns all`` (whole records: the schema's columns
+beside the codes) is ``benchmark_records``, with its own generators, metrics and floors.
 """
 
 from __future__ import annotations

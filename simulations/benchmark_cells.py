@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,26 +100,30 @@ def fit_generator(name: str, ds: Dataset, eps: float | None, delta: float, seed:
     raise ValueError(f"unknown generator {name!r} ({', '.join(GENERATORS)})")
 
 
+def guarded_fit(cell: Cell, fit: Callable[[], Any]) -> Any:
+    """``fit()``, or None with ``cell.status`` saying why it gave no generator."""
+    try:
+        return fit()
+    except NotImplementedError as err:
+        cell.status = f"n/a: {err}"
+    except BudgetExceeded as err:
+        cell.status = f"refused: {err}"
+    except DidNotFinishError as err:  # its time budget ran out: the table says so
+        cell.status = str(err)
+    except Exception as err:  # one broken generator must not sink the whole table
+        log.error("%s at eps=%s seed=%s failed: %s", cell.generator, cell.epsilon, cell.seed, err)
+        log.debug("%s", traceback.format_exc())
+        cell.status = f"error: {type(err).__name__}: {str(err)[:300]}"
+    return None
+
+
 def run_cell(name: str, eps: float | None, seed: int, ds: Dataset, s: BenchmarkSettings,
              delta: float, workdir: Path) -> tuple[Cell, Any]:
     """Train, sample ``s.n_synth`` records and score one cell; the fitted generator comes back
     too (the speed section times our non-private sampler), None when the fit failed."""
     cell = Cell(name, eps, seed)
-    try:
-        fitted = fit_generator(name, ds, eps, delta, seed, s, workdir)
-    except NotImplementedError as err:
-        cell.status = f"n/a: {err}"
-        return cell, None
-    except BudgetExceeded as err:
-        cell.status = f"refused: {err}"
-        return cell, None
-    except DidNotFinishError as err:  # its time budget ran out: the table says so
-        cell.status = str(err)
-        return cell, None
-    except Exception as err:  # one broken generator must not sink the whole table
-        log.error("%s at eps=%s seed=%s failed: %s", name, eps, seed, err)
-        log.debug("%s", traceback.format_exc())
-        cell.status = f"error: {type(err).__name__}: {str(err)[:300]}"
+    fitted = guarded_fit(cell, lambda: fit_generator(name, ds, eps, delta, seed, s, workdir))
+    if fitted is None:
         return cell, None
     cell.train_seconds = fitted.train_seconds
     t0 = time.perf_counter()

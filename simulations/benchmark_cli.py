@@ -4,6 +4,7 @@ split, in one table.
 
     ehr-benchmark --quick --out runs/bench-quick          # < 10 min on 2 cores
     ehr-benchmark --data PATH --format F --seeds 3 --out runs/bench
+    ehr-benchmark --columns all --quick --out runs/bench-records   # whole records
 
 Default data: the diabetes130 development split at ../shared/data (the demo cohort when absent).
 Writes OUT/benchmark.md, OUT/benchmark.json and PNG plots.
@@ -19,7 +20,12 @@ from pathlib import Path
 from fedsynth.common.errors import InputError, cli_errors
 from fedsynth.simulations.benchmark import run_benchmark
 from fedsynth.simulations.benchmark_merge import merge_results
-from fedsynth.simulations.benchmark_settings import EPSILONS, GENERATORS, BenchmarkSettings
+from fedsynth.simulations.benchmark_settings import (
+    EPSILONS,
+    GENERATORS,
+    RECORD_GENERATORS,
+    BenchmarkSettings,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, help="delta (default min(1e-5, 1/(10 n_train)))")
     p.add_argument("--sites", type=int, default=5, help="sites of the federated runs")
     p.add_argument("--partition", default="dirichlet:0.5", help="partition of the federated runs")
+    p.add_argument("--columns", choices=["codes", "all"], default="codes",
+                   help="codes: the code matrix (default); all: whole patient records (the "
+                        "schema's columns beside the codes) with the records generators and "
+                        "metrics")
+    p.add_argument("--target", help="with --columns all: downstream task COLUMN=VALUE (default "
+                                    "readmitted=<30 when the schema has it, else none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-speed", action="store_true", help="skip the speed section")
     p.add_argument("--merge", nargs="+", type=Path, metavar="BENCHMARK_JSON",
@@ -77,17 +89,20 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
     if args.data is not None and not args.data.exists():
         raise InputError(args.data, "file not found")
     preset = "smoke" if args.smoke else "quick" if args.quick else "full"
+    if args.target and args.columns != "all":
+        raise InputError("--target", "only with --columns all")
     gens = tuple(g.strip() for g in args.generators.split(",")) if args.generators else None
-    bad = [g for g in gens or () if g not in GENERATORS]
+    choices = RECORD_GENERATORS if args.columns == "all" else GENERATORS
+    bad = [g for g in gens or () if g not in choices]
     if bad:
         raise InputError("--generators", f"unknown {', '.join(bad)}",
-                         f"choose from {', '.join(GENERATORS)}")
+                         f"choose from {', '.join(choices)}")
     return BenchmarkSettings.for_preset(
         preset, args.out, data=args.data, format=args.format, seeds=args.seeds, generators=gens,
         epsilons=_epsilons(args.epsilons) if args.epsilons else None, n_synth=args.n_synth,
         max_train=args.max_train, delta=args.delta, sites=args.sites, partition=args.partition,
         device=args.device, speed=False if args.no_speed else None,
-        time_budget=args.time_budget)
+        time_budget=args.time_budget, columns=args.columns, target=args.target)
 
 
 @cli_errors
@@ -96,13 +111,20 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
+    if args.merge and args.columns == "all":
+        raise InputError("--merge", "merges codes tables only (not with --columns all)")
     if args.merge:
         result = merge_results(args.merge, args.out)
         print(f"wrote {args.out / 'benchmark.md'} ({len(result['rows'])} rows from "
               f"{len(args.merge)} runs)")
         return 0
     s = settings_from_args(args)
+    run = run_benchmark
     total = s.seeds * len(s.generators) * len(s.epsilons)
+    if s.columns == "all":
+        from fedsynth.simulations.benchmark_records import run_record_benchmark
+
+        run, total = run_record_benchmark, total + 1  # + the floors
     with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()) as bar:
         task = bar.add_task("benchmark", total=total)
@@ -114,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             seen[0] += 1
             bar.update(task, description=label)
 
-        result = run_benchmark(s, progress=step)
+        result = run(s, progress=step)
         bar.update(task, completed=total, description="done")
     print(f"wrote {s.out / 'benchmark.md'} ({result['wall_seconds']:.0f} s)")
     return 0

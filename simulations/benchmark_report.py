@@ -7,12 +7,13 @@ writes a report for documents read back from files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fedsynth.common.atomic import atomic_open, write_json
 from fedsynth.simulations.benchmark_plots import plot
-from fedsynth.simulations.benchmark_settings import LABELS, METRICS, eps_label
+from fedsynth.simulations.benchmark_settings import LABELS, METRICS, Metric, eps_label
 from fedsynth.simulations.benchmark_summary import Stat, SummaryEntry, target_check, working
 
 BenchmarkDoc = dict[str, Any]  # benchmark.json: settings, dataset, delta, machine, ... summary
@@ -37,19 +38,21 @@ def _cell(stat: Stat, key: str) -> str:
     return f"{text} ± {sd:.{digits}f}" if sd is not None else text
 
 
-def markdown_table(summary: list[SummaryEntry]) -> str:
+def markdown_table(summary: list[SummaryEntry], metrics: Sequence[Metric] = METRICS,
+                   labels: dict[str, str] | None = None) -> str:
     """One row per (generator, epsilon), one column per metric (mean ± sd over seeds)."""
-    head = ["generator", "epsilon", *[m.title for m in METRICS]]
+    labels = labels or LABELS
+    head = ["generator", "epsilon", *[m.title for m in metrics]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
-        label = LABELS.get(e["generator"], e["generator"])
+        label = labels.get(e["generator"], e["generator"])
         if e["status"] == "ok" and not working(e):
             label += " (not a working generator: no codes)"
         if e["status"] != "ok":
             status = e["status"].split(":")[0]
-            cells = [f"{status} (see notes)"] + ["-"] * (len(METRICS) - 1)
+            cells = [f"{status} (see notes)"] + ["-"] * (len(metrics) - 1)
         else:
-            cells = [_cell(e[m.key], m.key) for m in METRICS]
+            cells = [_cell(e[m.key], m.key) for m in metrics]
         lines.append("| " + " | ".join([label, eps_label(e["epsilon"]), *cells]) + " |")
     return "\n".join(lines)
 

@@ -43,6 +43,29 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
+# ``--columns all``: the same table on whole records (issue 16). Generators fit the schema's
+# columns and the codes; the reference rows (``FLOORS``) are the real train part and its
+# columns sampled independently (``bench_record_floors``), scored like any generator.
+RECORD_GENERATORS = ("dp_marginals", "mst", "ours")
+FLOORS = ("real", "independent")
+RECORD_LABELS = {"dp_marginals": "independent DP marginals", "mst": "MST (records)",
+                 "ours": "ours (records model)", "real": "floor: real vs real",
+                 "independent": "floor: independent columns"}
+RECORD_METRICS: tuple[Metric, ...] = (
+    Metric("tv_mean", "categorical TV (mean)", False),
+    Metric("ks_mean", "numeric KS (mean)", False),
+    Metric("association_r", "association r", False),
+    Metric("downstream_auroc_ratio", "downstream AUROC ratio (TSTR/TRTR)", False),
+    Metric("downstream_auroc_tstr", "downstream AUROC (TSTR)", False),
+    Metric("downstream_positive_rate_synth", "target rate", False),
+    Metric("discriminator_auroc", "discriminator AUROC (0.5 best)", False),
+    Metric("cooccurrence_r", "code co-occurrence r", False),
+    Metric("codes_per_patient", "codes/patient", False),
+    Metric("train_seconds", "train s", False),
+    Metric("epsilon_spent", "epsilon spent", False),
+)
+
+
 def eps_key(eps: float | None) -> float:
     """Sort key: epsilons ascending, non-private last."""
     return float("inf") if eps is None else float(eps)
@@ -75,6 +98,9 @@ class BenchmarkSettings:
     speed: bool = True
     demo_patients: int = 2_000  # per site, when the demo cohort stands in for missing data
     time_budget: float | None = None  # seconds; cells not started by then are marked skipped
+    columns: str = "codes"  # codes: the code matrix; all: whole records (schema columns + codes)
+    target: str | None = None  # records: downstream task COLUMN=VALUE (None: readmitted=<30
+    # when the schema has it, else no downstream task)
 
     @classmethod
     def for_preset(cls, preset: str, out: Path, **overrides: Any) -> BenchmarkSettings:
@@ -91,6 +117,10 @@ class BenchmarkSettings:
                         speed=False, demo_patients=150)
         elif preset != "full":
             raise ValueError(f"unknown preset {preset!r}")
+        if overrides.get("columns") == "all":
+            base["generators"] = RECORD_GENERATORS
+            if preset == "smoke":
+                base.update(max_train=240, max_holdout=120, n_synth=150)
         base.update({k: v for k, v in overrides.items() if v is not None})
         if base.get("time_budget") == 0:
             base["time_budget"] = None

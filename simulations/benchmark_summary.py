@@ -7,11 +7,19 @@ files as well as the rows of a run.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import numpy as np
 
-from fedsynth.simulations.benchmark_settings import GENERATORS, LABELS, METRICS, eps_key, eps_label
+from fedsynth.simulations.benchmark_settings import (
+    GENERATORS,
+    LABELS,
+    METRICS,
+    Metric,
+    eps_key,
+    eps_label,
+)
 
 Row = dict[str, Any]  # one benchmark.json row: ``benchmark_cells.Cell.row()``
 
@@ -39,8 +47,10 @@ def working(entry: SummaryEntry) -> bool:
     return cpp is None or cpp >= WORKING_MIN_CODES
 
 
-def summarize(rows: list[Row]) -> list[SummaryEntry]:
-    """Mean and sd over seeds per (generator, epsilon), in generator/epsilon order."""
+def summarize(rows: list[Row], metrics: Sequence[Metric] = METRICS,
+              order: Sequence[str] = GENERATORS) -> list[SummaryEntry]:
+    """Mean and sd over seeds per (generator, epsilon), in ``order`` then epsilon order
+    (``metrics``: the codes table's by default; the records table passes its own)."""
     groups: dict[tuple[str, float | None], list[Row]] = {}
     for r in rows:
         groups.setdefault((r["generator"], r["epsilon"]), []).append(r)
@@ -49,14 +59,14 @@ def summarize(rows: list[Row]) -> list[SummaryEntry]:
         ok = [r for r in rs if r["status"] == "ok"]
         entry: SummaryEntry = {"generator": gen, "epsilon": eps, "seeds": len(ok),
                                  "status": "ok" if ok else rs[0]["status"]}
-        for key, _, _ in METRICS:
+        for key, _, _ in metrics:
             vals = [float(r[key]) for r in ok if isinstance(r.get(key), int | float)
                     and math.isfinite(float(r[key]))]
             entry[key] = Stat(mean=float(np.mean(vals)) if vals else None,
                               sd=float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
         out.append(entry)
-    order = {g: i for i, g in enumerate(GENERATORS)}
-    return sorted(out, key=lambda e: (order.get(e["generator"], 99), eps_key(e["epsilon"])))
+    rank = {g: i for i, g in enumerate(order)}
+    return sorted(out, key=lambda e: (rank.get(e["generator"], 99), eps_key(e["epsilon"])))
 
 
 def attribute_baseline(rows: list[Row]) -> float | None:

@@ -54,6 +54,15 @@ class MarginalsSampler:
         return out
 
 
+def private_prevalence(X: np.ndarray, sd: float, cfg: MarginalsConfig) -> np.ndarray:
+    """Steps 1-3 and the post-processing of the module docstring for a given noise sd
+    (``sd`` = sigma * sqrt(k + 1); the caller accounts for sigma): per-code rates."""
+    clipped = clip_codes_secure(X, cfg.max_codes)  # which codes a row keeps: OS randomness
+    counts, n_noisy = noisy_counts(clipped, sd)
+    counts[counts < cfg.zero_below_sd * sd] = 0.0
+    return np.clip(counts, 0.0, None) / max(n_noisy, 1.0)
+
+
 @dataclass
 class MarginalsResult:
     sampler: MarginalsSampler
@@ -84,11 +93,8 @@ def fit_marginals(
         raise ValueError("a private release needs delta")
     plan = plan_privacy(epsilon, delta, max(n, 1), max(n, 1), {"counts": 1}, noise_multiplier,
                         cfg.accountant, prior_history)
-    clipped = clip_codes_secure(X, cfg.max_codes)  # which codes a row keeps: OS randomness
     sd = plan.noise_multiplier * l2_sensitivity(cfg.max_codes)
-    counts, n_noisy = noisy_counts(clipped, sd)
-    counts[counts < cfg.zero_below_sd * sd] = 0.0
-    prev = np.clip(counts, 0.0, None) / max(n_noisy, 1.0)
+    prev = private_prevalence(X, sd, cfg)
     report = plan.report()
     report["mechanism"] = (f"Gaussian, L2 sensitivity sqrt(k+1) with k={cfg.max_codes} codes per "
                            f"patient, noise sd {sd:.3f} per count")
