@@ -134,3 +134,17 @@ def test_release_from_a_state_dict_calibrates_and_saves_what_save_model_would(tm
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     back = load_model(tmp_path / "a", device="cpu")
     assert np.array_equal(back.sample(200, seed=2), gen.sample(200, seed=2))
+
+
+def test_a_records_model_with_one_hot_groups_round_trips(tmp_path) -> None:
+    """The groups are rebuilt from config.json (the loader first builds on the meta device)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, one_hot_groups=(3, 4))
+    model = build_model(len(VOCAB), cfg, np.full(len(VOCAB), 0.2))
+    save_model(tmp_path, model, cfg, VOCAB)
+    gen = load_model(tmp_path)
+    assert gen.cfg.one_hot_groups == (3, 4)
+    X = gen.sample(200, seed=1)
+    assert (X[:, :3].sum(axis=1) == 1).all() and (X[:, 3:7].sum(axis=1) == 1).all()
+    np.testing.assert_array_equal(X, load_model(tmp_path).sample(200, seed=1))

@@ -48,9 +48,6 @@ DEFAULT_PREVALENCE = 0.005  # the prior when no (private) prevalence is availabl
 MIN_PREVALENCE = 1e-5
 
 
-PAD_LOGIT = -1e4  # a padding slot of a group: probability exp(-1e4) = 0, never NaN
-
-
 def prior_logit(prevalence: np.ndarray | None, n_codes: int,
                 groups: tuple[int, ...] = ()) -> Tensor:
     """logit of each code's prevalence, clipped to [1e-5, 1 - 1e-5]; a constant when None.
@@ -69,45 +66,40 @@ def prior_logit(prevalence: np.ndarray | None, n_codes: int,
     return torch.as_tensor(out, dtype=torch.float32)
 
 
-def group_index(groups: tuple[int, ...], n_codes: int) -> Tensor:
-    """(G, K_max) column index of each group's tokens, padded with ``n_codes`` (a slot past
-    the last column)."""
-    if sum(groups) > n_codes or any(k < 1 for k in groups):
-        raise ValueError(f"one-hot groups {groups} do not fit {n_codes} columns")
-    k_max = max(groups)
-    idx = torch.full((len(groups), k_max), n_codes, dtype=torch.long)
-    start = 0
-    for i, k in enumerate(groups):
-        idx[i, :k] = torch.arange(start, start + k)
-        start += k
-    return idx
-
-
 class OneHotGroups(nn.Module):
-    """The grouped columns' softmax (module docstring). ``gather(z)``: (..., G, K_max) logits,
-    padding at ``PAD_LOGIT``; ``probs(z)``: sigmoid on the codes, the group softmax on the
-    tokens; ``loss(z, x0)``: per column-or-group negative log-likelihood summed, (...,)."""
+    """The grouped columns' softmax (module docstring), computed per group without padding:
+    ``log_norm(z)``: each group's log-sum-exp (..., G); ``probs(z)``: the group softmax on the
+    tokens, sigmoid on the codes; ``loss(z, x0)``: each group's cross-entropy plus the codes'
+    binary cross-entropies, summed, (...,)."""
 
     def __init__(self, groups: tuple[int, ...], n_codes: int) -> None:
         super().__init__()
-        self.n_grouped = int(sum(groups))
-        self.register_buffer("index", group_index(groups, n_codes), persistent=False)
+        if sum(groups) > n_codes or any(k < 1 for k in groups):
+            raise ValueError(f"one-hot groups {groups} do not fit {n_codes} columns")
+        self.n_grouped, self.n_groups = int(sum(groups)), len(groups)
+        # numpy, not torch.repeat_interleave: store.py builds models on the meta device
+        group_of = torch.as_tensor(np.repeat(np.arange(len(groups)), groups), dtype=torch.long)
+        self.register_buffer("group_of", group_of, persistent=False)
 
-    def gather(self, z: Tensor, pad: float = PAD_LOGIT) -> Tensor:
-        ext = torch.cat([z, torch.full_like(z[..., :1], pad)], dim=-1)
-        return ext[..., self.index]
+    def log_norm(self, z: Tensor) -> Tensor:
+        zg = z[..., :self.n_grouped]
+        idx = self.group_of.expand(*zg.shape[:-1], self.n_grouped)
+        shape = (*zg.shape[:-1], self.n_groups)
+        # the group's max (no gradient needed: the softmax does not depend on the shift)
+        m = torch.full(shape, -torch.inf, dtype=z.dtype, device=z.device).scatter_reduce(
+            -1, idx, zg.detach(), "amax")
+        e = torch.exp(zg - m[..., self.group_of])
+        return m + torch.zeros(shape, dtype=z.dtype, device=z.device).scatter_add(-1, idx, e).log()
 
     def probs(self, z: Tensor) -> Tensor:
-        sm = torch.softmax(self.gather(z), dim=-1).flatten(-2)  # (..., G * K_max)
-        flat = self.index.flatten().expand(*z.shape[:-1], -1)
-        ext = torch.zeros(*z.shape[:-1], z.shape[-1] + 1, dtype=z.dtype, device=z.device)
-        grouped = ext.scatter(-1, flat, sm)[..., :-1]  # padding lands in the dropped slot
-        return torch.cat([grouped[..., :self.n_grouped],
-                          torch.sigmoid(z[..., self.n_grouped:])], dim=-1)
+        g = self.n_grouped
+        p = torch.exp(z[..., :g] - self.log_norm(z)[..., self.group_of])
+        return torch.cat([p, torch.sigmoid(z[..., g:])], dim=-1)
 
     def loss(self, z: Tensor, x0: Tensor) -> Tensor:
         g = self.n_grouped
-        ce = -(self.gather(x0, 0.0) * torch.log_softmax(self.gather(z), dim=-1)).sum(dim=(-2, -1))
+        log_p = z[..., :g] - self.log_norm(z)[..., self.group_of]
+        ce = -(x0[..., :g] * log_p).sum(dim=-1)  # 0 for a group with no token (missing)
         bce = F.binary_cross_entropy_with_logits(z[..., g:], x0[..., g:], reduction="none")
         return ce + bce.sum(dim=-1)
 
