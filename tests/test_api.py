@@ -120,7 +120,7 @@ def test_dp_training_uses_the_ledger_and_composes(mimic: CodeMatrix, mimic_path:
     toml.write_text("[model]\nhidden = [32, 32]\ntime_dim = 16\nsample_steps = 4\n"
                     "[privacy]\nhidden = [32, 32]\ntime_dim = 16\nnoise_multiplicity = 1\n"
                     "epochs = 2\nbatch_size = 50\n")
-    ehr_train(["--data", str(mimic_path), "--out", str(tmp_path / "cli"),
+    ehr_train(["--data", str(mimic_path), "--out", str(tmp_path / "cli"), "--columns", "codes",
                "--config", str(toml), "--epsilon", "4", "--state-dir", str(state), "--quiet"])
     second = json.loads((tmp_path / "cli" / "privacy.json").read_text())
     assert len(second["history"]) == 4 and first["epsilon"] < second["epsilon"] <= 4.0

@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 
 def test_layout_comes_from_the_schema_alone() -> None:
     a, b = token_layout(schema_for("diabetes130")), token_layout(schema_for("diabetes130"))
-    assert a.to_dict() == b.to_dict() and a.n_tokens == 631
+    assert a.to_dict() == b.to_dict() and a.n_tokens == 490
     g = {x.name: x for x in a.groups}
     assert g["readmitted"].labels == list(schema_for("diabetes130").column("readmitted")
                                           .categories or ())
