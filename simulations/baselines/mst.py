@@ -53,6 +53,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,21 +234,31 @@ def fit_mst(X: np.ndarray, epsilon_target: float | None = None, delta: float | N
             "max_codes": cfg.max_codes, "estimator": "closed-form tree (see mst.py step 4)"}
     report = None
     if private:
-        own = [Mechanism(sig1, 1.0, 1)]
-        if K > 1:
-            own += [em_mechanism(eps0, K - 1), Mechanism(sig3, 1.0, 1)]  # type: ignore[arg-type]
-        history = [*prior_history, *own]
-        report = {
-            "epsilon": epsilon(history, float(delta), ACCOUNTANT),  # type: ignore[arg-type]
-            "delta": delta, "accountant": ACCOUNTANT,
-            "history": [m.to_dict() for m in history],
-            "phases": ["1-way counts (Gaussian)", "tree selection (exponential, as zCDP)",
-                       "tree co-counts (Gaussian)"][:len(own)],
-            "target_epsilon": epsilon_target, "rho": rho,
-            "mechanism": (f"MST, zCDP rho={rho:.5g} split {cfg.shares}; k={cfg.max_codes} codes "
-                          f"per patient; 1-way noise sd {sd1:.2f}, co-count noise sd {sd3:.2f}, "
-                          f"EM eps0 {eps0 if eps0 else 0:.4g} x {max(K - 1, 0)}; RDP composition"),
-        }
+        report = mst_report(
+            (sig1, eps0, sig3), K, prior_history, float(delta), epsilon_target, rho,
+            ("1-way counts (Gaussian)", "tree selection (exponential, as zCDP)",
+             "tree co-counts (Gaussian)"),
+            f"MST, zCDP rho={rho:.5g} split {cfg.shares}; k={cfg.max_codes} codes per patient; "
+            f"1-way noise sd {sd1:.2f}, co-count noise sd {sd3:.2f}, EM eps0 "
+            f"{eps0 if eps0 else 0:.4g} x {max(K - 1, 0)}; RDP composition")
     log.info("MST: %d tree codes, %d edges, select %.1f s, total %.1f s", K, len(edges), t_sel,
              time.perf_counter() - start)
     return MSTResult(sampler, report, time.perf_counter() - start, info)
+
+
+def mst_report(noise: tuple[float, float | None, float], nodes: int,
+               prior_history: Sequence[Mechanism], delta: float, epsilon_target: float | None,
+               rho: float, phases: tuple[str, str, str], mechanism: str) -> dict[str, Any]:
+    """The privacy report of an MST release: the one-way Gaussian (noise multiplier
+    ``noise[0]``), then, with more than one node, ``nodes - 1`` exponential-mechanism picks
+    (``noise[1]`` = eps0) and the tree tables' Gaussian (``noise[2]``), composed with the
+    prior history (RDP)."""
+    sig1, eps0, sig3 = noise
+    own = [Mechanism(sig1, 1.0, 1)]
+    if nodes > 1:
+        own += [em_mechanism(eps0, nodes - 1), Mechanism(sig3, 1.0, 1)]  # type: ignore[arg-type]
+    history = [*prior_history, *own]
+    return {"epsilon": epsilon(history, delta, ACCOUNTANT), "delta": delta,
+            "accountant": ACCOUNTANT, "history": [m.to_dict() for m in history],
+            "phases": list(phases[:len(own)]), "target_epsilon": epsilon_target, "rho": rho,
+            "mechanism": mechanism}

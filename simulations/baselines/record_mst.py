@@ -48,13 +48,12 @@ from fedsynth.common.data.record_tokens import TokenLayout, records_to_tokens
 from fedsynth.common.data.schema import Schema
 from fedsynth.common.model.tree import pair_scores_from_counts
 from fedsynth.privacy import secure_random
-from fedsynth.privacy.accountant import Mechanism, epsilon
+from fedsynth.privacy.accountant import Mechanism
 from fedsynth.privacy.marginals import clip_codes_secure
 from fedsynth.simulations.baselines.mst import (
-    ACCOUNTANT,
     MSTConfig,
-    em_mechanism,
     gaussian_for_rho,
+    mst_report,
     rho_for,
     select_tree,
 )
@@ -265,23 +264,14 @@ def fit_record_mst(table: pd.DataFrame, codes: np.ndarray, layout: TokenLayout, 
             "estimator": "per-edge IPF on a tree (see record_mst.py step 4)"}
     report = None
     if private:
-        own = [Mechanism(sig1, 1.0, 1)]
-        if N > 1:
-            own += [em_mechanism(eps0, N - 1), Mechanism(sig3, 1.0, 1)]  # type: ignore[arg-type]
-        history = [*prior_history, *own]
-        report = {
-            "epsilon": epsilon(history, float(delta), ACCOUNTANT),  # type: ignore[arg-type]
-            "delta": delta, "accountant": ACCOUNTANT,
-            "history": [m.to_dict() for m in history],
-            "phases": ["1-way histograms and code counts (Gaussian)",
-                       "tree selection (exponential, as zCDP)",
-                       "tree edge tables (Gaussian)"][:len(own)],
-            "target_epsilon": epsilon_target, "rho": rho,
-            "mechanism": (f"MST on records, zCDP rho={rho:.5g} split {cfg.shares}; {C} columns, "
-                          f"k={k} codes per patient; 1-way noise sd {sd1:.2f} (sensitivity "
-                          f"sqrt(C+k+1)), edge noise sd {sd3:.2f} (sqrt(C+k-1)), EM eps0 "
-                          f"{eps0 if eps0 else 0:.4g} x {max(N - 1, 0)}; RDP composition"),
-        }
+        report = mst_report(
+            (sig1, eps0, sig3), N, prior_history, float(delta), epsilon_target, rho,
+            ("1-way histograms and code counts (Gaussian)",
+             "tree selection (exponential, as zCDP)", "tree edge tables (Gaussian)"),
+            f"MST on records, zCDP rho={rho:.5g} split {cfg.shares}; {C} columns, k={k} codes "
+            f"per patient; 1-way noise sd {sd1:.2f} (sensitivity sqrt(C+k+1)), edge noise sd "
+            f"{sd3:.2f} (sqrt(C+k-1)), EM eps0 {eps0 if eps0 else 0:.4g} x {max(N - 1, 0)}; "
+            "RDP composition")
     log.info("record MST: %d columns + %d tree codes, %d edges, select %.1f s, total %.1f s",
              C, K, len(edges), t_sel, time.perf_counter() - start)
     return RecordMSTResult(sampler, report, time.perf_counter() - start, info)
