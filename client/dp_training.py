@@ -30,6 +30,7 @@ from opacus import PrivacyEngine
 from torch import Tensor, nn
 
 from fedsynth.common.config import ModelConfig, PrivacyConfig, TrainConfig
+from fedsynth.common.device import flush_denormals
 from fedsynth.common.model import EMA, per_example_loss
 from fedsynth.privacy import secure_random
 from fedsynth.privacy.accountant import Mechanism
@@ -226,7 +227,8 @@ def train_dp(
     t0 = time.perf_counter()
     for _ in range(int(steps)):
         idx = poisson_batch(n, sample_rate).to(device)
-        value = dp_step(parts, loss_fn, Xt[idx])
+        with flush_denormals():  # the model's compute only (common.device)
+            value = dp_step(parts, loss_fn, Xt[idx])
         taken += 1
         if value is None:
             empty += 1

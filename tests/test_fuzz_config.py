@@ -55,7 +55,7 @@ def check_config(path: Path) -> Config | InputError:
         for f in dataclasses.fields(part):
             value, default = getattr(part, f.name), getattr(default_part, f.name)
             if isinstance(default, tuple):
-                assert isinstance(value, tuple) and value
+                assert isinstance(value, tuple) and (value or not default)  # () may default
                 assert all(isinstance(v, int) and v > 0 for v in value)
             elif default is None:
                 assert value is None or (isinstance(value, float) and math.isfinite(value))

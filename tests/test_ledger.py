@@ -300,7 +300,7 @@ def test_ehr_client_delta_is_the_sites(tmp_path: Path, capsys) -> None:
     data = tmp_path / "a.csv"
     write_matrix(data, m.X, m.vocab, m.patient_ids)
     args = argparse.Namespace(site="A", data=data, format="matrix", holdout=0.2, no_check=True,
-                              delta=None)
+                              delta=None, columns="auto", schema=None)
     # a new site: default_delta of its training patients (rounded to a decade)
     assert site_delta(args, tmp_path / "new") == default_delta(160) == 1e-5
     _filled(tmp_path / "state")  # a site pinned at 1e-5

@@ -36,7 +36,7 @@ from torch import nn
 
 from fedsynth.common.atomic import atomic_path, write_json
 from fedsynth.common.config import Config, ModelConfig
-from fedsynth.common.device import resolve_device
+from fedsynth.common.device import flush_denormals, resolve_device
 from fedsynth.common.errors import InputError
 from fedsynth.common.model.ema import EMA, _unwrap
 from fedsynth.common.model.output import OutputStep
@@ -298,7 +298,8 @@ class Generator:
         out = np.zeros((n, self.n_codes), dtype=np.float32)
         chunk = NOISE_CHUNK  # noise is drawn per chunk, so results don't depend on ``batch``
         batch = max(chunk, int(batch) // chunk * chunk)
-        with ProgressBar(progress, n, "sampling") as advance, torch.inference_mode():
+        with ProgressBar(progress, n, "sampling") as advance, torch.inference_mode(), \
+                flush_denormals():
             for start in range(0, n, batch):
                 stop = min(n, start + batch)
                 z = torch.cat([self._noise(seed, c, min(stop, c + chunk) - c)

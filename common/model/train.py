@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fedsynth.common.config import ModelConfig, TrainConfig
-from fedsynth.common.device import resolve_device
+from fedsynth.common.device import flush_denormals, resolve_device
 from fedsynth.common.model.binary import BinaryPosterior, prior_logit
 from fedsynth.common.model.denoiser import MLPDenoiser
 from fedsynth.common.model.edm import EDMPrecond, per_example_loss
@@ -104,7 +104,7 @@ def train_model(
     sched = _schedule(opt, train_cfg, total_steps)
     losses: list[float] = []
     t0 = time.perf_counter()
-    with ProgressBar(progress, total_steps, "training") as advance:
+    with ProgressBar(progress, total_steps, "training") as advance, flush_denormals():
         for epoch in range(train_cfg.epochs):
             loss = train_epoch(model, opt, Xt, model_cfg, train_cfg.batch_size, gen, ema,
                                train_cfg.noise_multiplicity, sched, advance)
