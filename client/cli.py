@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fedsynth.client import refusal
 from fedsynth.client.site_budget import check_budget, site_budget
-from fedsynth.common.data.columns import CHOICES
+from fedsynth.common.data.columns import add_columns_args
 from fedsynth.common.errors import InputError, cli_errors
 from fedsynth.common.names import check_site_name
 
@@ -33,12 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="the site's patients")
     p.add_argument("--format", default="auto",
                    help="auto|mimic|diabetes130|long|matrix (default auto)")
-    p.add_argument("--columns", choices=CHOICES, default="auto",
-                   help="all: whole records (the schema's columns beside the codes); codes: the "
-                        "code matrix; auto (default): all for diabetes130, MIMIC with "
-                        "PATIENTS/ADMISSIONS, or with --schema")
-    p.add_argument("--schema", help="whole records: a built-in schema name or a TOML file (it "
-                                    "is public: the site sends it to the coordinator)")
+    add_columns_args(p, " (public: the site sends it to the coordinator)")
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="the SuperLink")
     p.add_argument("--state-dir", required=True, type=Path,
                    help="the site's private state: privacy ledger, Flower home, logs")

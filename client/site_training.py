@@ -116,19 +116,11 @@ def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: 
         except (OSError, KeyError, ValueError) as err:
             raise InputError(path, f"not a simulated site file ({err})") from None
         return SiteData(site, train, hold, vocab, canaries, included, schema_doc)
-    from fedsynth.common.data import load_codes, split_holdout
-    from fedsynth.common.data.columns import resolve_columns
+    from fedsynth.common.data import split_holdout
+    from fedsynth.common.data.columns import load_matrix
 
-    schema_doc = None
-    if resolve_columns(columns, path, fmt, schema) == "all":
-        from fedsynth.common.data.record_tokens import records_matrix
-        from fedsynth.common.data.records import load_records
-
-        records = load_records(path, fmt, schema=schema)
-        matrix, _ = records_matrix(records)
-        schema_doc = records.schema.to_dict()
-    else:
-        matrix = load_codes(path, fmt)
+    matrix, records, _ = load_matrix(path, fmt, columns, schema)
+    schema_doc = None if records is None else records.schema.to_dict()
     if holdout > 0:
         tr, ho = split_holdout(matrix, holdout, seed)
         return SiteData(site, tr.X, ho.X, matrix.vocab, schema=schema_doc)

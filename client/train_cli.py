@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.common.config import Config
-from fedsynth.common.data import CodeMatrix, load_codes
-from fedsynth.common.data.columns import CHOICES, resolve_columns
+from fedsynth.common.data import CodeMatrix
+from fedsynth.common.data.columns import add_columns_args, load_matrix
 from fedsynth.common.errors import InputError, cli_errors
 
 log = logging.getLogger("ehr-train")
@@ -34,13 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="folder of the privacy ledgers (default $XDG_STATE_HOME/fedsynth or "
                          "~/.local/state/fedsynth); every DP run on the same patients composes "
                          "in one ledger there, whatever --out is")
-    ap.add_argument("--columns", choices=CHOICES, default="auto",
-                    help="all: whole records, the schema's columns (demographics, admission, "
-                         "counts, outcomes) beside the codes; codes: the code matrix only; "
-                         "auto (default): all for diabetes130, MIMIC with PATIENTS/ADMISSIONS "
-                         "beside the diagnoses, or with --schema; codes otherwise")
-    ap.add_argument("--schema", help="whole records: a built-in schema name or a TOML file "
-                                     "(default: the format's built-in)")
+    add_columns_args(ap)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
 
@@ -113,18 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = build_config(args)
     check_device(config)  # before loading the data
-    layout = None
-    if resolve_columns(args.columns, args.data, args.format, args.schema) == "all":
-        from fedsynth.common.data.record_tokens import records_matrix
-        from fedsynth.common.data.records import load_records
-
-        records = load_records(args.data, args.format, schema=args.schema)
-        matrix, layout = records_matrix(records)
-        config.model.one_hot_groups = layout.group_sizes()
-    else:
-        if args.schema:
-            raise InputError("--schema", "only with --columns all")
-        matrix = load_codes(args.data, format=args.format)
+    matrix, records, layout = load_matrix(args.data, args.format, args.columns, args.schema)
+    # the groups come from the public layout only (a codes run has none, whatever a TOML says)
+    config.model.one_hot_groups = () if layout is None else layout.group_sizes()
     report = train_to_folder(matrix, config, Path(args.out), state_dir=args.state_dir,
                              progress=not args.quiet)
     if layout is not None:

@@ -223,6 +223,19 @@ def parse_target(text: str, schema: Schema) -> tuple[str, str]:
     return col, value
 
 
+DEFAULT_TARGET = "readmitted=<30"  # the issue's downstream task
+
+
+def default_target(schema: Schema) -> str | None:
+    """``DEFAULT_TARGET`` when ``schema`` can score it (``parse_target``'s rules), else None
+    (no downstream task)."""
+    try:
+        parse_target(DEFAULT_TARGET, schema)
+    except InputError:
+        return None
+    return DEFAULT_TARGET
+
+
 def _is_positive(s: pd.Series, col: Column | None, value: str) -> np.ndarray:
     if col is not None and not col.is_categorical:
         return numeric_values(s) == float(value)
@@ -393,5 +406,6 @@ def record_fidelity(real_holdout: pd.DataFrame, synth: pd.DataFrame, schema: Sch
 
 
 __all__ = ["abs_spearman", "association_matrix", "association_r", "column_marginals",
-           "correlation_ratio", "cramers_v", "discriminator_auroc_records", "downstream_auroc",
+           "correlation_ratio", "cramers_v", "default_target", "discriminator_auroc_records",
+           "downstream_auroc",
            "gower_dcr", "parse_target", "record_fidelity", "top_code_indices", "with_codes"]

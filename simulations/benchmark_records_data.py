@@ -18,9 +18,8 @@ from fedsynth.common.data.record_tokens import TokenLayout, token_layout
 from fedsynth.common.data.records import Records
 from fedsynth.common.data.schema import Schema, schema_from_dict
 from fedsynth.common.errors import InputError
+from fedsynth.common.record_metrics import default_target
 from fedsynth.simulations.benchmark_settings import DEFAULT_DATA, BenchmarkSettings
-
-DEFAULT_TARGET = ("readmitted", "<30")
 
 DEMO_SCHEMA: dict[str, Any] = {
     "name": "demo-records",
@@ -84,14 +83,6 @@ def demo_records(n_sites: int, patients_per_site: int, seed: int = 0) -> Records
         "readmitted": categorical("readmitted", readm),
     })
     return Records(codes.patient_ids, table, codes, schema)
-
-
-def default_target(schema: Schema) -> str | None:
-    """readmitted=<30 when the schema has it, else None (no downstream task)."""
-    col, value = DEFAULT_TARGET
-    if col in schema.names and value in (schema.column(col).categories or ()):
-        return f"{col}={value}"
-    return None
 
 
 def split_records(records: Records, holdout: float, seed: int = 0) -> tuple[Records, Records]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.common.atomic import atomic_open, write_json
-from fedsynth.simulations.benchmark_report import markdown_table
+from fedsynth.simulations.benchmark_report import markdown_table, status_notes
 from fedsynth.simulations.benchmark_settings import (
     RECORD_LABELS,
     RECORD_METRICS,
@@ -106,8 +106,7 @@ def render_record_markdown(doc: dict[str, Any]) -> str:
         "",
         *(record_checks(summary) or ["- nothing to compare"]),
     ]
-    notes = [f"- {RECORD_LABELS.get(e['generator'], e['generator'])} at epsilon "
-             f"{eps_label(e['epsilon'])}: {e['status']}" for e in summary if e["status"] != "ok"]
+    notes = status_notes(summary, RECORD_LABELS)
     if notes:
         parts += ["", "## Notes", "", *notes]
     return "\n".join(parts) + "\n"

@@ -83,8 +83,7 @@ def render_markdown(result: BenchmarkDoc) -> str:
         "",
         *(target_check(summary) or ["- nothing to compare"]),
     ]
-    notes = [f"- {LABELS.get(e['generator'], e['generator'])} at epsilon "
-             f"{eps_label(e['epsilon'])}: {e['status']}" for e in summary if e["status"] != "ok"]
+    notes = status_notes(summary, LABELS)
     if notes:
         parts += ["", "## Notes", "", *notes]
     if result.get("speed"):
@@ -93,6 +92,12 @@ def render_markdown(result: BenchmarkDoc) -> str:
     if plots:
         parts += ["", "## Plots", "", *[f"![{p}]({p})" for p in plots]]
     return "\n".join(parts) + "\n"
+
+
+def status_notes(summary: list[SummaryEntry], labels: dict[str, str]) -> list[str]:
+    """One note line per cell that did not run to the end: its generator, epsilon and status."""
+    return [f"- {labels.get(e['generator'], e['generator'])} at epsilon "
+            f"{eps_label(e['epsilon'])}: {e['status']}" for e in summary if e["status"] != "ok"]
 
 
 def render_speed(speed: dict[str, Any]) -> list[str]:

@@ -65,14 +65,14 @@ def pooled_evaluation(out: Path, seed: int = 0, records: Any = None) -> dict[str
         synth = load_codes(out / "synthetic.csv", "matrix", vocab=vocab, allow_empty=True).X
     else:
         from fedsynth.common.cli.evaluate_records import read_synthetic_records
-        from fedsynth.common.record_metrics import record_fidelity
+        from fedsynth.common.record_metrics import default_target, record_fidelity
 
         g = len(vocab) - len(records.codes.vocab)
         table, synth, _ = read_synthetic_records(out / "synthetic.csv", records.schema,
                                                  records.codes.vocab)
         real = records.subset(_positions(records.patient_ids, pooled_ids(out)))
         holdout = holdout[:, g:]  # the codes (the columns are scored as records)
-        target = "readmitted=<30" if _has_value(records.schema, "readmitted", "<30") else None
+        target = default_target(records.schema)
         doc["pooled_records"] = finite_figures(record_fidelity(
             real.table, table, records.schema, target=target, codes_real=holdout,
             codes_synth=synth, seed=seed))
@@ -102,14 +102,6 @@ def pooled_ids(out: Path) -> np.ndarray:
 def _positions(ids: Any, wanted: np.ndarray) -> np.ndarray:
     index = {str(p): i for i, p in enumerate(ids)}
     return np.array([index[str(w)] for w in wanted], dtype=np.int64)
-
-
-def _has_value(schema: Any, column: str, value: str) -> bool:
-    names = {c.lower(): c for c in schema.names}
-    if column not in names:
-        return False
-    col = schema.column(names[column])
-    return col.is_categorical and value in (col.categories or ())
 
 
 def finite_figures(figures: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsynth.common.data.columns import CHOICES
+from fedsynth.common.data.columns import add_columns_args
 from fedsynth.common.errors import InputError, cli_errors
 from fedsynth.server.options import add_plan_args, build_config, settings_from_args
 
@@ -51,11 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--canaries", type=int, default=None,
                    help="with --audit: canary patients per site, each added to the site's "
                         "training rows with probability 1/2 (default 200; 0: none)")
-    p.add_argument("--columns", choices=CHOICES, default="auto",
-                   help="all: whole records (the schema's columns beside the codes); codes: the "
-                        "code matrix; auto (default): all for diabetes130, MIMIC with "
-                        "PATIENTS/ADMISSIONS, or with --schema")
-    p.add_argument("--schema", help="whole records: a built-in schema name or a TOML file")
+    add_columns_args(p)
     p.add_argument("--no-progress", action="store_true")
     add_plan_args(p)
     return p
@@ -65,21 +61,16 @@ def load_cohort(args: argparse.Namespace) -> tuple[Any, Any]:
     """(a CodeMatrix from --data, or the demo cohort with one site per simulated site; the
     ``Records`` when the run models whole records, else None). Whole records: the matrix is
     the records' tokens then their codes (``common.data.record_tokens.records_matrix``)."""
-    from fedsynth.common.data import demo_cohort, load_codes
-    from fedsynth.common.data.columns import resolve_columns
+    from fedsynth.common.data import demo_cohort
+    from fedsynth.common.data.columns import load_matrix
 
     if args.data == "demo":
         if args.demo_patients < 10:
             raise InputError("--demo-patients", "must be at least 10")
         return demo_cohort(n_sites=args.sites, patients_per_site=args.demo_patients,
                            seed=args.seed), None
-    if resolve_columns(args.columns, args.data, args.format, args.schema) == "all":
-        from fedsynth.common.data.record_tokens import records_matrix
-        from fedsynth.common.data.records import load_records
-
-        records = load_records(Path(args.data), args.format, schema=args.schema)
-        return records_matrix(records)[0], records
-    return load_codes(Path(args.data), args.format), None
+    matrix, records, _ = load_matrix(Path(args.data), args.format, args.columns, args.schema)
+    return matrix, records
 
 
 def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,

@@ -27,7 +27,7 @@ from fedsynth.common.data.schema import Schema
 from fedsynth.common.errors import InputError
 from fedsynth.common.gower import category_codes, numeric_values
 from fedsynth.common.metrics import fidelity
-from fedsynth.common.record_metrics import parse_target, record_fidelity
+from fedsynth.common.record_metrics import default_target, parse_target, record_fidelity
 from fedsynth.common.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -187,32 +187,19 @@ def check_record_options(args: argparse.Namespace) -> None:
             raise InputError(None, f"{', '.join(used)} needs --records")
         return
     if not args.target:
-        args.target = DEFAULT_TARGET if _has_default_target(args) else None
-
-
-DEFAULT_TARGET = "readmitted=<30"
-
-
-def _has_default_target(args: argparse.Namespace) -> bool:
-    try:
-        parse_target(DEFAULT_TARGET, _real_schema(args.real, args.format, args.schema))
-    except (InputError, OSError, ValueError):
-        return False
-    return True
+        try:
+            args.target = default_target(_real_schema(args.real, args.format, args.schema))
+        except (InputError, OSError, ValueError):
+            args.target = None
 
 
 def _real_schema(real: str, fmt: str, schema: str | None) -> Schema:
-    from fedsynth.common.data.columns import resolve_columns
-    from fedsynth.common.data.loaders import FORMAT_ALIASES, detect_format
+    from fedsynth.common.data.columns import format_name, resolve_columns
     from fedsynth.common.data.records import resolve_schema
 
     if resolve_columns("auto", real, fmt, schema) != "all":
         raise InputError(real, "no per-patient columns")
-    p = resolve_input(real)
-    name = FORMAT_ALIASES.get(fmt.strip().lower(), fmt.strip().lower())
-    if name == "auto":
-        name = detect_format(read_header(p)) or "matrix"
-    return resolve_schema(schema, name, p)
+    return resolve_schema(schema, format_name(real, fmt), resolve_input(real))
 
 
 def looks_like_records(real: str, synth: str, fmt: str = "auto",
