@@ -95,3 +95,81 @@ def test_dp_records_run_lists_the_column_counts_as_their_own_mechanism(
     assert len(mechs) == 3
     assert epsilon(mechs, privacy["delta"], "prv") == pytest.approx(privacy["epsilon"], rel=1e-6)
     assert privacy["epsilon"] <= 3.0 + 1e-9
+
+
+# ---------------------------------------------------------------- a site under a hostile plan
+SCHEMA = {"name": "hand", "columns": [
+    {"name": "sex", "kind": "categorical", "categories": ["F", "M"]},
+    {"name": "stay", "kind": "categorical", "categories": ["short", "mid", "long"]}]}
+
+
+def _site(n: int = 160):
+    from fedsynth.client.site_training import SiteData
+
+    rng = np.random.default_rng(0)
+    T = np.zeros((n, 5), dtype=np.uint8)
+    T[np.arange(n), rng.integers(0, 2, n)] = 1
+    T[np.arange(n), 2 + rng.integers(0, 3, n)] = 1
+    X = np.hstack([T, (rng.random((n, 6)) < 0.3).astype(np.uint8)])
+
+    class Vocab:
+        name, codes = "t", tuple(f"sex:{i}" for i in range(2)) + tuple(
+            f"stay:{i}" for i in range(3)) + tuple(f"c{i}" for i in range(6))
+
+    return SiteData("A", X[:120], X[120:], Vocab(), schema=SCHEMA)
+
+
+def _plan(rnd: int, share: float = 0.1, groups: tuple[int, ...] = (2, 3),
+          kept: list[int] | None = None):
+    from conftest import tiny_site_config
+
+    from fedsynth.client.site_training import SitePlan
+
+    cfg = tiny_site_config()
+    cfg.privacy.count_epsilon_share = share
+    cfg.model.one_hot_groups = groups
+    return SitePlan(round=rnd, rounds=1, run_id="r1", target_epsilon=3.0, config=cfg, kept=kept)
+
+
+def test_a_plan_asking_counts_past_the_budget_is_refused_with_nothing_spent(tmp_path) -> None:
+    """The coordinator chooses the plan: a count share of the whole target would make the two
+    count releases (codes', columns') compose past the site's budget. The site checks both at
+    once against its own ledger and refuses before releasing anything."""
+    from fedsynth.client.site_training import site_counts
+    from fedsynth.privacy.ledger import Ledger
+
+    ledger = Ledger.open(tmp_path, "A", 1e-3)
+    res = site_counts(_site(), _plan(0, share=1.0), ledger, 3.0, tmp_path)
+    assert res.status == "refused" and res.counts is None and res.column_counts is None
+    assert Ledger.open(tmp_path, "A").history == []
+
+
+def test_both_count_releases_are_spent_once_and_dp_sgd_stays_within_budget(tmp_path) -> None:
+    """Asked twice (a resumed coordinator), the site re-sends both releases and spends nothing
+    more; the DP-SGD round then composes with both; a plan whose one-hot groups are not the
+    site's schema is refused, nothing trained."""
+    from fedsynth.client.site_training import run_site_round, site_counts
+    from fedsynth.common.model.train import build_model
+    from fedsynth.privacy.ledger import Ledger
+
+    data = _site()
+    ledger = Ledger.open(tmp_path, "A", 1e-3)
+    first = site_counts(data, _plan(0), ledger, 3.0, tmp_path)
+    again = site_counts(data, _plan(0), Ledger.open(tmp_path, "A"), 3.0, tmp_path)
+    assert first.status == "ok" and first.column_counts.counts.shape == (5,)
+    assert first.counts.counts.shape == (6,)  # the code counts cover the codes only
+    np.testing.assert_array_equal(first.column_counts.counts, again.column_counts.counts)
+    history = Ledger.open(tmp_path, "A").history
+    assert len(history) == 2 and all(m.sample_rate == 1.0 for m in history)
+    kept = list(range(11))
+    cfg = _plan(1, kept=kept).config
+    g = {k: v.detach().numpy().copy()
+         for k, v in build_model(11, cfg.model).state_dict().items()}
+    bad = run_site_round(g, g, data, _plan(1, groups=(3, 2), kept=kept), ledger, 3.0)
+    assert bad.status == "refused" and "schema" in bad.reason
+    assert len(Ledger.open(tmp_path, "A").history) == 2
+    upd = run_site_round(g, g, data, _plan(1, kept=kept), ledger, 3.0)
+    assert upd.status == "ok" and len(upd.privacy["history"]) == 3
+    mechs = Ledger.open(tmp_path, "A").history
+    assert epsilon(mechs, 1e-3, "prv") == pytest.approx(upd.privacy["epsilon"], rel=1e-6)
+    assert upd.privacy["epsilon"] <= 3.0 + 1e-6
