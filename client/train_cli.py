@@ -7,12 +7,16 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsynth.common.config import Config
 from fedsynth.common.data import CodeMatrix
 from fedsynth.common.data.columns import add_columns_args, load_matrix
 from fedsynth.common.errors import InputError, cli_errors
+
+if TYPE_CHECKING:
+    from fedsynth.common.data.record_tokens import TokenLayout
+    from fedsynth.common.data.records import Records
 
 log = logging.getLogger("ehr-train")
 
@@ -101,6 +105,26 @@ def train_to_folder(matrix: CodeMatrix, config: Config, out: Path,
     return report
 
 
+def train_loaded(matrix: CodeMatrix, records: Records | None, layout: TokenLayout | None,
+                 config: Config, out: Path, state_dir: str | Path | None = None,
+                 progress: bool = True, flag: str = "--") -> dict[str, Any]:
+    """Train on ``load_matrix``' result (``ehr-train`` and ``fedsynth.train``): whole records
+    (``records`` and their token ``layout``) or the code matrix alone (both None). The one-hot
+    groups come from the public layout only (a codes run has none, whatever a config says);
+    a records model's folder gets the layout and schema (``records_layout.json``) beside the
+    weights. Returns ``train_to_folder``'s report."""
+    if (records is None) != (layout is None):
+        raise ValueError("give records with their layout (or neither)")
+    config.model.one_hot_groups = () if layout is None else layout.group_sizes()
+    report = train_to_folder(matrix, config, out, state_dir=state_dir, progress=progress,
+                             flag=flag)
+    if records is not None and layout is not None:
+        from fedsynth.common.data.record_tokens import write_layout
+
+        write_layout(out, layout, records.schema)
+    return report
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -108,14 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     config = build_config(args)
     check_device(config)  # before loading the data
     matrix, records, layout = load_matrix(args.data, args.format, args.columns, args.schema)
-    # the groups come from the public layout only (a codes run has none, whatever a TOML says)
-    config.model.one_hot_groups = () if layout is None else layout.group_sizes()
-    report = train_to_folder(matrix, config, Path(args.out), state_dir=args.state_dir,
-                             progress=not args.quiet)
-    if layout is not None:
-        from fedsynth.common.data.record_tokens import write_layout
-
-        write_layout(args.out, layout, records.schema)
+    report = train_loaded(matrix, records, layout, config, Path(args.out),
+                          state_dir=args.state_dir, progress=not args.quiet)
     json.dump({"model_dir": str(args.out), **(report or {})}, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
 

@@ -7,9 +7,9 @@ The installed package maps the repository's parts to one namespace: ``fedsynth.c
 For notebooks, the command-line tools as functions (``fedsynth.api``)::
 
     import fedsynth
-    data = fedsynth.load("DIAGNOSES_ICD.csv")
+    data = fedsynth.load("DIAGNOSES_ICD.csv")       # records where PATIENTS/ADMISSIONS sit beside
     gen = fedsynth.train(data, epsilon=3.0)         # DP: composes in the data set's ledger
-    synthetic = gen.sample(1000, seed=0)             # pandas DataFrame, one 0/1 column per code
+    synthetic = gen.sample(1000, seed=0)             # DataFrame: schema columns, 0/1 per code
     fedsynth.evaluate(held_out, synthetic)           # ehr-evaluate's figures
     gen.save("model/"); fedsynth.load_generator("model/")
     fedsynth.simulate("demo", "runs/sim", sites=3)   # ehr-simulate

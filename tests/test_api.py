@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import fedsynth
 import fedsynth.common.model.calibrate as calibration
 from fedsynth.common.config import Config
 from fedsynth.common.data import CodeMatrix
+from fedsynth.common.data.records import Records
 from fedsynth.common.errors import BudgetExceeded, InputError
 
 README_DATA = "../shared/data"  # how the README names the shared data (from the repo root)
@@ -27,6 +30,21 @@ TINY = {"model": {"hidden": [32, 32], "time_dim": 16, "sample_steps": 4},
         "privacy": {"hidden": [32, 32], "time_dim": 16, "noise_multiplicity": 1,
                     "epochs": 2, "batch_size": 50},
         "train": {"epochs": 2}}
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One torch and one OpenMP thread inside (restored after)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def readme_example() -> str:
@@ -41,7 +59,7 @@ def readme_example() -> str:
 
 @pytest.fixture(scope="module")
 def mimic(mimic_path: Path) -> CodeMatrix:
-    return fedsynth.load(mimic_path)
+    return fedsynth.load(mimic_path, columns="codes")
 
 
 @pytest.fixture(scope="module")
@@ -58,30 +76,38 @@ def test_readme_example_runs(mimic_path: Path, tmp_path: Path, monkeypatch) -> N
     monkeypatch.setattr(calibration, "CALIBRATION_SAMPLES", 2000)  # speed only
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
-    exec(compile(code, "README.md (Python API)", "exec"), ns)  # noqa: S102
+    # speed only: on a shared 2-core machine OpenMP threads spin against each other (the
+    # records discriminator's gradient boosting: a minute instead of a second)
+    with one_thread():
+        exec(compile(code, "README.md (Python API)", "exec"), ns)  # noqa: S102
 
     data, gen, synthetic, metrics = ns["data"], ns["gen"], ns["synthetic"], ns["metrics"]
-    assert data.n_patients == 100 and gen.privacy is None
-    assert isinstance(synthetic, pd.DataFrame) and synthetic.shape == (100, data.n_codes)
-    assert list(synthetic.columns) == list(data.vocab.codes)
+    # the demo's default is whole records: PATIENTS.csv and ADMISSIONS.csv sit beside it
+    assert isinstance(data, Records) and data.n_patients == 100 and gen.privacy is None
+    assert gen.is_records and gen.columns == data.schema.names
+    codes = list(data.codes.vocab.codes)
+    assert isinstance(synthetic, pd.DataFrame)
+    assert list(synthetic.columns) == data.schema.names + codes
     assert synthetic.index.name == "patient_id" and synthetic.index[0] == "syn-000001"
-    assert set(np.unique(synthetic.to_numpy())) <= {0, 1} and synthetic.to_numpy().sum() > 0
+    X = synthetic[codes].to_numpy()
+    assert set(np.unique(X)) <= {0, 1} and X.sum() > 0
     assert {"prevalence_r", "cooccurrence_r", "dimwise_auroc_ratio",
             "discriminator_auroc"} <= set(metrics)
     assert metrics["n_real"] == metrics["n_synth"] == 100 and metrics["prevalence_r"] > 0.5
-    assert all(c["code"] in data.vocab for c in metrics["dimwise_per_code"])
+    assert all(c["code"] in data.codes.vocab for c in metrics["dimwise_per_code"])
+    assert metrics["schema"] == "mimic3" and {"tv_mean", "ks_mean"} <= set(metrics["records"])
+    assert isinstance(ns["codes"], CodeMatrix) and list(ns["codes"].vocab.codes) == codes
 
     # the saved folder is ehr-train's: ehr-sample reads it and draws the same patients
     from fedsynth.common.cli.sample import main as ehr_sample
 
     model = tmp_path / "runs" / "mimic-demo-model"
-    assert {"model.pt", "config.json", "vocabulary.json", "output_step.json"} <= {
-        p.name for p in model.iterdir()}
+    assert {"model.pt", "config.json", "vocabulary.json", "output_step.json",
+            "records_layout.json"} <= {p.name for p in model.iterdir()}
     ehr_sample(["--model", str(model), "--n", "100", "--seed", "0", "--out",
-                str(tmp_path / "syn.csv"), "--quiet"])
-    written = pd.read_csv(tmp_path / "syn.csv", index_col="patient_id", dtype={"patient_id": str})
-    assert np.array_equal(written.to_numpy(), synthetic.to_numpy())
-    assert list(written.columns) == list(synthetic.columns)
+                str(tmp_path / "syn.parquet"), "--quiet"])
+    written = pd.read_parquet(tmp_path / "syn.parquet").set_index("patient_id")
+    pd.testing.assert_frame_equal(written, synthetic)
 
 
 def test_load_generator_round_trip(tiny_gen: fedsynth.Generator, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import argparse
 import logging
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,31 @@ PLOT_CATEGORIES = 25  # bars shown per categorical plot (the most frequent ones)
 RECORD_ONLY = ("schema", "target", "plot_dir")  # options that need --records
 
 
-def read_synthetic_records(path: str | Path, schema: Schema, vocab: Vocabulary | None,
+def read_synthetic_records(source: str | Path | pd.DataFrame, schema: Schema,
+                           vocab: Vocabulary | None,
                            ) -> tuple[pd.DataFrame, np.ndarray | None, RecordReport]:
     """(table of the schema's columns, 0/1 codes over ``vocab`` or None, report).
 
-    The code columns are every column that is neither ``patient_id`` nor the schema's; each
-    must be a code of ``vocab`` (a code the real data lacks means another model's output)."""
-    p = resolve_input(path)
-    header = read_header(p)
+    ``source``: a CSV/Parquet file, or a DataFrame of the same columns (``patient_id`` a column
+    or the index: ``fedsynth.Generator.sample``'s output). The code columns are every column
+    that is neither ``patient_id`` nor the schema's; each must be a code of ``vocab`` (a code
+    the real data lacks means another model's output)."""
+    p: object
+    if isinstance(source, pd.DataFrame):
+        frame = source.reset_index() if source.index.name == "patient_id" else source
+        frame = frame.set_axis([str(c) for c in frame.columns], axis=1)
+        p, header = "synthetic", list(frame.columns)
+        if not frame.columns.is_unique:
+            raise InputError(p, "duplicate column names")
+
+        def read(cols: list[str], dtype: object) -> pd.DataFrame:
+            return frame[cols]
+    else:
+        p = path = resolve_input(source)
+        header = read_header(path)
+
+        def read(cols: list[str], dtype: object) -> pd.DataFrame:
+            return read_table(path, usecols=cols, dtype=dtype)
     low = lower_map(header)
     known = {c.lower() for c in schema.names} | {"patient_id"}
     absent = [c for c in schema.names if c.lower() not in low]
@@ -53,7 +71,7 @@ def read_synthetic_records(path: str | Path, schema: Schema, vocab: Vocabulary |
                          "Synthetic records need patient_id, the schema's columns, then codes")
     record_cols = [low[c.lower()] for c in schema.names]
     code_cols = [c for c in header if c.strip().lower() not in known]
-    raw = read_table(p, usecols=record_cols)
+    raw = read(record_cols, str)
     if len(raw) < 2:
         raise InputError(p, "fewer than 2 synthetic records")
     report = RecordReport(str(p), "synthetic records", schema.name, patients=len(raw))
@@ -66,16 +84,51 @@ def read_synthetic_records(path: str | Path, schema: Schema, vocab: Vocabulary |
         raise InputError(p, f"{len(unknown)} columns are neither schema {schema.name!r} columns "
                          f"nor codes of the real data's vocabulary (first: {unknown[0][:40]!r})",
                          "Was it sampled from another model or another schema?")
-    values = binary_values(p, read_table(p, usecols=code_cols, dtype=None))
+    values = binary_values(Path(str(p)), read(code_cols, None))
     X = np.zeros((len(raw), len(vocab)), dtype=np.uint8)
     X[:, [positions[c.strip()] for c in code_cols]] = values
     return table, X, report
 
 
+def score_records(real: Records, synthetic: str | Path | pd.DataFrame,
+                  train: Records | None = None, target: str | None = None, seed: int = 0,
+                  labels: Mapping[str, str] | None = None,
+                  ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray | None]:
+    """(metrics, synthetic table, synthetic codes or None) of ``synthetic`` records (a file or
+    a DataFrame, ``read_synthetic_records``) against ``real``: the code metrics at the top
+    level as without --records, the record metrics under 'records', then the schema, the
+    synthetic values outside it, ``labels`` (the command's file names) and the seconds per
+    part. ``train``'s codes must be over ``real``'s vocabulary. ``ehr-evaluate --records`` and
+    ``fedsynth.evaluate`` both score here."""
+    schema = real.schema
+    t0 = time.perf_counter()
+    synth, X, synth_report = read_synthetic_records(synthetic, schema, real.codes.vocab)
+    timings: dict[str, float] = {"read_synthetic": time.perf_counter() - t0}
+    m: dict[str, Any] = {}
+    if X is not None:
+        t0 = time.perf_counter()
+        m = fidelity(real.codes.X, X, None if train is None else train.codes.X, seed=seed)
+        for c in m["dimwise_per_code"]:
+            c["code"] = real.codes.vocab.codes[c["code_index"]]
+        timings["codes"] = time.perf_counter() - t0
+    else:
+        m["codes"] = "not scored: the synthetic file has no code columns"
+    m["records"] = record_fidelity(
+        real.table, synth, schema, None if train is None else train.table, target,
+        codes_real=real.codes.X if X is not None else None, codes_synth=X,
+        codes_train=None if train is None or X is None else train.codes.X, seed=seed,
+        timings=timings)
+    m["schema"] = schema.name
+    m["synth_out_of_schema"] = synth_report.out_of_schema
+    m.update(labels or {})
+    m["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    return m, synth, X
+
+
 def evaluate_records(args: argparse.Namespace,
                      ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
-    """(the metrics of ``ehr-evaluate --records``, (real, synthetic) codes or None): the code
-    metrics at the top level as without --records, the record metrics under 'records'."""
+    """(the metrics of ``ehr-evaluate --records``, (real, synthetic) codes or None): the files
+    loaded, then ``score_records``; the marginal plots with --plot-dir."""
     real = load_records(args.real, args.format, schema=args.schema)
     schema = real.schema
     if args.target:
@@ -83,27 +136,8 @@ def evaluate_records(args: argparse.Namespace,
     train: Records | None = None
     if args.train:
         train = load_records(args.train, args.format, schema=schema, vocab=real.codes.vocab)
-    t0 = time.perf_counter()
-    synth, X, synth_report = read_synthetic_records(args.synth, schema, real.codes.vocab)
-    timings: dict[str, float] = {"read_synthetic": time.perf_counter() - t0}
-    m: dict[str, Any] = {}
-    if X is not None:
-        t0 = time.perf_counter()
-        m = fidelity(real.codes.X, X, None if train is None else train.codes.X, seed=args.seed)
-        for c in m["dimwise_per_code"]:
-            c["code"] = real.codes.vocab.codes[c["code_index"]]
-        timings["codes"] = time.perf_counter() - t0
-    else:
-        m["codes"] = "not scored: the synthetic file has no code columns"
-    m["records"] = record_fidelity(
-        real.table, synth, schema, None if train is None else train.table, args.target,
-        codes_real=real.codes.X if X is not None else None, codes_synth=X,
-        codes_train=None if train is None or X is None else train.codes.X, seed=args.seed,
-        timings=timings)
-    m["schema"] = schema.name
-    m["synth_out_of_schema"] = synth_report.out_of_schema
-    m["real"], m["synth"] = str(args.real), str(args.synth)
-    m["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    m, synth, X = score_records(real, args.synth, train, args.target, args.seed,
+                                labels={"real": str(args.real), "synth": str(args.synth)})
     if args.plot_dir:
         t0 = time.perf_counter()
         plot_marginals(args.plot_dir, real.table, synth, schema, m["records"])
@@ -216,4 +250,4 @@ def looks_like_records(real: str, synth: str, fmt: str = "auto",
 
 
 __all__ = ["check_record_options", "evaluate_records", "plot_marginals",
-           "read_synthetic_records"]
+           "read_synthetic_records", "score_records"]
