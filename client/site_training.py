@@ -32,7 +32,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from fedsynth.common.errors import BudgetExceeded, InputError
 from fedsynth.federation.protocol import SitePlan
 from fedsynth.privacy.accountant import Mechanism, calibrate_noise, default_delta, epsilon
 from fedsynth.privacy.planning import noise_for_target, poisson_rate, steps_for_epochs
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,11 @@ class SiteData:
     # whole records: the public schema (``Schema.to_dict()``) whose tokens open ``vocab``
     # (``common.data.record_tokens``); None: codes only
     schema: dict[str, Any] | None = None
+    # whole records: the typed tables (``load_records``' columns) of the real members (rows of
+    # ``members``, no canary) and of ``holdout``, for the site's own audit
+    # (``privacy.audit.site_records``); None when not kept
+    train_table: pd.DataFrame | None = None
+    holdout_table: pd.DataFrame | None = None
 
     @property
     def groups(self) -> tuple[int, ...]:
@@ -98,33 +106,51 @@ class SiteUpdate:
 def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: str,
                    columns: str = "auto", schema: str | None = None) -> SiteData:
     """Load the site's patients and split off its held-out part (deterministic in ``seed``).
-    ``columns``/``schema``: whole records or codes (``common.data.columns``)."""
+    ``columns``/``schema``: whole records or codes (``common.data.columns``); whole records keep
+    their typed tables too (``SiteData.train_table`` / ``holdout_table``)."""
     path = Path(path)
     if path.suffix == ".npz":  # a simulated site's partition (written by ehr-simulate)
-        from fedsynth.common.vocabulary import Vocabulary
-
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                train, hold = data["train"].astype(np.uint8), data["holdout"].astype(np.uint8)
-                vocab = Vocabulary.from_dict(json.loads(str(data["vocab"])), source=path)
-                schema_doc = json.loads(str(data["schema"])) if "schema" in data else None
-                canaries = included = None
-                if "canaries" in data:
-                    canaries = data["canaries"].astype(np.uint8)
-                    included = data["included"].astype(bool)
-                    train = np.vstack([train, canaries[included]])
-        except (OSError, KeyError, ValueError) as err:
-            raise InputError(path, f"not a simulated site file ({err})") from None
-        return SiteData(site, train, hold, vocab, canaries, included, schema_doc)
+        return _load_site_file(path, site)
     from fedsynth.common.data import split_holdout
     from fedsynth.common.data.columns import load_matrix
+    from fedsynth.privacy.audit.site_records import table_rows
 
     matrix, records, _ = load_matrix(path, fmt, columns, schema)
     schema_doc = None if records is None else records.schema.to_dict()
-    if holdout > 0:
-        tr, ho = split_holdout(matrix, holdout, seed)
-        return SiteData(site, tr.X, ho.X, matrix.vocab, schema=schema_doc)
-    return SiteData(site, matrix.X, matrix.X[:0], matrix.vocab, schema=schema_doc)
+    tr, ho = (split_holdout(matrix, holdout, seed) if holdout > 0
+              else (matrix, matrix.subset(np.arange(0))))
+    data = SiteData(site, tr.X, ho.X, matrix.vocab, schema=schema_doc)
+    if records is not None:
+        data.train_table = table_rows(records, tr.patient_ids)
+        data.holdout_table = table_rows(records, ho.patient_ids)
+    return data
+
+
+def _load_site_file(path: Path, site: str) -> SiteData:
+    """A simulated site's ``site<k>.npz``: train and held-out rows, vocabulary, and when present
+    the schema and its record tables (``privacy.audit.site_records.table_array``), canaries."""
+    from fedsynth.common.vocabulary import Vocabulary
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            train, hold = data["train"].astype(np.uint8), data["holdout"].astype(np.uint8)
+            vocab = Vocabulary.from_dict(json.loads(str(data["vocab"])), source=path)
+            schema_doc = json.loads(str(data["schema"])) if "schema" in data else None
+            out = SiteData(site, train, hold, vocab, schema=schema_doc)
+            if schema_doc is not None and "train_records" in data:
+                from fedsynth.common.data.schema import schema_from_dict
+                from fedsynth.privacy.audit.site_records import array_table
+
+                sch = schema_from_dict(schema_doc, path)
+                out.train_table = array_table(data["train_records"], sch)
+                out.holdout_table = array_table(data["holdout_records"], sch)
+            if "canaries" in data:
+                out.canaries = data["canaries"].astype(np.uint8)
+                out.included = data["included"].astype(bool)
+                out.train = np.vstack([train, out.canaries[out.included]])
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(path, f"not a simulated site file ({err})") from None
+    return out
 
 
 def sample_rate(n_train: int, plan: SitePlan) -> float:
@@ -474,11 +500,17 @@ def audit_at_site(generator: Any, synthetic: np.ndarray, data: SiteData, plan: S
                   ledger: Any, budget: float) -> dict[str, Any]:
     """The privacy audit of the released generator against this site's own members and
     held-out patients (and its canaries, in simulation), next to the site's own accountant
-    epsilon from its ledger: ``privacy.audit.run.audit_site``. It is computed on the site's
-    members, so it stays at the site (``client.site_evaluation.keep_audit``): never sent."""
+    epsilon from its ledger: ``privacy.audit.run.audit_site``. A records site also runs the
+    attribute attack on the schema's columns against its record tables, on the released records
+    (``privacy.audit.site_records``, as ``ehr-audit``). It is computed on the site's members, so
+    it stays at the site (``client.site_evaluation.keep_audit``): never sent."""
+    from fedsynth.privacy.audit.config import AuditConfig
     from fedsynth.privacy.audit.run import audit_site
+    from fedsynth.privacy.audit.site_records import site_records_audit
 
     report = ledger.report(None, budget, plan.config.privacy.accountant)
-    return audit_site(generator, data.members, data.holdout, synth=synthetic,
+    cfg = AuditConfig(n_synth=len(synthetic))
+    synth, records = site_records_audit(generator, data, synthetic, cfg)
+    return audit_site(generator, data.members, data.holdout, cfg, synth=synth,
                       canaries=data.canaries, included=data.included, privacy=report,
-                      site=data.site)
+                      site=data.site, records=records)

@@ -74,29 +74,37 @@ def load_cohort(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
-                folder: Path, canaries: int = 0,
-                schema: dict[str, Any] | None = None) -> list[dict[str, int]]:
+                folder: Path, canaries: int = 0, records: Any = None) -> list[dict[str, int]]:
     """``site<k>.npz`` per simulated site: its train and held-out rows, the vocabulary, the
     held-out patients' ids (the operator's pooled evaluation) and, with ``canaries`` > 0, the
     site's audit canaries (``privacy.audit.canaries.make_canaries``) and which of them the
-    site trains on (each with probability 1/2). Whole records: the public ``schema`` too."""
+    site trains on (each with probability 1/2). Whole records (``records``: the cohort's
+    ``Records``, rows of ``matrix``): the public schema too, and the site's train and held-out
+    record tables (``privacy.audit.site_records.table_array``) for its own audit."""
     from fedsynth.common.atomic import atomic_path
     from fedsynth.common.data import split_holdout
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = json.dumps({"name": matrix.vocab.name, "codes": list(matrix.vocab.codes)})
+    # whole records: the canaries keep one token per schema column (a real row's)
+    tokens = 0 if records is None else len(matrix.vocab) - len(records.codes.vocab)
     sizes = []
     for k, idx in enumerate(parts):
         train, hold = split_holdout(matrix.subset(idx), holdout, seed + k)
         arrays = {"train": train.X, "holdout": hold.X, "vocab": np.array(vocab),
                   "holdout_ids": np.asarray(hold.patient_ids).astype(str)}
-        if schema is not None:
-            arrays["schema"] = np.array(json.dumps(schema))
+        if records is not None:
+            from fedsynth.privacy.audit.site_records import table_array, table_rows
+
+            arrays["schema"] = np.array(json.dumps(records.schema.to_dict()))
+            for part, rows in (("train", train), ("holdout", hold)):
+                arrays[f"{part}_records"] = table_array(
+                    table_rows(records, rows.patient_ids), records.schema)
         if canaries > 0:
             from fedsynth.privacy.audit.canaries import insert_canaries
 
             _, arrays["canaries"], arrays["included"] = insert_canaries(
-                train.X, canaries, seed=seed + 1000 + k)
+                train.X, canaries, seed=seed + 1000 + k, tokens=tokens)
         with atomic_path(folder / f"site{k}.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         sizes.append({"train": int(train.X.shape[0]), "holdout": int(hold.X.shape[0]),
@@ -162,7 +170,7 @@ def run(args: argparse.Namespace) -> Outcome:
         if n_canaries < 0:
             raise InputError("--canaries", f"must be at least 0 (got {n_canaries})")
     sizes = write_sites(matrix, parts, cfg.federation.holdout, args.seed, out / "sites",
-                        n_canaries, None if records is None else records.schema.to_dict())
+                        n_canaries, records)
     log.info("%d sites: %s", args.sites, ", ".join(f"site{k} {s['train']}+{s['holdout']}"
                                                    for k, s in enumerate(sizes)))
     settings = settings_from_args(args, cfg, out, min_sites=args.sites, mode="simulation")

@@ -1,7 +1,8 @@
 """Whole records through a federation (issue 16 item 4): ehr-simulate on diabetes130 records.
 Each site sends its public schema and two count releases (the codes', and the record columns'
 as their own mechanism), trains the one-hot-group model, and the coordinator writes records
-(the schema's columns beside the codes) with the model's layout; the operator scores them."""
+(the schema's columns beside the codes) with the model's layout; the operator scores them.
+With --audit each site's own audit runs the attribute attack on its record tables."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_simulate_whole_records_two_sites(tmp_path: Path, diabetes_path: Path) -
     res = subprocess.run(
         [str(BIN / "ehr-simulate"), "--data", str(data), "--format", "diabetes130", "--sites",
          "2", "--rounds", "1", "--local-epochs", "1", "--epsilon", "3", "--config", str(cfg),
-         "--samples", "300", "--out", str(out), "--no-progress"],
+         "--samples", "300", "--out", str(out), "--no-progress", "--audit"],
         capture_output=True, text=True, timeout=580)
     assert res.returncode == 0, res.stderr[-3000:]
     schema = schema_for("diabetes130")
@@ -64,3 +65,13 @@ def test_simulate_whole_records_two_sites(tmp_path: Path, diabetes_path: Path) -
     # the sites' ledgers name the record columns' release as its own mechanism
     ledgers = list((out / "state").rglob("*.jsonl"))
     assert any(MECHANISM_NOTE in p.read_text() for p in ledgers)
+    # each site's kept audit (its canaries stay valid records) has the attribute attack on its
+    # record tables; the operator's merge carries it
+    for k in range(2):
+        kept = json.loads(next((out / "state" / f"site{k}").glob("audit-*/audit.json"))
+                          .read_text())["sites"][f"site{k}"]
+        assert kept["attribute_records"]["targets"] == ["readmitted", "race"]
+        assert kept["white_box"]["kind"] == "canaries"
+    merged = json.loads((out / "audit.json").read_text())
+    assert all("attribute_records" in s for s in merged["sites"].values())
+    assert isinstance(merged["summary"]["attribute_signal"], bool)

@@ -41,13 +41,18 @@ EDM_SIGMAS = (0.02, 0.05, 0.1)
 BINARY_SIGMAS = (0.3, 0.6, 1.0)
 
 
-def make_canaries(X: np.ndarray, m: int, n_codes: int, seed: int) -> np.ndarray:
-    """m distinct canary rows, each n_codes codes drawn from the rarer half of the vocabulary."""
+def make_canaries(X: np.ndarray, m: int, n_codes: int, seed: int, tokens: int = 0) -> np.ndarray:
+    """m distinct canary rows, each n_codes codes drawn from the rarer half of the vocabulary.
+    ``tokens`` > 0: the first columns are a whole record's tokens (one-hot per schema column,
+    ``common.data.record_tokens``): the codes are drawn after them and each canary's tokens are
+    a random row's of X, so the canary stays a valid record (its rare codes make it one)."""
     rng = np.random.default_rng(seed)
-    prevalence = np.asarray(X, dtype=np.float64).mean(axis=0) if len(X) else np.zeros(X.shape[1])
+    codes_X = np.asarray(X[:, tokens:], dtype=np.float64)
+    prevalence = codes_X.mean(axis=0) if len(X) else np.zeros(codes_X.shape[1])
     pool = np.flatnonzero(prevalence <= np.median(prevalence))
     if len(pool) < 2 * n_codes:
-        pool = np.argsort(prevalence, kind="stable")[: max(2 * n_codes, X.shape[1] // 2)]
+        pool = np.argsort(prevalence, kind="stable")[: max(2 * n_codes, codes_X.shape[1] // 2)]
+    pool = pool + tokens
     n_codes = min(n_codes, len(pool))
     rows: set[tuple[int, ...]] = set()
     canaries = np.zeros((m, X.shape[1]), dtype=np.uint8)
@@ -59,19 +64,22 @@ def make_canaries(X: np.ndarray, m: int, n_codes: int, seed: int) -> np.ndarray:
         rows.add(codes)
         canaries[i, list(codes)] = 1
         i += 1
+    if tokens and len(X):
+        pick = np.random.default_rng([seed, 2]).integers(len(X), size=m)
+        canaries[:, :tokens] = np.asarray(X, dtype=np.uint8)[pick, :tokens]
     return canaries
 
 
 def insert_canaries(
-    X: np.ndarray, m: int, seed: int, n_codes: int = AuditConfig.canary_codes
+    X: np.ndarray, m: int, seed: int, n_codes: int = AuditConfig.canary_codes, tokens: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(X_with, canaries, included_mask): each of m canaries joins X with probability 1/2.
 
     The included canaries are appended after X's rows (training samples rows at random, so the
     position carries nothing); ``canaries`` (m, n_codes) and the boolean ``included_mask`` (m,)
-    stay with the auditor."""
+    stay with the auditor. ``tokens``: whole records (``make_canaries``)."""
     X = np.asarray(X, dtype=np.uint8)
-    canaries = make_canaries(X, m, n_codes, seed)
+    canaries = make_canaries(X, m, n_codes, seed, tokens)
     included = np.random.default_rng([seed, 1]).random(m) < 0.5
     return np.vstack([X, canaries[included]]), canaries, included
 
