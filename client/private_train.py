@@ -80,7 +80,7 @@ def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
     if delta >= 1.0 / n:
         raise InputError("--delta", f"delta {delta:g} is not below 1/n = {1 / n:.3g} "
                          f"for {n} patients")
-    q = poisson_rate(pc.batch_size, n)
+    q = poisson_rate(config.private_batch(), n)
     steps = steps_for_epochs(pc.epochs, q)
     refusal = f"cannot reach epsilon={pc.epsilon:g}"
     count_noise = column_noise = None
@@ -244,7 +244,7 @@ def _describe(plan: PrivatePlan, ran: Mechanism, pc: Any, count_info: dict[str, 
     out.append({"name": "DP-SGD", "kind": "Poisson-subsampled Gaussian (Opacus, ghost clipping)",
                 **ran.to_dict(), "max_grad_norm": pc.max_grad_norm,
                 "noise_multiplicity": pc.noise_multiplicity, "epochs": pc.epochs,
-                "expected_batch": pc.batch_size})
+                "expected_batch": round(plan.sample_rate * plan.n, 1)})
     return out
 
 

@@ -88,3 +88,24 @@ def test_plan_private_counts_use_the_floor_at_low_epsilon() -> None:
     spent = epsilon([Mechanism(plan.count_noise, 1.0, 1)], 1e-6, "prv")
     assert spent == pytest.approx(0.5, rel=0.05)
     assert epsilon(plan.mechanisms, 1e-6, "prv") <= 1.0 + 1e-6
+
+
+def test_records_models_use_their_own_expected_batch() -> None:
+    """A whole-records model (one-hot groups) samples DP-SGD batches of
+    ``privacy.records_batch_size``, a codes model of ``privacy.batch_size``; either way the
+    plan stays within the budget."""
+    from fedsynth.client.private_train import plan_private
+    from fedsynth.common.config import Config
+    from fedsynth.privacy.accountant import epsilon
+
+    n = 40_000
+    for groups, batch in (((), 2048), ((3, 4), 4096)):
+        cfg = Config()
+        cfg.privacy.epsilon, cfg.privacy.delta = 3.0, 1e-6
+        cfg.privacy.batch_size, cfg.privacy.records_batch_size = 2048, 4096
+        cfg.model.one_hot_groups = groups
+        assert cfg.private_batch() == batch
+        plan = plan_private(n, cfg, [])
+        assert plan.sample_rate == pytest.approx(batch / n)
+        assert (plan.column_noise is not None) == bool(groups)
+        assert epsilon(plan.mechanisms, 1e-6, "prv") <= 3.0 + 1e-6
