@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +37,7 @@ local_epochs = 1.0
 # Module- and session-scoped fixtures run before the per-test fixture below: they (and any
 # subprocess) get this session-wide folder, so nothing ever reaches ~/.local/state.
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="fedsynth-test-state-")
+atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], ignore_errors=True)  # no leftovers
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
