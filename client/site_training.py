@@ -154,12 +154,13 @@ def _load_site_file(path: Path, site: str) -> SiteData:
 
 
 def sample_rate(n_train: int, plan: SitePlan) -> float:
-    """Poisson sampling rate q_k: the federation's ``sample_rate`` when set, else
-    train.batch_size / n_k (capped at 1, ``privacy.planning.poisson_rate``); the expected
-    batch is q_k * n_k."""
-    q = plan.config.federation.sample_rate
+    """Poisson sampling rate q_k: the federation's ``sample_rate`` when set (for whole records,
+    ``records_sample_rate``), else train.batch_size / n_k (capped at 1,
+    ``privacy.planning.poisson_rate``); the expected batch is q_k * n_k."""
+    fed = plan.config.federation
+    q = fed.sample_rate
     if q > 0:
-        return min(1.0, q)
+        return min(1.0, fed.records_sample_rate if plan.config.model.one_hot_groups else q)
     return poisson_rate(plan.config.train.batch_size, n_train)
 
 

@@ -35,6 +35,18 @@ def test_batch_size_flag_sets_each_sites_expected_batch() -> None:
     assert sample_rate(1_000, _plan(cfg)) == pytest.approx(0.25)
 
 
+def test_whole_records_federations_sample_at_their_own_rate() -> None:
+    """A records plan (one-hot groups) trains with ``records_sample_rate``; ``--batch-size``
+    still gives every plan batch_size / n_k."""
+    cfg = build_config(_args())
+    cfg.model.one_hot_groups = (3, 4)
+    assert sample_rate(10_000, _plan(cfg)) == cfg.federation.records_sample_rate
+    assert cfg.federation.records_sample_rate != cfg.federation.sample_rate
+    cfg = build_config(_args("--batch-size", "250"))
+    cfg.model.one_hot_groups = (3, 4)
+    assert sample_rate(10_000, _plan(cfg)) == pytest.approx(0.025)
+
+
 def test_bad_plan_values_are_input_errors() -> None:
     with pytest.raises(InputError, match="--rounds"):
         build_config(_args("--rounds", "0"))
