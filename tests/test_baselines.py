@@ -136,9 +136,13 @@ def test_private_gradient_noise_has_calibrated_scale() -> None:
     g = dp_sgd.private_gradient(model, _loss, x, max_grad_norm=C, noise_multiplier=sigma,
                                 expected_batch=expected)
     flat = torch.cat([t.flatten() for t in g]) * expected
-    assert flat.numel() == 50 * 40 + 40
-    assert abs(float(flat.std()) / (sigma * C) - 1) < 0.05
-    assert abs(float(flat.mean())) < 0.05 * sigma * C
+    n = flat.numel()
+    assert n == 50 * 40 + 40
+    # the noise comes from the OS source (unseeded): bounds of 5 standard errors (a false
+    # alarm about once in 2 million runs; 0.05 sigma C, 2.3 standard errors, failed in CI):
+    # the sample sd's relative error has sd 1/sqrt(2n), the mean's sd is sigma C / sqrt(n)
+    assert abs(float(flat.std()) / (sigma * C) - 1) < 5 / math.sqrt(2 * n)
+    assert abs(float(flat.mean())) < 5 * sigma * C / math.sqrt(n)
 
 
 def test_dp_rejects_batch_coupling_layers() -> None:
