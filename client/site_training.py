@@ -113,7 +113,6 @@ def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: 
         return _load_site_file(path, site)
     from fedsynth.common.data import split_holdout
     from fedsynth.common.data.columns import load_matrix
-    from fedsynth.privacy.audit.site_records import table_rows
 
     matrix, records, _ = load_matrix(path, fmt, columns, schema)
     schema_doc = None if records is None else records.schema.to_dict()
@@ -121,8 +120,8 @@ def load_site_data(path: str | Path, fmt: str, holdout: float, seed: int, site: 
               else (matrix, matrix.subset(np.arange(0))))
     data = SiteData(site, tr.X, ho.X, matrix.vocab, schema=schema_doc)
     if records is not None:
-        data.train_table = table_rows(records, tr.patient_ids)
-        data.holdout_table = table_rows(records, ho.patient_ids)
+        data.train_table = records.of_patients(tr.patient_ids).table
+        data.holdout_table = records.of_patients(ho.patient_ids).table
     return data
 
 

@@ -3,7 +3,7 @@
 Each function runs the code path of its command, so a notebook and the CLIs cannot drift:
 
 - ``load`` is ``ehr-train``'s loader: ``--columns auto|all|codes``
-  (``common.data.columns.resolve_columns``) picks whole records (``load_records``) or the code
+  (``common.data.columns.load_data``) picks whole records (``load_records``) or the code
   matrix (``load_codes``);
 - ``train`` builds the ``Config`` the way ``ehr-train`` does from its flags
   (``client.train_cli.build_config``) and calls the same trainer
@@ -42,9 +42,9 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.common.config import Config
-from fedsynth.common.data import CodeMatrix, load_codes, synthetic_ids
-from fedsynth.common.data.columns import resolve_columns
-from fedsynth.common.data.records import Records, load_records
+from fedsynth.common.data import CodeMatrix, synthetic_ids
+from fedsynth.common.data.columns import load_data
+from fedsynth.common.data.records import Records
 from fedsynth.common.errors import InputError
 
 if TYPE_CHECKING:
@@ -79,15 +79,9 @@ def load(path: PathLike, format: str = "auto",  # noqa: A002 - the CLI flag's na
     ``format``: auto|mimic|diabetes130|long|matrix; ``vocab``: a coordinator's vocabulary
     (default: every ICD-9-CM 3-digit category); ``schema``: a built-in schema name or a TOML
     file (default: the format's)."""
-    if resolve_columns(columns, path, format, schema) == "codes":
-        if schema:
-            raise InputError("schema", "only with columns='all' or 'auto'")
-        matrix = load_codes(path, format=format, vocab=vocab)
-        log.info("%s", matrix.report.summary())
-        return matrix
-    records = load_records(path, format, schema=schema, vocab=vocab)
-    log.info("%s", records.report.summary())
-    return records
+    data = load_data(path, format, columns, schema, vocab, flag="")
+    log.info("%s", data.report.summary())
+    return data
 
 
 def train(data: CodeMatrix | Records | PathLike, epsilon: float | None = None,

@@ -70,7 +70,7 @@ def pooled_evaluation(out: Path, seed: int = 0, records: Any = None) -> dict[str
         g = len(vocab) - len(records.codes.vocab)
         table, synth, _ = read_synthetic_records(out / "synthetic.csv", records.schema,
                                                  records.codes.vocab)
-        real = records.subset(_positions(records.patient_ids, pooled_ids(out)))
+        real = records.of_patients(pooled_ids(out))
         holdout = holdout[:, g:]  # the codes (the columns are scored as records)
         target = default_target(records.schema)
         doc["pooled_records"] = finite_figures(record_fidelity(
@@ -97,11 +97,6 @@ def pooled_ids(out: Path) -> np.ndarray:
         with np.load(path, allow_pickle=False) as d:
             parts.append(d["holdout_ids"].astype(str))
     return np.concatenate(parts)
-
-
-def _positions(ids: Any, wanted: np.ndarray) -> np.ndarray:
-    index = {str(p): i for i, p in enumerate(ids)}
-    return np.array([index[str(w)] for w in wanted], dtype=np.int64)
 
 
 def finite_figures(figures: dict[str, Any]) -> dict[str, Any]:

@@ -94,12 +94,12 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
         arrays = {"train": train.X, "holdout": hold.X, "vocab": np.array(vocab),
                   "holdout_ids": np.asarray(hold.patient_ids).astype(str)}
         if records is not None:
-            from fedsynth.privacy.audit.site_records import table_array, table_rows
+            from fedsynth.privacy.audit.site_records import table_array
 
             arrays["schema"] = np.array(json.dumps(records.schema.to_dict()))
             for part, rows in (("train", train), ("holdout", hold)):
                 arrays[f"{part}_records"] = table_array(
-                    table_rows(records, rows.patient_ids), records.schema)
+                    records.of_patients(rows.patient_ids).table, records.schema)
         if canaries > 0:
             from fedsynth.privacy.audit.canaries import insert_canaries
 

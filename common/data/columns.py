@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedsynth.common.errors import InputError
 
@@ -76,22 +76,34 @@ def resolve_columns(choice: str, path: str | Path, fmt: str = "auto",
     return "all" if has else "codes"
 
 
-def load_matrix(path: str | Path, fmt: str = "auto", columns: str = "auto",
-                schema: str | None = None) -> tuple[CodeMatrix, Records | None,
-                                                    TokenLayout | None]:
-    """What a command trains on, by ``--columns``: whole records as the model's matrix (the
-    schema's tokens, then the codes: ``record_tokens.records_matrix``) with the ``Records``
-    and their token layout, or the code matrix alone with (None, None). ``--schema`` with
-    ``--columns codes`` is refused."""
+def load_data(path: str | Path, fmt: str = "auto", columns: str = "auto",
+              schema: str | None = None, vocab: Any = None,
+              flag: str = "--") -> CodeMatrix | Records:
+    """``--columns``' decision and load: the ``Records`` (``load_records``) or the code matrix
+    (``load_codes``), over ``vocab`` when given. A schema with the code matrix is refused
+    (``flag``: how the error names the options, "--" on the command line, "" in Python)."""
     from fedsynth.common.data import load_codes
 
     if resolve_columns(columns, path, fmt, schema) == "codes":
         if schema:
-            raise InputError("--schema", "only with --columns all")
-        return load_codes(path, format=fmt), None, None
-    from fedsynth.common.data.record_tokens import records_matrix
+            raise InputError(f"{flag}schema", f"only with {flag}columns all")
+        return load_codes(path, format=fmt, vocab=vocab)
     from fedsynth.common.data.records import load_records
 
-    records = load_records(path, fmt, schema=schema)
-    matrix, layout = records_matrix(records)
-    return matrix, records, layout
+    return load_records(path, fmt, schema=schema, vocab=vocab)
+
+
+def load_matrix(path: str | Path, fmt: str = "auto", columns: str = "auto",
+                schema: str | None = None) -> tuple[CodeMatrix, Records | None,
+                                                    TokenLayout | None]:
+    """What a command trains on, by ``--columns`` (``load_data``): whole records as the
+    model's matrix (the schema's tokens, then the codes: ``record_tokens.records_matrix``) with
+    the ``Records`` and their token layout, or the code matrix alone with (None, None)."""
+    from fedsynth.common.data.record_tokens import records_matrix
+    from fedsynth.common.data.records import Records
+
+    data = load_data(path, fmt, columns, schema)
+    if not isinstance(data, Records):
+        return data, None, None
+    matrix, layout = records_matrix(data)
+    return matrix, data, layout

@@ -101,6 +101,14 @@ class Records:
         return Records(self.patient_ids[idx], self.table.iloc[idx], self.codes.subset(idx),
                        self.schema, self.report)
 
+    def of_patients(self, ids: np.ndarray | list[str]) -> Records:
+        """The records of patients ``ids`` (e.g. a split's ``patient_ids``), in that order;
+        ValueError for an id without a record."""
+        pos = pd.Index(self.patient_ids).get_indexer(np.asarray(ids).astype(str))
+        if (pos < 0).any():
+            raise ValueError("patient ids without a record row")
+        return self.subset(pos)
+
 
 def load_records(
     path: str | Path, fmt: str = "auto", schema: Schema | str | os.PathLike[str] | None = None,

@@ -30,16 +30,6 @@ from fedsynth.privacy.audit.records import RecordsAudit, default_targets, sample
 log = logging.getLogger(__name__)
 
 
-def table_rows(records: Any, ids: np.ndarray) -> pd.DataFrame:
-    """The typed rows of ``records`` (``load_records``' result) for patient ``ids``, in that
-    order (a split's ``patient_ids``)."""
-    pos = pd.Index(np.asarray(records.patient_ids).astype(str)).get_indexer(
-        np.asarray(ids).astype(str))
-    if (pos < 0).any():
-        raise ValueError("patient ids without a record row")
-    return records.table.iloc[pos].reset_index(drop=True)
-
-
 def table_array(table: pd.DataFrame, schema: Schema) -> np.ndarray:
     """(rows, columns) float64 of a typed table: a category as its index in the schema's
     categories, a number as itself; NaN where missing (exact for the schema's domains)."""
@@ -101,4 +91,4 @@ def site_records_audit(generator: Any, data: Any, synthetic: np.ndarray,
                            synth=table)
 
 
-__all__ = ["array_table", "site_records_audit", "table_array", "table_rows"]
+__all__ = ["array_table", "site_records_audit", "table_array"]
