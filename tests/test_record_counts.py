@@ -173,3 +173,27 @@ def test_both_count_releases_are_spent_once_and_dp_sgd_stays_within_budget(tmp_p
     mechs = Ledger.open(tmp_path, "A").history
     assert epsilon(mechs, 1e-3, "prv") == pytest.approx(upd.privacy["epsilon"], rel=1e-6)
     assert upd.privacy["epsilon"] <= 3.0 + 1e-6
+
+
+@pytest.mark.parametrize("q", [1.0, 0.9])
+def test_a_coordinator_chosen_records_sample_rate_is_the_one_accounted(tmp_path, q) -> None:
+    """The coordinator picks ``records_sample_rate`` in its plan (here every patient, or
+    nearly, in every step). The site trains with that q, records that q in its own ledger and
+    calibrates its noise to it, so the round stays within its budget whatever the plan says."""
+    from fedsynth.client.site_training import run_site_round, site_counts
+    from fedsynth.common.model.train import build_model
+    from fedsynth.privacy.ledger import Ledger
+
+    data = _site()
+    ledger = Ledger.open(tmp_path, "A", 1e-3)
+    assert site_counts(data, _plan(0), ledger, 3.0, tmp_path).status == "ok"
+    plan = _plan(1, kept=list(range(11)))
+    plan.config.federation.records_sample_rate = q
+    g = {k: v.detach().numpy().copy()
+         for k, v in build_model(11, plan.config.model).state_dict().items()}
+    upd = run_site_round(g, g, data, plan, ledger, 3.0)
+    assert upd.status == "ok"
+    mechs = Ledger.open(tmp_path, "A").history
+    assert mechs[-1].sample_rate == pytest.approx(q)
+    assert epsilon(mechs, 1e-3, "prv") == pytest.approx(upd.privacy["epsilon"], rel=1e-6)
+    assert upd.privacy["epsilon"] <= 3.0 + 1e-6
