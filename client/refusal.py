@@ -195,7 +195,7 @@ class Watch:
 
 
 def watch(proc: subprocess.Popen[bytes], tail: LogTail, *, server: str, insecure: bool,
-          retries_left: int, rejoin: bool = False, poll: float = 0.5) -> Watch:
+          retries_left: int, rejoin: bool = False, poll: float = 0.25) -> Watch:
     """Follow one SuperNode until it exits, its log shows a permanent refusal, or it has failed
     to connect more than ``retries_left`` times. ``rejoin``: the site was connected before (the
     coordinator restarted and may not have registered the enrolled keys yet), so a key refusal
