@@ -74,12 +74,20 @@ class SiteData:
     @property
     def groups(self) -> tuple[int, ...]:
         """Sizes of the one-hot groups (one per schema column) opening the columns; ()."""
+        return self.model_columns[0]
+
+    @property
+    def model_columns(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """(``ModelConfig.one_hot_groups``, ``ModelConfig.ordinal_values``) of the site's
+        public schema; ((), ()) for codes only."""
         if self.schema is None:
-            return ()
-        from fedsynth.common.data.record_tokens import token_layout
+            return (), ()
+        from fedsynth.common.data.record_tokens import ordinal_values, token_layout
         from fedsynth.common.data.schema import schema_from_dict
 
-        return token_layout(schema_from_dict(self.schema, "site data")).group_sizes()
+        schema = schema_from_dict(self.schema, "site data")
+        layout = token_layout(schema)
+        return layout.group_sizes(), ordinal_values(layout, schema)
 
     @property
     def members(self) -> np.ndarray:
@@ -200,9 +208,10 @@ def plan_refusal(plan: SitePlan, ledger: Any, n_train: int) -> str:
 def _columns_refusal(plan: SitePlan, data: SiteData) -> str:
     """Why a whole-records plan does not fit the site's records ("" when it does): its one-hot
     groups must be the site's schema columns, all of them modelled."""
-    groups = data.groups
+    groups, ordinal = data.model_columns
     g = int(sum(groups))
-    if tuple(plan.config.model.one_hot_groups) != groups or (
+    planned = tuple(plan.config.model.ordinal_values)
+    if tuple(plan.config.model.one_hot_groups) != groups or (planned and planned != ordinal) or (
             g and plan.kept is not None and list(plan.kept[:g]) != list(range(g))):
         return ("the plan's record columns differ from this site's schema; nothing trained, "
                 "nothing sent")

@@ -115,7 +115,11 @@ def train_loaded(matrix: CodeMatrix, records: Records | None, layout: TokenLayou
     weights. Returns ``train_to_folder``'s report."""
     if (records is None) != (layout is None):
         raise ValueError("give records with their layout (or neither)")
+    from fedsynth.common.data.record_tokens import ordinal_values
+
     config.model.one_hot_groups = () if layout is None else layout.group_sizes()
+    config.model.ordinal_values = () if records is None or layout is None else \
+        ordinal_values(layout, records.schema)
     report = train_to_folder(matrix, config, out, state_dir=state_dir, progress=progress,
                              flag=flag)
     if records is not None and layout is not None:

@@ -55,6 +55,11 @@ class ModelConfig:
     # vector (common.model.binary). Set from the public token layout, never from data; ():
     # every column is an independent 0/1 code
     one_hot_groups: tuple[int, ...] = ()
+    # whole records: one number per token of the groups (``record_tokens.ordinal_values``): a
+    # numeric column's token is its value on the schema's [-1, 1] scale, a category's 0. The
+    # network also reads each numeric column's expected value and tilts its tokens along this
+    # scale (``common.model.binary``). Public (the schema's bounds); (): no such inputs
+    ordinal_values: tuple[float, ...] = ()
 
     def output_kind(self) -> str:
         """The output step ``output_step`` resolves to: "threshold" or "per_code"."""
@@ -234,6 +239,13 @@ def _build(cls: type[T], values: Any, source: object) -> T:
 def _coerce(value: Any, expected: Any, name: str, source: object) -> Any:
     if value is None and expected is None:  # optional field left unset (to_dict round trip)
         return None
+    if name == "ModelConfig.ordinal_values":
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and -1 <= v <= 1
+            for v in value
+        ):
+            raise InputError(source, f"{name} must be a list of numbers in [-1, 1]")
+        return tuple(float(v) for v in value)
     if isinstance(expected, tuple):
         if not isinstance(value, list | tuple) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value

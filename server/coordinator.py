@@ -86,8 +86,9 @@ class Coordinator:
         the modelled codes (family-wise test over the vocabulary), every code's shrunk
         prevalence (the binary model's prior, the calibration target, the tail) and
         ``count_info`` (for privacy.json): post-processing of the sites' releases."""
-        groups = plans.record_groups(vocab)
-        self.settings.config.setdefault("model", {})["one_hot_groups"] = list(groups)
+        groups, ordinal = plans.record_columns(vocab)
+        model = self.settings.config.setdefault("model", {})
+        model["one_hot_groups"], model["ordinal_values"] = list(groups), list(ordinal)
         if self.resumed is not None:
             ck = self.resumed
             if ck.meta.get("vocab", {}).get("codes") != vocab.get("codes"):

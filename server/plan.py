@@ -85,15 +85,23 @@ def common_vocabulary(vocabs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
 def record_groups(vocab: Mapping[str, Any]) -> tuple[int, ...]:
     """The one-hot groups of a whole-records vocabulary (its public schema's token layout,
     ``common.data.record_tokens``); () for codes only."""
+    return record_columns(vocab)[0]
+
+
+def record_columns(vocab: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(``ModelConfig.one_hot_groups``, ``ModelConfig.ordinal_values``) of a whole-records
+    vocabulary, from its public schema alone; ((), ()) for codes only."""
     if not vocab.get("schema"):
-        return ()
-    from fedsynth.common.data.record_tokens import token_layout
+        return (), ()
+    from fedsynth.common.data.record_tokens import ordinal_values, token_layout
     from fedsynth.common.data.schema import schema_from_dict
 
-    groups = token_layout(schema_from_dict(vocab["schema"], "the sites' schema")).group_sizes()
+    schema = schema_from_dict(vocab["schema"], "the sites' schema")
+    layout = token_layout(schema)
+    groups = layout.group_sizes()
     if len(vocab["codes"]) < sum(groups):
         raise RuntimeError("the sites' vocabulary is shorter than their schema's tokens")
-    return groups
+    return groups, ordinal_values(layout, schema)
 
 
 def fedavg_weights(sizes: Mapping[str, float], sites: list[str]) -> list[float]:

@@ -83,6 +83,15 @@ def _scale(col: Column) -> tuple[float, float]:
     return (np.log1p(lo), np.log1p(hi)) if col.transform == "log1p" else (lo, hi)
 
 
+def unit_scale(values: np.ndarray, col: Column) -> np.ndarray:
+    """A numeric column's values on [-1, 1] by the schema's bounds alone: after log1p for
+    ``transform='log1p'``, y = 2 (t - t(low)) / (t(high) - t(low)) - 1 (0 when low == high)."""
+    lo, hi = _scale(col)
+    v = np.asarray(values, dtype=np.float64)
+    t = np.log1p(v) if col.transform == "log1p" else v
+    return 2.0 * (t - lo) / (hi - lo) - 1.0 if hi > lo else np.zeros_like(t)
+
+
 def encode(records: Records, missing: str = "error",
            dtype: type = np.float32) -> tuple[np.ndarray, Layout]:
     """(n_patients x layout.width matrix, layout) of ``records.table``.
@@ -111,11 +120,8 @@ def encode_table(table: pd.DataFrame, schema: Schema, missing: str = "error",
             rows = np.flatnonzero(codes >= 0)
             X[rows, b.start + codes[rows]] = 1.0
         else:
-            lo, hi = _scale(col)
             v = s.astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
-            t = np.log1p(v) if col.transform == "log1p" else v
-            y = 2.0 * (t - lo) / (hi - lo) - 1.0 if hi > lo else np.zeros_like(t)
-            X[:, b.start] = np.where(na, 0.0, y)
+            X[:, b.start] = np.where(na, 0.0, unit_scale(v, col))
     return X, layout
 
 
@@ -145,5 +151,5 @@ def decode(matrix: np.ndarray, layout: Layout) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-__all__ = ["Block", "Layout", "decode", "encode", "encode_table", "layout_for",
+__all__ = ["Block", "Layout", "decode", "encode", "encode_table", "layout_for", "unit_scale",
            "layout_from_dict"]

@@ -18,9 +18,11 @@ uniformly.
 Choice (issue 16): numeric columns are ordinal tokens rather than EDM-continuous coordinates,
 so the existing model (each column a one-hot group with the exact softmax posterior,
 ``common.model.binary``), its DP-SGD, its count releases and its federation apply; the price is
-that a value inside a bin is drawn, not modelled. 16 unit values and bins widening by 1.25
-keep the diabetes130 layout at 490 tokens (631 at 32 and 1.12: 1.6x the codes-only model's
-training time instead of the issue's 1.5x).
+that a value inside a bin is drawn, not modelled. The order of a numeric column's tokens is not
+lost: ``ordinal_values`` puts each on the schema's [-1, 1] scale (the issue's EDM scale), and
+the model reads and shifts each numeric column along it (``common.model.binary``). 16 unit
+values and bins widening by 1.25 keep the diabetes130 layout at 490 tokens (631 at 32 and 1.12:
+1.6x the codes-only model's training time instead of the issue's 1.5x).
 """
 
 from __future__ import annotations
@@ -131,6 +133,24 @@ def token_layout(schema: Schema) -> TokenLayout:
         groups.append(g)
         start = g.stop
     return TokenLayout(schema.name, groups)
+
+
+def ordinal_values(layout: TokenLayout, schema: Schema) -> tuple[float, ...]:
+    """One number per token (``ModelConfig.ordinal_values``): a numeric column's token is the
+    midpoint of its [lo, hi] on the schema's [-1, 1] scale (``record_encoding.unit_scale``: log1p
+    for counts, public bounds only); a categorical token is 0. The model reads each numeric
+    column's expected value through these (``common.model.binary``)."""
+    from fedsynth.common.data.record_encoding import unit_scale
+
+    columns = {c.name: c for c in schema.columns}
+    out: list[float] = []
+    for g in layout.groups:
+        if g.bounds is None:
+            out += [0.0] * len(g.labels)
+        else:
+            mids = np.array([(lo + hi) / 2.0 for lo, hi in g.bounds])
+            out += [round(float(v), 6) for v in unit_scale(mids, columns[g.name])]
+    return tuple(out)
 
 
 def _index(values: pd.Series, group: Group) -> np.ndarray:

@@ -32,6 +32,15 @@ term that is the same for every k, so
 with ``prior_k`` = log of the category's prevalence. The network sees the group through that
 softmax of the evidence; the loss of a group is its cross-entropy -log P(x0 = e_true | x) (0
 when the value is missing: no token set). Codes outside the groups stay independent 0/1.
+
+Numeric columns' groups are ordered tokens (``ModelConfig.ordinal_values``: each token's value
+v_k on the schema's [-1, 1] scale). One-hot inputs alone make the network learn each value's
+links separately, so a rare count (3 earlier inpatient stays) learns little from its
+neighbours. For each numeric group j the network therefore also reads the expected value
+m_j = sum_{k in j} P_k v_k under the evidence softmax, and emits one more output t_j that tilts
+the group along the same scale, F_k += t_j v_k (an exponential-family tilt: a shift of the
+group's mean value in one parameter). Both are fixed linear maps of public numbers, so the
+posterior stays exact and the model's last layer still starts at zero (t = 0).
 """
 
 from __future__ import annotations
@@ -106,6 +115,29 @@ class OneHotGroups(nn.Module):
         return ce + bce.sum(dim=-1)
 
 
+def ordinal_matrix(groups: tuple[int, ...], values: tuple[float, ...]) -> np.ndarray:
+    """V (tokens of the groups x numeric groups): V[k, j] = v_k for token k of numeric group j
+    (a group of >= 2 tokens with a nonzero value), else 0; (g, 0) without ``values``."""
+    g = int(sum(groups))
+    if not values:
+        return np.zeros((g, 0), dtype=np.float32)
+    if len(values) != g:
+        raise ValueError(f"{len(values)} ordinal values for {g} grouped tokens")
+    v = np.asarray(values, dtype=np.float32)
+    starts = np.concatenate([[0], np.cumsum(groups)]).astype(int)
+    ordinal = [j for j, k in enumerate(groups) if k >= 2 and np.any(v[starts[j]:starts[j + 1]])]
+    V = np.zeros((g, len(ordinal)), dtype=np.float32)
+    for col, j in enumerate(ordinal):
+        V[starts[j]:starts[j + 1], col] = v[starts[j]:starts[j + 1]]
+    return V
+
+
+def network_width(n_codes: int, cfg: ModelConfig) -> int:
+    """The MLP's input and output width: the codes, plus one per numeric group (its expected
+    value in, its tilt out) when ``cfg.ordinal_values`` is set."""
+    return n_codes + ordinal_matrix(tuple(cfg.one_hot_groups), tuple(cfg.ordinal_values)).shape[1]
+
+
 class BinaryPosterior(nn.Module):
     """D(x; sigma) = sigmoid(ev + F(sigmoid(ev), ln(sigma)/4)), ev = prior + (x - 1/2)/sigma^2.
 
@@ -114,10 +146,14 @@ class BinaryPosterior(nn.Module):
     broadcastable to (..., 1).
     """
 
-    def __init__(self, net: nn.Module, prior: Tensor, groups: tuple[int, ...] = ()) -> None:
+    def __init__(self, net: nn.Module, prior: Tensor, groups: tuple[int, ...] = (),
+                 ordinal: tuple[float, ...] = ()) -> None:
         super().__init__()
         self.net = net
         self.groups = OneHotGroups(tuple(groups), len(prior)) if groups else None
+        V = ordinal_matrix(tuple(groups), tuple(ordinal))
+        self.n_ordinal = V.shape[1]
+        self.register_buffer("ordinal", torch.as_tensor(V), persistent=False)
         self.register_buffer("prior_logit", prior.detach().clone().float())
         # added to the output log-odds only (not to the network's input): set after training by
         # common.model.calibrate.calibrate_marginals, zero until then
@@ -132,7 +168,15 @@ class BinaryPosterior(nn.Module):
         while sigma.dim() < x.dim():
             sigma = sigma.unsqueeze(-1)
         ev = self.prior_logit.to(x.dtype) + (x - 0.5) / sigma**2
-        out = ev + run_net(self.net, self.probs(ev), sigma.log() / 4.0) + self.logit_offset
+        p = self.probs(ev)
+        if not self.n_ordinal:
+            f = run_net(self.net, p, sigma.log() / 4.0)
+        else:  # numeric groups: expected values in, one tilt per group out (module docstring)
+            V = self.ordinal.to(x.dtype)
+            g, n = V.shape[0], x.shape[-1]
+            h = run_net(self.net, torch.cat([p, p[..., :g] @ V], dim=-1), sigma.log() / 4.0)
+            f = h[..., :n] + F.pad(h[..., n:] @ V.T, (0, n - g))
+        out = ev + f + self.logit_offset
         return out if logits else self.probs(out)
 
     def probs(self, z: Tensor) -> Tensor:

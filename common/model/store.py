@@ -79,7 +79,8 @@ def save_model(
     else:
         state = model_or_state
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    n_net = int(state["net.out.weight"].shape[0])
+    # the modelled codes: the binary prior's length (its network may add ordinal columns)
+    n_net = int(state["prior_logit" if "prior_logit" in state else "net.out.weight"].shape[0])
     cols = None if modelled is None else [int(j) for j in modelled]
     if cols is not None:
         _check_modelled(cols, len(vocab), "modelled")

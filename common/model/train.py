@@ -18,7 +18,7 @@ from torch import nn
 
 from fedsynth.common.config import ModelConfig, TrainConfig
 from fedsynth.common.device import flush_denormals, resolve_device
-from fedsynth.common.model.binary import BinaryPosterior, prior_logit
+from fedsynth.common.model.binary import BinaryPosterior, network_width, prior_logit
 from fedsynth.common.model.denoiser import MLPDenoiser
 from fedsynth.common.model.edm import EDMPrecond, per_example_loss
 from fedsynth.common.model.ema import EMA
@@ -31,11 +31,12 @@ def build_model(n_codes: int, cfg: ModelConfig,
     """The denoiser D(x; sigma) around the MLP: ``BinaryPosterior`` (``cfg.parameterization``
     "binary"; ``prevalence`` sets its prior, see ``common.model.binary``) or EHRDiff's
     ``EDMPrecond`` ("edm"; ``prevalence`` unused)."""
-    net = MLPDenoiser(n_codes, tuple(cfg.hidden), cfg.time_dim)
     if cfg.parameterization == "binary":
         groups = tuple(cfg.one_hot_groups)
-        return BinaryPosterior(net, prior_logit(prevalence, n_codes, groups), groups)
-    return EDMPrecond(net, cfg.sigma_data)
+        net = MLPDenoiser(network_width(n_codes, cfg), tuple(cfg.hidden), cfg.time_dim)
+        return BinaryPosterior(net, prior_logit(prevalence, n_codes, groups), groups,
+                               tuple(cfg.ordinal_values))
+    return EDMPrecond(MLPDenoiser(n_codes, tuple(cfg.hidden), cfg.time_dim), cfg.sigma_data)
 
 
 def count_parameters(model: nn.Module) -> int:
