@@ -21,8 +21,9 @@ so the existing model (each column a one-hot group with the exact softmax poster
 that a value inside a bin is drawn, not modelled. The order of a numeric column's tokens is not
 lost: ``ordinal_values`` puts each on the schema's [-1, 1] scale (the issue's EDM scale), and
 the model reads and shifts each numeric column along it (``common.model.binary``). 16 unit
-values and bins widening by 1.25 keep the diabetes130 layout at 490 tokens (631 at 32 and 1.12:
-1.6x the codes-only model's training time instead of the issue's 1.5x).
+values and bins widening by 1.25 keep the diabetes130 layout at 490 tokens (631 at 32 and 1.12);
+the network's width, and so its training time, grows with the tokens (README: 1.78x the
+codes-only model's on diabetes130).
 """
 
 from __future__ import annotations
