@@ -16,7 +16,12 @@ from fedsynth.common.config import Config, ModelConfig
 from fedsynth.common.data.record_tokens import ordinal_values, token_layout
 from fedsynth.common.data.schema import schema_for
 from fedsynth.common.errors import InputError
-from fedsynth.common.model.binary import BinaryPosterior, network_width, prior_logit
+from fedsynth.common.model.binary import (
+    BinaryPosterior,
+    network_width,
+    ordinal_groups,
+    prior_logit,
+)
 from fedsynth.common.model.train import build_model
 from fedsynth.federation.protocol import SitePlan
 
@@ -42,6 +47,17 @@ def test_token_values_are_bin_midpoints_on_the_schema_scale() -> None:
     inp = next(g for g in layout.groups if g.name == "number_inpatient")
     v = values[inp.start:inp.stop]
     assert v[2] < v[3] < v[4]
+
+
+def test_numeric_groups_are_those_of_two_tokens_or_more_with_a_value() -> None:
+    # a one-token group with a value, a numeric group, a group of zeros, a numeric group
+    slot, value, J = ordinal_groups((1, 3, 2, 2), (0.5, -1, 0, 1, 0, 0, -1, 1))
+    assert J == 2
+    assert slot.tolist() == [2, 0, 0, 0, 2, 2, 1, 1]  # slot J: dropped
+    assert value.tolist() == [0, -1, 0, 1, 0, 0, -1, 1]
+    assert ordinal_groups((3, 2), ())[2] == 0
+    with pytest.raises(ValueError, match="ordinal values"):
+        ordinal_groups((3, 2), (0.0, 1.0))
 
 
 class _Fixed(nn.Module):

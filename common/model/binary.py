@@ -115,27 +115,31 @@ class OneHotGroups(nn.Module):
         return ce + bce.sum(dim=-1)
 
 
-def ordinal_matrix(groups: tuple[int, ...], values: tuple[float, ...]) -> np.ndarray:
-    """V (tokens of the groups x numeric groups): V[k, j] = v_k for token k of numeric group j
-    (a group of >= 2 tokens with a nonzero value), else 0; (g, 0) without ``values``."""
+def ordinal_groups(groups: tuple[int, ...],
+                   values: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(numeric group of each grouped token, its value v_k, number of numeric groups J): a
+    numeric group is one of >= 2 tokens with a nonzero value; tokens of other groups get index
+    J (a slot that is dropped) and value 0. O(tokens) memory, whatever a config claims."""
     g = int(sum(groups))
     if not values:
-        return np.zeros((g, 0), dtype=np.float32)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), 0
     if len(values) != g:
         raise ValueError(f"{len(values)} ordinal values for {g} grouped tokens")
     v = np.asarray(values, dtype=np.float32)
-    starts = np.concatenate([[0], np.cumsum(groups)]).astype(int)
-    ordinal = [j for j, k in enumerate(groups) if k >= 2 and np.any(v[starts[j]:starts[j + 1]])]
-    V = np.zeros((g, len(ordinal)), dtype=np.float32)
-    for col, j in enumerate(ordinal):
-        V[starts[j]:starts[j + 1], col] = v[starts[j]:starts[j + 1]]
-    return V
+    group_of = np.repeat(np.arange(len(groups)), groups)
+    nonzero = np.zeros(len(groups), dtype=bool)
+    np.logical_or.at(nonzero, group_of, v != 0)
+    numeric = nonzero & (np.asarray(groups) >= 2)
+    J = int(numeric.sum())
+    index = np.cumsum(numeric) - 1  # numeric group -> its slot 0..J-1
+    slot = np.where(numeric[group_of], index[group_of], J).astype(np.int64)
+    return slot, np.where(slot < J, v, 0.0).astype(np.float32), J
 
 
 def network_width(n_codes: int, cfg: ModelConfig) -> int:
     """The MLP's input and output width: the codes, plus one per numeric group (its expected
     value in, its tilt out) when ``cfg.ordinal_values`` is set."""
-    return n_codes + ordinal_matrix(tuple(cfg.one_hot_groups), tuple(cfg.ordinal_values)).shape[1]
+    return n_codes + ordinal_groups(tuple(cfg.one_hot_groups), tuple(cfg.ordinal_values))[2]
 
 
 class BinaryPosterior(nn.Module):
@@ -151,9 +155,9 @@ class BinaryPosterior(nn.Module):
         super().__init__()
         self.net = net
         self.groups = OneHotGroups(tuple(groups), len(prior)) if groups else None
-        V = ordinal_matrix(tuple(groups), tuple(ordinal))
-        self.n_ordinal = V.shape[1]
-        self.register_buffer("ordinal", torch.as_tensor(V), persistent=False)
+        slot, value, self.n_ordinal = ordinal_groups(tuple(groups), tuple(ordinal))
+        self.register_buffer("ordinal_slot", torch.as_tensor(slot), persistent=False)
+        self.register_buffer("ordinal_value", torch.as_tensor(value), persistent=False)
         self.register_buffer("prior_logit", prior.detach().clone().float())
         # added to the output log-odds only (not to the network's input): set after training by
         # common.model.calibrate.calibrate_marginals, zero until then
@@ -172,10 +176,14 @@ class BinaryPosterior(nn.Module):
         if not self.n_ordinal:
             f = run_net(self.net, p, sigma.log() / 4.0)
         else:  # numeric groups: expected values in, one tilt per group out (module docstring)
-            V = self.ordinal.to(x.dtype)
-            g, n = V.shape[0], x.shape[-1]
-            h = run_net(self.net, torch.cat([p, p[..., :g] @ V], dim=-1), sigma.log() / 4.0)
-            f = h[..., :n] + F.pad(h[..., n:] @ V.T, (0, n - g))
+            v, J = self.ordinal_value.to(x.dtype), self.n_ordinal
+            g, n = v.shape[0], x.shape[-1]
+            slot = self.ordinal_slot.expand(*x.shape[:-1], g)
+            means = torch.zeros(*x.shape[:-1], J + 1, dtype=x.dtype, device=x.device).scatter_add(
+                -1, slot, p[..., :g] * v)[..., :J]  # m_j = sum_{k in j} P_k v_k
+            h = run_net(self.net, torch.cat([p, means], dim=-1), sigma.log() / 4.0)
+            tilt = F.pad(h[..., n:], (0, 1)).gather(-1, slot) * v  # t_j v_k on group j's tokens
+            f = h[..., :n] + F.pad(tilt, (0, n - g))
         out = ev + f + self.logit_offset
         return out if logits else self.probs(out)
 
