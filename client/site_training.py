@@ -82,12 +82,10 @@ class SiteData:
         public schema; ((), ()) for codes only."""
         if self.schema is None:
             return (), ()
-        from fedsynth.common.data.record_tokens import ordinal_values, token_layout
+        from fedsynth.common.data.record_tokens import model_columns
         from fedsynth.common.data.schema import schema_from_dict
 
-        schema = schema_from_dict(self.schema, "site data")
-        layout = token_layout(schema)
-        return layout.group_sizes(), ordinal_values(layout, schema)
+        return model_columns(schema_from_dict(self.schema, "site data"))
 
     @property
     def members(self) -> np.ndarray:

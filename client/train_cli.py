@@ -110,16 +110,16 @@ def train_loaded(matrix: CodeMatrix, records: Records | None, layout: TokenLayou
                  progress: bool = True, flag: str = "--") -> dict[str, Any]:
     """Train on ``load_matrix``' result (``ehr-train`` and ``fedsynth.train``): whole records
     (``records`` and their token ``layout``) or the code matrix alone (both None). The one-hot
-    groups come from the public layout only (a codes run has none, whatever a config says);
+    groups and ordinal values come from the public schema only (``record_tokens.
+    model_columns``; a codes run has none, whatever a config says);
     a records model's folder gets the layout and schema (``records_layout.json``) beside the
     weights. Returns ``train_to_folder``'s report."""
     if (records is None) != (layout is None):
         raise ValueError("give records with their layout (or neither)")
-    from fedsynth.common.data.record_tokens import ordinal_values
+    from fedsynth.common.data.record_tokens import model_columns
 
-    config.model.one_hot_groups = () if layout is None else layout.group_sizes()
-    config.model.ordinal_values = () if records is None or layout is None else \
-        ordinal_values(layout, records.schema)
+    config.model.one_hot_groups, config.model.ordinal_values = \
+        ((), ()) if records is None else model_columns(records.schema)
     report = train_to_folder(matrix, config, out, state_dir=state_dir, progress=progress,
                              flag=flag)
     if records is not None and layout is not None:

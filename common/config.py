@@ -232,19 +232,21 @@ def _build(cls: type[T], values: Any, source: object) -> T:
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         expected = getattr(default, name)
-        kwargs[name] = _coerce(value, expected, f"{cls.__name__}.{name}", source)
+        kwargs[name] = _coerce(value, expected, f"{cls.__name__}.{name}", source,
+                               str(fields[name].type))
     return cls(**kwargs)
 
 
-def _coerce(value: Any, expected: Any, name: str, source: object) -> Any:
+def _coerce(value: Any, expected: Any, name: str, source: object, kind: str = "") -> Any:
+    """``value`` as the type of the field's default ``expected``; ``kind``: the field's
+    annotation, which tells a tuple of floats from one of positive integers."""
     if value is None and expected is None:  # optional field left unset (to_dict round trip)
         return None
-    if name == "ModelConfig.ordinal_values":
+    if kind == "tuple[float, ...]":
         if not isinstance(value, list | tuple) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and -1 <= v <= 1
-            for v in value
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
         ):
-            raise InputError(source, f"{name} must be a list of numbers in [-1, 1]")
+            raise InputError(source, f"{name} must be a list of numbers")
         return tuple(float(v) for v in value)
     if isinstance(expected, tuple):
         if not isinstance(value, list | tuple) or not all(
@@ -279,6 +281,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("model", "rho"): (lambda v: v > 0, "> 0"),
     ("model", "sample_steps"): (lambda v: v >= 1, ">= 1"),
     ("model", "threshold"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("model", "ordinal_values"): (lambda v: all(-1 <= x <= 1 for x in v), "numbers in [-1, 1]"),
     ("train", "epochs"): (lambda v: v >= 0, ">= 0"),
     ("train", "batch_size"): (lambda v: v >= 1, ">= 1"),
     ("train", "lr"): (lambda v: v > 0, "> 0"),

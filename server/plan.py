@@ -93,15 +93,13 @@ def record_columns(vocab: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[flo
     vocabulary, from its public schema alone; ((), ()) for codes only."""
     if not vocab.get("schema"):
         return (), ()
-    from fedsynth.common.data.record_tokens import ordinal_values, token_layout
+    from fedsynth.common.data.record_tokens import model_columns
     from fedsynth.common.data.schema import schema_from_dict
 
-    schema = schema_from_dict(vocab["schema"], "the sites' schema")
-    layout = token_layout(schema)
-    groups = layout.group_sizes()
+    groups, ordinal = model_columns(schema_from_dict(vocab["schema"], "the sites' schema"))
     if len(vocab["codes"]) < sum(groups):
         raise RuntimeError("the sites' vocabulary is shorter than their schema's tokens")
-    return groups, ordinal_values(layout, schema)
+    return groups, ordinal
 
 
 def fedavg_weights(sizes: Mapping[str, float], sites: list[str]) -> list[float]:

@@ -154,6 +154,14 @@ def ordinal_values(layout: TokenLayout, schema: Schema) -> tuple[float, ...]:
     return tuple(out)
 
 
+def model_columns(schema: Schema) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(``ModelConfig.one_hot_groups``, ``ModelConfig.ordinal_values``) of a records model over
+    ``schema``: the public schema's alone, wherever the model is built (ehr-train, the
+    coordinator's plan, the site that checks it)."""
+    layout = token_layout(schema)
+    return layout.group_sizes(), ordinal_values(layout, schema)
+
+
 def _index(values: pd.Series, group: Group) -> np.ndarray:
     """Token index within the group per row (-1: missing)."""
     if group.bounds is None:
