@@ -206,7 +206,8 @@ def train_dp(
     n = int(X.shape[0])
     if n == 0:
         raise ValueError("no rows to train on")
-    Xt = torch.as_tensor(np.asarray(X), dtype=torch.float32, device=device)
+    # C order: each batch gathers rows (an F-order matrix made the gather 20x slower)
+    Xt = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32, device=device)
     torch.manual_seed(train_cfg.seed)  # initialisation and diffusion noise levels: not private
     model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr,

@@ -55,6 +55,7 @@ from fedsynth.common.model.edm import run_net, sample_sigma
 
 DEFAULT_PREVALENCE = 0.005  # the prior when no (private) prevalence is available
 MIN_PREVALENCE = 1e-5
+EXP_FLOOR = -80.0  # OneHotGroups._shifted
 
 
 def prior_logit(prevalence: np.ndarray | None, n_codes: int,
@@ -90,28 +91,52 @@ class OneHotGroups(nn.Module):
         group_of = torch.as_tensor(np.repeat(np.arange(len(groups)), groups), dtype=torch.long)
         self.register_buffer("group_of", group_of, persistent=False)
 
-    def log_norm(self, z: Tensor) -> Tensor:
-        """Each group's log-sum-exp, repeated over its tokens: (..., n_grouped)."""
-        zg = z[..., :self.n_grouped]
+    def _shifted(self, zg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(m, e, s) of the grouped tokens' logits ``zg`` (..., n_grouped): each group's max m
+        (..., G), e = exp(zg - m) (..., n_grouped) and each group's sum s of e (..., G)."""
         idx = self.group_of.expand(*zg.shape[:-1], self.n_grouped)
         shape = (*zg.shape[:-1], self.n_groups)
         # the group's max (no gradient needed: the softmax does not depend on the shift)
-        m = torch.full(shape, -torch.inf, dtype=z.dtype, device=z.device).scatter_reduce(
-            -1, idx, zg.detach(), "amax").gather(-1, idx)  # gather: 5x faster than [..., idx]
-        s = torch.zeros(shape, dtype=z.dtype, device=z.device).scatter_add(
-            -1, idx, torch.exp(zg - m))
-        return m + s.log().gather(-1, idx)
+        m = torch.full(shape, -torch.inf, dtype=zg.dtype, device=zg.device).scatter_reduce(
+            -1, idx, zg.detach(), "amax")
+        # z - m >= EXP_FLOOR: exp's vector path ends where its result leaves the normal floats
+        # (x < -87.3 took 40x longer); e^-80 < 2e-35 beside the max's 1 changes no sum
+        e = torch.exp((zg - m.gather(-1, idx)).clamp(min=EXP_FLOOR))  # gather: 5x [..., idx]
+        s = torch.zeros(shape, dtype=zg.dtype, device=zg.device).scatter_add(-1, idx, e)
+        return m, e, s
 
-    def probs(self, z: Tensor) -> Tensor:
-        g = self.n_grouped
-        p = torch.exp(z[..., :g] - self.log_norm(z))
-        return torch.cat([p, torch.sigmoid(z[..., g:])], dim=-1)
+    def _split(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(grouped tokens, codes) of ``z``: one split, whose gradient is one concatenation
+        (two slices would each fill a zero tensor of z's size in the backward pass)."""
+        return z.split([self.n_grouped, z.shape[-1] - self.n_grouped], dim=-1)
+
+    def log_norm(self, z: Tensor) -> Tensor:
+        """Each group's log-sum-exp, repeated over its tokens: (..., n_grouped)."""
+        m, _, s = self._shifted(self._split(z)[0])
+        return (m + s.log()).gather(-1, self.group_of.expand(*m.shape[:-1], self.n_grouped))
+
+    def probs(self, z: Tensor, out: Tensor | None = None) -> Tensor:
+        """``out``: written in place (same shape as z, no gradient) instead of a new tensor."""
+        zg, zc = self._split(z)
+        _, e, s = self._shifted(zg)
+        s = s.gather(-1, self.group_of.expand(*s.shape[:-1], self.n_grouped))
+        if out is None:
+            return torch.cat([e / s, torch.sigmoid(zc)], dim=-1)
+        og, oc = self._split(out)
+        torch.div(e, s, out=og)
+        torch.sigmoid(zc, out=oc)
+        return out
 
     def loss(self, z: Tensor, x0: Tensor) -> Tensor:
-        g = self.n_grouped
-        log_p = z[..., :g] - self.log_norm(z)
-        ce = -(x0[..., :g] * log_p).sum(dim=-1)  # 0 for a group with no token (missing)
-        bce = F.binary_cross_entropy_with_logits(z[..., g:], x0[..., g:], reduction="none")
+        """-log P(x0 = e_true) = lse_group - z_true summed over the groups that have a token
+        (a missing value has none and adds 0), plus the codes' binary cross-entropies."""
+        zg, zc = self._split(z)
+        x0g, x0c = self._split(x0)
+        m, _, s = self._shifted(zg)
+        present = torch.zeros_like(m).scatter_add(
+            -1, self.group_of.expand(*x0g.shape[:-1], self.n_grouped), x0g)  # 1 per group
+        ce = (present * (m + s.log())).sum(dim=-1) - (x0g * zg).sum(dim=-1)
+        bce = F.binary_cross_entropy_with_logits(zc, x0c, reduction="none")
         return ce + bce.sum(dim=-1)
 
 
@@ -171,21 +196,42 @@ class BinaryPosterior(nn.Module):
         sigma = sigma.to(x.dtype)
         while sigma.dim() < x.dim():
             sigma = sigma.unsqueeze(-1)
-        ev = self.prior_logit.to(x.dtype) + (x - 0.5) / sigma**2
-        p = self.probs(ev)
-        if not self.n_ordinal:
-            f = run_net(self.net, p, sigma.log() / 4.0)
-        else:  # numeric groups: expected values in, one tilt per group out (module docstring)
-            v, J = self.ordinal_value.to(x.dtype), self.n_ordinal
-            g, n = v.shape[0], x.shape[-1]
+        with torch.no_grad():  # a function of the noisy x alone: nothing differentiates D in x
+            ev = self.prior_logit.to(x.dtype) + (x - 0.5) / sigma**2
+            x_in = self._network_input(ev)
+        h = run_net(self.net, x_in, sigma.log() / 4.0)
+        base = ev.add_(self.logit_offset)  # ev is not needed any more
+        if self.n_ordinal:  # numeric groups: one tilt per group out (module docstring)
+            v, g, n = self.ordinal_value.to(x.dtype), self.ordinal_value.shape[0], x.shape[-1]
+            h_tokens, h_codes, t = h.split([g, n - g, self.n_ordinal], dim=-1)  # see _split
             slot = self.ordinal_slot.expand(*x.shape[:-1], g)
-            means = torch.zeros(*x.shape[:-1], J + 1, dtype=x.dtype, device=x.device).scatter_add(
-                -1, slot, p[..., :g] * v)[..., :J]  # m_j = sum_{k in j} P_k v_k
-            h = run_net(self.net, torch.cat([p, means], dim=-1), sigma.log() / 4.0)
-            tilt = F.pad(h[..., n:], (0, 1)).gather(-1, slot) * v  # t_j v_k on group j's tokens
-            f = h[..., :n] + F.pad(tilt, (0, n - g))
-        out = ev + f + self.logit_offset
+            tilt = F.pad(t, (0, 1)).gather(-1, slot) * v  # t_j v_k on group j's tokens
+            if torch.is_grad_enabled() and h.requires_grad:
+                out = torch.cat([base[..., :g] + h_tokens + tilt, base[..., g:] + h_codes], -1)
+            else:  # sampling: in place
+                out = base
+                out[..., :g] += h_tokens + tilt
+                out[..., g:] += h_codes
+        else:
+            out = base + h if torch.is_grad_enabled() and h.requires_grad else base.add_(h)
         return out if logits else self.probs(out)
+
+    def _network_input(self, ev: Tensor) -> Tensor:
+        """What the network reads: P(x0 | x) under the evidence ``ev`` alone (sigmoid; the
+        group softmax over one-hot groups) and, for each numeric group j, its expected value
+        m_j = sum_{k in j} P_k v_k (module docstring), written into one (..., n + J) tensor."""
+        if self.groups is None:
+            return torch.sigmoid(ev)
+        n, J = ev.shape[-1], self.n_ordinal
+        x_in = ev.new_empty(*ev.shape[:-1], n + J)
+        p = self.groups.probs(ev, out=x_in[..., :n])
+        if J:
+            g = self.ordinal_value.shape[0]
+            slot = self.ordinal_slot.expand(*ev.shape[:-1], g)
+            x_in[..., n:] = torch.zeros(*ev.shape[:-1], J + 1, dtype=ev.dtype,
+                                        device=ev.device).scatter_add(
+                -1, slot, p[..., :g] * self.ordinal_value.to(ev.dtype))[..., :J]
+        return x_in
 
     def probs(self, z: Tensor) -> Tensor:
         """P(x0_j = 1 | x) from the log-odds / group logits ``z``."""
