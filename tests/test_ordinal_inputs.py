@@ -73,18 +73,22 @@ class _Fixed(nn.Module):
         return self.fixed.expand(x.shape[0], -1)
 
 
-def test_network_reads_expected_values_and_tilts_numeric_groups() -> None:
+@pytest.mark.parametrize("trained", [False, True], ids=["sampling", "training"])
+def test_network_reads_expected_values_and_tilts_numeric_groups(trained: bool) -> None:
+    # "training": the network's output carries a gradient (the out-of-place path of forward);
+    # "sampling": it does not (the in-place path); both against the same independent numbers
     groups = (3, 4, 2)  # a category, then two numeric columns; then 2 codes
     values = (0.0, 0.0, 0.0, -1.0, -1 / 3, 1 / 3, 1.0, -1.0, 1.0)
     n = 11
     rng = np.random.default_rng(0)
-    h = torch.as_tensor(rng.normal(size=(1, n + 2)), dtype=torch.float32)
+    h = torch.as_tensor(rng.normal(size=(1, n + 2)), dtype=torch.float32).requires_grad_(trained)
     net = _Fixed(h)
     prior = prior_logit(np.full(n, 0.3), n, groups)
     model = BinaryPosterior(net, prior, groups, values)
     x = torch.as_tensor(rng.normal(0.4, 0.6, size=(5, n)), dtype=torch.float32)
     sigma = torch.full((5, 1), 0.7)
     z = model(x, sigma, logits=True)
+    assert z.requires_grad == trained
 
     # independently: the evidence, each group's softmax, the expected values
     ev = prior.numpy() + (x.numpy() - 0.5) / 0.7**2
@@ -97,7 +101,7 @@ def test_network_reads_expected_values_and_tilts_numeric_groups() -> None:
     means = np.stack([(p[:, 3:7] * v[3:7]).sum(1), (p[:, 7:9] * v[7:9]).sum(1)], axis=1)
     np.testing.assert_allclose(net.seen.numpy(), np.hstack([p, means]), rtol=1e-5, atol=1e-6)
     # the output: the network's first n outputs, plus tilt_j * v_k on numeric group j's tokens
-    hn = h.numpy()[0]
+    hn = h.detach().numpy()[0]
     tilt = np.zeros(n)
     tilt[3:7] = hn[n] * v[3:7]
     tilt[7:9] = hn[n + 1] * v[7:9]

@@ -197,7 +197,7 @@ class BinaryPosterior(nn.Module):
         while sigma.dim() < x.dim():
             sigma = sigma.unsqueeze(-1)
         with torch.no_grad():  # a function of the noisy x alone: nothing differentiates D in x
-            ev = self.prior_logit.to(x.dtype) + (x - 0.5) / sigma**2
+            ev = (x - 0.5).div_(sigma**2).add_(self.prior_logit.to(x.dtype))
             x_in = self._network_input(ev)
         h = run_net(self.net, x_in, sigma.log() / 4.0)
         base = ev.add_(self.logit_offset)  # ev is not needed any more

@@ -35,11 +35,11 @@ def heun_sample(denoise: Denoiser, noise: Tensor, sigmas: Tensor) -> Tensor:
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i].item(), sigmas[i + 1].item()
         s_t = torch.full((n, 1), s, dtype=x.dtype, device=x.device)
-        d = (x - denoise(x, s_t)) / s
-        x_next = x + (s_next - s) * d
+        d = torch.sub(x, denoise(x, s_t)).div_(s)  # in place where the tensor is our own
+        x_next = torch.add(x, d, alpha=s_next - s)
         if s_next > 0:
             s_nt = torch.full((n, 1), s_next, dtype=x.dtype, device=x.device)
-            d2 = (x_next - denoise(x_next, s_nt)) / s_next
-            x_next = x + (s_next - s) * 0.5 * (d + d2)
+            d2 = torch.sub(x_next, denoise(x_next, s_nt)).div_(s_next)
+            x_next = torch.add(x, d.add_(d2), alpha=(s_next - s) * 0.5)
         x = x_next
     return x
