@@ -22,8 +22,9 @@ that a value inside a bin is drawn, not modelled. The order of a numeric column'
 lost: ``ordinal_values`` puts each on the schema's [-1, 1] scale (the issue's EDM scale), and
 the model reads and shifts each numeric column along it (``common.model.binary``). 16 unit
 values and bins widening by 1.25 keep the diabetes130 layout at 490 tokens (631 at 32 and 1.12);
-the network's width, and so its training time, grows with the tokens (README: 1.78x the
-codes-only model's on diabetes130).
+the network's width, and so its training time, grows with the tokens (README: about 1.5x the
+codes-only model's on diabetes130). Coarser bins cost more association than they save time: 10
+unit values and bins widening by 1.5 (420 tokens) gave association r 0.917 against 0.964.
 """
 
 from __future__ import annotations
