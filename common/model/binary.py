@@ -78,9 +78,8 @@ def prior_logit(prevalence: np.ndarray | None, n_codes: int,
 
 class OneHotGroups(nn.Module):
     """The grouped columns' softmax (module docstring), computed per group without padding:
-    ``log_norm(z)``: each group's log-sum-exp (..., G); ``probs(z)``: the group softmax on the
-    tokens, sigmoid on the codes; ``loss(z, x0)``: each group's cross-entropy plus the codes'
-    binary cross-entropies, summed, (...,)."""
+    ``probs(z)``: the group softmax on the tokens, sigmoid on the codes; ``loss(z, x0)``: each
+    group's cross-entropy plus the codes' binary cross-entropies, summed, (...,)."""
 
     def __init__(self, groups: tuple[int, ...], n_codes: int) -> None:
         super().__init__()
@@ -109,11 +108,6 @@ class OneHotGroups(nn.Module):
         """(grouped tokens, codes) of ``z``: one split, whose gradient is one concatenation
         (two slices would each fill a zero tensor of z's size in the backward pass)."""
         return z.split([self.n_grouped, z.shape[-1] - self.n_grouped], dim=-1)
-
-    def log_norm(self, z: Tensor) -> Tensor:
-        """Each group's log-sum-exp, repeated over its tokens: (..., n_grouped)."""
-        m, _, s = self._shifted(self._split(z)[0])
-        return (m + s.log()).gather(-1, self.group_of.expand(*m.shape[:-1], self.n_grouped))
 
     def probs(self, z: Tensor, out: Tensor | None = None) -> Tensor:
         """``out``: written in place (same shape as z, no gradient) instead of a new tensor."""
