@@ -90,10 +90,14 @@ class OneHotGroups(nn.Module):
         group_of = torch.as_tensor(np.repeat(np.arange(len(groups)), groups), dtype=torch.long)
         self.register_buffer("group_of", group_of, persistent=False)
 
+    def _index(self, t: Tensor) -> Tensor:
+        """Each grouped token's group, for ``t`` of shape (..., any): (..., n_grouped)."""
+        return self.group_of.expand(*t.shape[:-1], self.n_grouped)
+
     def _shifted(self, zg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(m, e, s) of the grouped tokens' logits ``zg`` (..., n_grouped): each group's max m
         (..., G), e = exp(zg - m) (..., n_grouped) and each group's sum s of e (..., G)."""
-        idx = self.group_of.expand(*zg.shape[:-1], self.n_grouped)
+        idx = self._index(zg)
         shape = (*zg.shape[:-1], self.n_groups)
         # the group's max (no gradient needed: the softmax does not depend on the shift)
         m = torch.full(shape, -torch.inf, dtype=zg.dtype, device=zg.device).scatter_reduce(
@@ -113,7 +117,7 @@ class OneHotGroups(nn.Module):
         """``out``: written in place (same shape as z, no gradient) instead of a new tensor."""
         zg, zc = self._split(z)
         _, e, s = self._shifted(zg)
-        s = s.gather(-1, self.group_of.expand(*s.shape[:-1], self.n_grouped))
+        s = s.gather(-1, self._index(s))
         if out is None:
             return torch.cat([e / s, torch.sigmoid(zc)], dim=-1)
         og, oc = self._split(out)
@@ -127,8 +131,7 @@ class OneHotGroups(nn.Module):
         zg, zc = self._split(z)
         x0g, x0c = self._split(x0)
         m, _, s = self._shifted(zg)
-        present = torch.zeros_like(m).scatter_add(
-            -1, self.group_of.expand(*x0g.shape[:-1], self.n_grouped), x0g)  # 1 per group
+        present = torch.zeros_like(m).scatter_add(-1, self._index(x0g), x0g)  # 1 per group
         ce = (present * (m + s.log())).sum(dim=-1) - (x0g * zg).sum(dim=-1)
         bce = F.binary_cross_entropy_with_logits(zc, x0c, reduction="none")
         return ce + bce.sum(dim=-1)
@@ -195,19 +198,20 @@ class BinaryPosterior(nn.Module):
             x_in = self._network_input(ev)
         h = run_net(self.net, x_in, sigma.log() / 4.0)
         base = ev.add_(self.logit_offset)  # ev is not needed any more
+        # training (h carries a gradient): out of place; sampling (no_grad): into base
         if self.n_ordinal:  # numeric groups: one tilt per group out (module docstring)
             v, g, n = self.ordinal_value.to(x.dtype), self.ordinal_value.shape[0], x.shape[-1]
             h_tokens, h_codes, t = h.split([g, n - g, self.n_ordinal], dim=-1)  # see _split
             slot = self.ordinal_slot.expand(*x.shape[:-1], g)
-            tilt = F.pad(t, (0, 1)).gather(-1, slot) * v  # t_j v_k on group j's tokens
-            if torch.is_grad_enabled() and h.requires_grad:
-                out = torch.cat([base[..., :g] + h_tokens + tilt, base[..., g:] + h_codes], -1)
-            else:  # sampling: in place
+            h_tokens = h_tokens + F.pad(t, (0, 1)).gather(-1, slot) * v  # + t_j v_k on group j
+            if h.requires_grad:
+                out = torch.cat([base[..., :g] + h_tokens, base[..., g:] + h_codes], dim=-1)
+            else:
                 out = base
-                out[..., :g] += h_tokens + tilt
+                out[..., :g] += h_tokens
                 out[..., g:] += h_codes
         else:
-            out = base + h if torch.is_grad_enabled() and h.requires_grad else base.add_(h)
+            out = base + h if h.requires_grad else base.add_(h)
         return out if logits else self.probs(out)
 
     def _network_input(self, ev: Tensor) -> Tensor:
