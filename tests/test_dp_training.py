@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 
 from fedsynth.client.dp_training import dp_step, make_private, poisson_batch, train_dp
 from fedsynth.common.config import ModelConfig, PrivacyConfig, TrainConfig
+from fedsynth.common.device import flush_denormals
 from fedsynth.common.model import Generator, OutputStep, build_model, per_example_loss
 from fedsynth.privacy.accountant import Mechanism
 
@@ -60,6 +63,34 @@ def test_single_example_gradient_never_exceeds_clip_on_the_denoiser() -> None:
         norms.append(float(g.norm()))
     assert max(norms) <= C * (1 + 1e-4)
     assert min(norms) > 0.9 * C  # the scaled-up loss is clipped, not zeroed
+
+
+def test_records_model_gradient_never_exceeds_clip_with_denormals_flushed() -> None:
+    """The whole-records model (one-hot groups, ordered numeric tokens) under DP-SGD as
+    ``train_dp`` runs it: inside ``flush_denormals`` on every pool thread, at tiny and large
+    noise levels, a single patient's clipped gradient stays within C."""
+    C = 0.1
+    groups, values = (3, 4), (0.0, 0.0, 0.0, -1.0, -1 / 3, 1 / 3, 1.0)
+    cfg = ModelConfig(hidden=(32, 32), time_dim=16, one_hot_groups=groups, ordinal_values=values)
+    torch.manual_seed(0)
+    model = build_model(12, cfg)
+    for p in model.net.out.parameters():  # a trained-looking last layer: the tilt is active
+        nn.init.normal_(p, std=0.5)
+    parts = make_private(model, torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
+                         max_grad_norm=C, sample_rate=0.5, n_rows=2, mode="ghost", noise_seed=0)
+    x = torch.zeros(1, 12)
+    x[0, [1, 5, 8, 10]] = 1.0  # a category, a numeric value, two codes
+    norms = []
+    with flush_denormals():
+        for p_mean in (-6.0, -1.2, 2.0):  # sigma ~ 0.002, ~0.3, ~7
+            loss_cfg = dataclasses.replace(cfg, p_mean=p_mean, p_std=0.1)
+            dp_step(parts, lambda m, xb, c=loss_cfg: per_example_loss(m, xb, c, 4) * 100.0, x)
+            g = torch.cat([p.grad.flatten() for p in parts.module.parameters()])
+            norms.append(float(g.norm()) * parts.expected_batch)
+    assert max(norms) <= C * (1 + 1e-4)
+    # at sigma 0.002 the evidence alone decides (|x - 1/2| / sigma^2 ~ 1e5): loss and gradient
+    # are 0; at the other two the scaled-up loss is clipped, not zeroed
+    assert min(norms[1:]) > 0.9 * C
 
 
 def test_noise_std_is_sigma_times_clip_over_expected_batch() -> None:
