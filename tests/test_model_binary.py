@@ -13,7 +13,7 @@ from torch import nn
 
 from fedsynth.common.config import ModelConfig
 from fedsynth.common.model import build_model, edm_sigmas, heun_sample, per_example_loss
-from fedsynth.common.model.binary import BinaryPosterior, prior_logit
+from fedsynth.common.model.binary import BinaryPosterior, OneHotGroups, prior_logit
 
 
 class _Zero(nn.Module):
@@ -150,3 +150,36 @@ def test_one_hot_group_loss_is_the_cross_entropy_and_sampling_keeps_one_hot() ->
     assert np.allclose(x[:, :3].sum(axis=1), 1.0, atol=1e-6)  # exactly one category
     se = np.sqrt(p[:3] * (1 - p[:3]) / 4000)
     assert np.all(np.abs(x[:, :3].mean(axis=0) - p[:3]) < 5 * se + 0.01)  # untrained: the prior
+
+
+def test_group_loss_gradient_is_softmax_minus_the_one_hot_as_autograd_computes_it() -> None:
+    # the loss's written-out backward against autograd through an independent per-group
+    # log_softmax, with a missing value (row 1, group 2), logits far apart (the EXP_FLOOR
+    # clamp) and a gradient that is not all ones; also torch's numerical gradcheck
+    groups = (3, 4, 1)
+    module = OneHotGroups(groups, 10).double()
+    rng = np.random.default_rng(0)
+    z = torch.as_tensor(rng.normal(0, 30, size=(5, 10))).requires_grad_()
+    x0 = torch.zeros(5, 10, dtype=torch.float64)
+    for row in range(5):
+        x0[row, rng.integers(0, 3)] = 1.0
+        if row != 1:
+            x0[row, 3 + rng.integers(0, 4)] = 1.0
+        x0[row, 7] = 1.0
+    x0[:, 8:] = torch.as_tensor(rng.integers(0, 2, size=(5, 2)), dtype=torch.float64)
+    weight = torch.as_tensor(rng.uniform(0.5, 2.0, size=5))
+    (module.loss(z, x0) * weight).sum().backward()
+    got = z.grad.clone()
+    z.grad = None
+    ref, start = torch.zeros(5, dtype=torch.float64), 0
+    for k in groups:
+        ref = ref - (torch.log_softmax(z[:, start:start + k], -1) * x0[:, start:start + k]).sum(-1)
+        start += k
+    ref = ref + torch.nn.functional.binary_cross_entropy_with_logits(
+        z[:, 8:], x0[:, 8:], reduction="none").sum(-1)
+    np.testing.assert_allclose(module.loss(z, x0).detach().numpy(), ref.detach().numpy(),
+                               rtol=1e-12)
+    (ref * weight).sum().backward()
+    np.testing.assert_allclose(got.numpy(), z.grad.numpy(), rtol=1e-9, atol=1e-12)
+    small = torch.as_tensor(rng.normal(0, 2, size=(5, 10))).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: module.loss(t, x0), (small,))

@@ -45,10 +45,13 @@ posterior stays exact and the model's last layer still starts at zero (t = 0).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from fedsynth.common.config import ModelConfig
 from fedsynth.common.model.edm import run_net, sample_sigma
@@ -130,11 +133,35 @@ class OneHotGroups(nn.Module):
         (a missing value has none and adds 0), plus the codes' binary cross-entropies."""
         zg, zc = self._split(z)
         x0g, x0c = self._split(x0)
-        m, _, s = self._shifted(zg)
-        present = torch.zeros_like(m).scatter_add(-1, self._index(x0g), x0g)  # 1 per group
-        ce = (present * (m + s.log())).sum(dim=-1) - (x0g * zg).sum(dim=-1)
         bce = F.binary_cross_entropy_with_logits(zc, x0c, reduction="none")
-        return ce + bce.sum(dim=-1)
+        return _GroupCrossEntropy.apply(zg, x0g, self) + bce.sum(dim=-1)
+
+
+class _GroupCrossEntropy(torch.autograd.Function):
+    """The groups' summed cross-entropy of ``OneHotGroups.loss`` with its gradient written out:
+
+        ce = sum_g present_g (m_g + log s_g) - sum_k x0_k z_k      (lse_g = m_g + log s_g)
+        d ce / d z_k = present_{g(k)} e_k / s_{g(k)} - x0_k        (softmax_k = e_k / s_g)
+
+    (present_g: 1 when group g has its token in x0, 0 for a missing value). The same numbers
+    as autograd through ``_shifted``'s gathers and scatters, in one gather backward instead of
+    their chain (``tests/test_model_binary.py`` compares both). The backward does not write
+    into what it saved: Opacus' ghost clipping runs it twice on one graph."""
+
+    @staticmethod
+    def forward(ctx: Any, zg: Tensor, x0g: Tensor, groups: OneHotGroups) -> Tensor:
+        m, e, s = groups._shifted(zg)
+        present = torch.zeros_like(m).scatter_add(-1, groups._index(x0g), x0g)  # 1 per group
+        ctx.save_for_backward(e, present / s, x0g)
+        ctx.groups = groups
+        return (present * (m + s.log())).sum(dim=-1) - (x0g * zg).sum(dim=-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        e, weight, x0g = ctx.saved_tensors
+        softmax = e * weight.gather(-1, ctx.groups._index(e))  # present_g e_k / s_g
+        return (softmax - x0g) * grad.unsqueeze(-1), None, None
 
 
 def ordinal_groups(groups: tuple[int, ...],
@@ -189,7 +216,10 @@ class BinaryPosterior(nn.Module):
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
 
-    def forward(self, x: Tensor, sigma: Tensor, logits: bool = False) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor, logits: bool = False,
+                dependency_scale: float = 1.0) -> Tensor:
+        """``dependency_scale`` w: the network's term F enters as w F (sampling only,
+        ``common.model.guidance``)."""
         sigma = sigma.to(x.dtype)
         while sigma.dim() < x.dim():
             sigma = sigma.unsqueeze(-1)
@@ -197,6 +227,8 @@ class BinaryPosterior(nn.Module):
             ev = (x - 0.5).div_(sigma**2).add_(self.prior_logit.to(x.dtype))
             x_in = self._network_input(ev)
         h = run_net(self.net, x_in, sigma.log() / 4.0)
+        if dependency_scale != 1.0:
+            h = h * dependency_scale if h.requires_grad else h.mul_(dependency_scale)
         base = ev.add_(self.logit_offset)  # ev is not needed any more
         # training (h carries a gradient): out of place; sampling (no_grad): into base
         if self.n_ordinal:  # numeric groups: one tilt per group out (module docstring)
@@ -212,7 +244,11 @@ class BinaryPosterior(nn.Module):
                 out[..., g:] += h_codes
         else:
             out = base + h if h.requires_grad else base.add_(h)
-        return out if logits else self.probs(out)
+        if logits:
+            return out
+        if self.groups is not None and not h.requires_grad:  # sampling: into out's own memory
+            return self.groups.probs(out, out=out)
+        return self.probs(out)
 
     def _network_input(self, ev: Tensor) -> Tensor:
         """What the network reads: P(x0 | x) under the evidence ``ev`` alone (sigmoid; the
