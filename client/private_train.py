@@ -194,7 +194,8 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
     gen, _ = release_generator(res.ema_state, model_cfg, matrix.vocab, kept,
                                threshold_source=FIXED_THRESHOLD, prevalence=prevalence,
                                prevalence_source="Gaussian-mechanism code counts "
-                                                 "(in privacy.json)", device=device)
+                                                 "(in privacy.json)", device=device,
+                               training="private")
     report = ledger.report(plan.delta, pc.epsilon, pc.accountant, local=True)
     report.update({
         "n_patients": n,

@@ -60,6 +60,10 @@ class ModelConfig:
     # network also reads each numeric column's expected value and tilts its tokens along this
     # scale (``common.model.binary``). Public (the schema's bounds); (): no such inputs
     ordinal_values: tuple[float, ...] = ()
+    # sampling: the network's term of the posterior times this (``common.model.guidance``;
+    # 1 = the trained posterior, > 1 sharpens the dependencies between columns); 0: auto (a
+    # whole-records model 1.5 non-private, 1.75 centralized DP, 3 federated; codes-only 1)
+    dependency_scale: float = 0.0
 
     def output_kind(self) -> str:
         """The output step ``output_step`` resolves to: "threshold" or "per_code"."""
@@ -281,6 +285,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("model", "rho"): (lambda v: v > 0, "> 0"),
     ("model", "sample_steps"): (lambda v: v >= 1, ">= 1"),
     ("model", "threshold"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("model", "dependency_scale"): (lambda v: 0 <= v <= 10, "in [0, 10] (0: auto)"),
     ("model", "ordinal_values"): (lambda v: all(-1 <= x <= 1 for x in v), "numbers in [-1, 1]"),
     ("train", "epochs"): (lambda v: v >= 0, ">= 0"),
     ("train", "batch_size"): (lambda v: v >= 1, ">= 1"),

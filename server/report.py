@@ -44,7 +44,7 @@ def write_model_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[
         final_state, cfg.model, vocab, kept, threshold_source=FIXED_THRESHOLD,
         prevalence=None if prevalence is None else np.asarray(prevalence),
         prevalence_source="empirical-Bayes estimate from the sum of the sites' "
-                          "Gaussian-mechanism code counts", device="cpu")
+                          "Gaussian-mechanism code counts", device="cpu", training="federated")
     model_dir = out / "model"
     save_release(model_dir, gen, extra={"federated": True, "run_id": settings.run_id,
                                         "rounds": rounds, "privacy": "see ../privacy.json"})

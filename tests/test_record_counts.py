@@ -95,6 +95,9 @@ def test_dp_records_run_lists_the_column_counts_as_their_own_mechanism(
     assert len(mechs) == 3
     assert epsilon(mechs, privacy["delta"], "prv") == pytest.approx(privacy["epsilon"], rel=1e-6)
     assert privacy["epsilon"] <= 3.0 + 1e-9
+    # the release's auto guidance: post-processing, no mechanism of its own
+    model_cfg = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
+    assert model_cfg["dependency_scale"] == 1.75
 
 
 # ---------------------------------------------------------------- a site under a hostile plan

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,8 @@ def test_train_sample_evaluate_whole_records(mimic_path, tmp_path) -> None:
          "--epochs", "2", "--out", str(model), "--quiet")
     layout, schema = read_layout(model)
     assert schema.name == "mimic3" and layout.n_tokens > 0
+    # auto dependency guidance, decided at the release and kept with the model
+    assert json.loads((model / "config.json").read_text())["model"]["dependency_scale"] == 1.5
     syn = tmp_path / "syn.parquet"
     _run("ehr-sample", "--model", str(model), "--n", "300", "--out", str(syn), "--quiet")
     df = pd.read_parquet(syn)

@@ -43,7 +43,8 @@ def train_centralized(X: np.ndarray, vocab: Any, config: Config, out_dir: str | 
     gen, calibration = release_generator(
         result.ema.module, config.model, vocab, modelled,
         threshold_source="ModelConfig.threshold", prevalence=X.mean(axis=0),
-        prevalence_source="training data", device=result.report["device"])
+        prevalence_source="training data", device=result.report["device"],
+        training="central")
     report = dict(result.report)
     report["total_seconds"] = round(time.perf_counter() - t0, 2)
     report["output_step"] = gen.output_step.kind

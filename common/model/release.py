@@ -25,6 +25,7 @@ from torch import nn
 
 from fedsynth.common.config import ModelConfig
 from fedsynth.common.model import calibrate as calibration
+from fedsynth.common.model.guidance import resolve_scale
 from fedsynth.common.model.output import OutputStep
 from fedsynth.common.model.store import Generator, save_model
 from fedsynth.common.model.train import build_model
@@ -45,6 +46,7 @@ def release_generator(
     prevalence: np.ndarray | None = None,
     prevalence_source: str = "",
     device: torch.device | str = "cpu",
+    training: str = "central",
 ) -> tuple[Generator, dict[str, Any]]:
     """The calibrated Generator of trained ``weights`` and what the calibration did.
 
@@ -54,7 +56,11 @@ def release_generator(
     ``cfg.threshold`` with ``info={"source": threshold_source}``. With a ``prevalence`` (one
     entry per vocabulary code) the generator is calibrated to it
     (``calibrate.calibrate`` on ``calibrate.CALIBRATION_SAMPLES`` samples, read at call time);
-    without one it stays as it is and the returned info is ``{}``."""
+    without one it stays as it is and the returned info is ``{}``. ``training`` ("central",
+    "private" or "federated") decides an auto ``cfg.dependency_scale`` before the calibration
+    (``guidance.resolve_scale``); the Generator's config, and so config.json, holds the value
+    its sampler uses."""
+    cfg = resolve_scale(cfg, training)
     g = int(sum(cfg.one_hot_groups))
     if g and modelled is not None and list(np.asarray(modelled)[:g]) != list(range(g)):
         raise ValueError("whole records: every token of the one-hot groups must be modelled")

@@ -38,7 +38,9 @@ from fedsynth.common.atomic import atomic_path, write_json
 from fedsynth.common.config import Config, ModelConfig
 from fedsynth.common.device import flush_denormals, resolve_device
 from fedsynth.common.errors import InputError
+from fedsynth.common.model.binary import BinaryPosterior
 from fedsynth.common.model.ema import EMA, _unwrap
+from fedsynth.common.model.guidance import sampling_scale
 from fedsynth.common.model.output import OutputStep
 from fedsynth.common.model.sampler import edm_sigmas, heun_sample
 from fedsynth.common.model.train import ProgressBar, build_model
@@ -277,15 +279,22 @@ class Generator:
         return self.n_codes if self.modelled is None else len(self.modelled)
 
     def denoiser(self) -> Any:
-        """D(x; sigma) for the sampler. On CPUs with fast bfloat16 matrix units (picked by a
+        """D(x; sigma) for the sampler, with the dependency scale of ``self.cfg``
+        (``common.model.guidance``). On CPUs with fast bfloat16 matrix units (picked by a
         30 ms micro-benchmark, ``ModelConfig.sample_precision="auto"``) the inner network runs
         in bfloat16 while the preconditioning and the ODE state stay float32."""
         if self._denoise is None:
-            self._denoise = self.model
+            model = self.model
             if _use_bf16(self.cfg.sample_precision, self.device, self.cfg.hidden[0]):
-                fast = copy.deepcopy(self.model)
-                fast.net.to(torch.bfloat16)  # the wrapper casts the net's input and output
-                self._denoise = fast
+                model = copy.deepcopy(self.model)
+                model.net.to(torch.bfloat16)  # the wrapper casts the net's input and output
+            w = sampling_scale(self.cfg)
+            if w != 1.0:
+                if not isinstance(self.model, BinaryPosterior):
+                    raise InputError("model.dependency_scale",
+                                     "needs the binary parameterisation (1 or 0 for edm)")
+                model = functools.partial(model, dependency_scale=w)
+            self._denoise = model
         return self._denoise
 
     def sample_continuous(self, n: int, seed: int = 0, batch: int = 1000,
