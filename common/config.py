@@ -62,7 +62,7 @@ class ModelConfig:
     ordinal_values: tuple[float, ...] = ()
     # sampling: the network's term of the posterior times this (``common.model.guidance``;
     # 1 = the trained posterior, > 1 sharpens the dependencies between columns); 0: auto (a
-    # whole-records model 1.5 non-private, 1.75 centralized DP, 3 federated; codes-only 1)
+    # whole-records model 1.5 non-private, 1.75 centralized DP, 4 federated; codes-only 1)
     dependency_scale: float = 0.0
 
     def output_kind(self) -> str:

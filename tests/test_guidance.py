@@ -65,16 +65,17 @@ def test_the_release_keeps_the_scale_its_sampler_uses(tmp_path) -> None:
     vocab = Vocabulary(tuple(f"c{i}" for i in range(7)), name="t")
     gen, _ = release_generator(model, RECORDS, vocab, None, threshold_source="test",
                                training="federated")
-    assert gen.cfg.dependency_scale == 3.0
+    assert gen.cfg.dependency_scale == AUTO_SCALE["federated"] > 1
     x = torch.randn(5, 7, dtype=torch.float64)
     s = torch.full((5, 1), 0.4, dtype=torch.float64)
     gen.cfg.sample_precision = "fp32"
+    w = AUTO_SCALE["federated"]
     with torch.no_grad():
         np.testing.assert_allclose(gen.denoiser()(x, s).numpy(),
-                                   model(x, s, dependency_scale=3.0).numpy(), rtol=1e-12)
+                                   model(x, s, dependency_scale=w).numpy(), rtol=1e-12)
     save_release(tmp_path / "m", gen)
     again = load_model(tmp_path / "m", device="cpu")
-    assert again.cfg.dependency_scale == 3.0
+    assert again.cfg.dependency_scale == AUTO_SCALE["federated"]
     # sampling with guidance still gives one category per group
     noise = torch.randn(500, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     out = heun_sample(gen.denoiser(), noise, edm_sigmas(8, 0.02, 5.0, 7.0)).numpy()

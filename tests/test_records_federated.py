@@ -55,7 +55,7 @@ def test_simulate_whole_records_two_sites(tmp_path: Path, diabetes_path: Path) -
             assert v.between(col.low, col.high).all()
     assert (out / "model" / "records_layout.json").is_file()
     model_cfg = json.loads((out / "model" / "config.json").read_text())["model"]
-    assert model_cfg["dependency_scale"] == 3.0  # auto guidance of a federated records model
+    assert model_cfg["dependency_scale"] == 4.0  # auto guidance of a federated records model
     privacy = json.loads((out / "privacy.json").read_text())
     for site in privacy["sites"].values():  # code counts, column counts, one DP-SGD round
         assert len(site["history"]) == 3
