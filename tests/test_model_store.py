@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -128,7 +129,9 @@ def test_release_from_a_state_dict_calibrates_and_saves_what_save_model_would(tm
     assert gen.output_step.info["calibration"] == info
     assert np.flatnonzero(gen.tail).tolist() == [9]
     save_release(tmp_path / "a", gen, extra={"note": 1})
-    save_model(tmp_path / "b", gen.model, cfg, VOCAB, extra={"note": 1},
+    # the release's config is cfg with its auto dependency scale decided (codes only: 1)
+    assert gen.cfg == dataclasses.replace(cfg, dependency_scale=1.0)
+    save_model(tmp_path / "b", gen.model, gen.cfg, VOCAB, extra={"note": 1},
                output_step=gen.output_step, modelled=[0, 4, 7], tail=gen.tail)
     for name in ("config.json", "vocabulary.json", "output_step.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
