@@ -350,3 +350,7 @@ def _check_values(config: Config, source: object) -> None:
                 raise InputError(source, f"{name} must be {rule[1]}, got {value!r}")
     if config.model.sigma_min >= config.model.sigma_max:
         raise InputError(source, "ModelConfig.sigma_min must be below sigma_max")
+    if config.model.parameterization != "binary" and config.model.dependency_scale not in (0, 1):
+        # refused before any training, not at the release's first sample (common.model.guidance)
+        raise InputError(source, "ModelConfig.dependency_scale needs the binary "
+                                 "parameterisation (0 or 1 for edm)")

@@ -86,6 +86,9 @@ def test_a_bad_scale_is_refused() -> None:
     for bad in (-1, 11, "2"):
         with pytest.raises(InputError, match="dependency_scale"):
             Config.from_dict({"model": {"dependency_scale": bad}})
+    with pytest.raises(InputError, match="binary"):  # before training, from a config file
+        Config.from_dict({"model": {"parameterization": "edm", "dependency_scale": 2}})
+    assert Config.from_dict({"model": {"parameterization": "edm", "dependency_scale": 1}})
     edm = ModelConfig(hidden=(8,), time_dim=8, parameterization="edm", dependency_scale=2.0)
     vocab = Vocabulary(("a", "b"), name="t")
     gen, _ = release_generator(build_model(2, edm), edm, vocab, None, threshold_source="test")
