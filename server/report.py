@@ -53,13 +53,13 @@ def write_model_and_sample(out: Path, settings: RunSettings, vocab_doc: Mapping[
     cont = generator.sample_continuous(settings.samples, seed=settings.seed)
     synth = generator.finish(cont, seed=settings.seed)
     if vocab_doc.get("schema"):  # whole records: the schema's columns beside the codes
-        from fedsynth.common.data.record_tokens import token_layout, write_layout
+        from fedsynth.common.data.record_tokens import model_layout, write_layout
         from fedsynth.common.data.schema import schema_from_dict
         from fedsynth.common.data.writer import write_records
         from fedsynth.common.model.record_output import records_of
 
         schema = schema_from_dict(vocab_doc["schema"], "the sites' schema")
-        layout = token_layout(schema)
+        layout = model_layout(schema)
         write_layout(model_dir, layout, schema)
         write_records(out / "synthetic.csv",
                       *records_of(generator, cont, synth, layout, schema, settings.seed))

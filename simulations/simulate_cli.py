@@ -105,6 +105,10 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
 
             _, arrays["canaries"], arrays["included"] = insert_canaries(
                 train.X, canaries, seed=seed + 1000 + k, tokens=tokens)
+            if records is not None:  # a real row's columns, the canary's own number of codes
+                from fedsynth.common.data.record_tokens import model_layout, recount_codes
+
+                recount_codes(arrays["canaries"], model_layout(records.schema))
         with atomic_path(folder / f"site{k}.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         sizes.append({"train": int(train.X.shape[0]), "holdout": int(hold.X.shape[0]),

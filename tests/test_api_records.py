@@ -124,7 +124,8 @@ def test_dp_records_training_is_ehr_train_columns_all(records: Records, mimic_pa
     names = [m["name"] for m in api["mechanisms"]]
     assert COLUMN_COUNTS in names and "DP-SGD" in names and len(names) == 3
     col = next(m for m in api["mechanisms"] if m["name"] == COLUMN_COUNTS)
-    assert col["l2_sensitivity"] == pytest.approx(np.sqrt(len(records.schema.columns)))
+    # one value per schema column and patient, and its number of codes (codes:count)
+    assert col["l2_sensitivity"] == pytest.approx(np.sqrt(len(records.schema.columns) + 1))
     assert len(api["history"]) == 3  # code counts, column counts, DP-SGD in the ledger
 
     toml = tmp_path / "tiny.toml"

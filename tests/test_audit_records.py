@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fedsynth.common.config import ModelConfig
-from fedsynth.common.data.record_tokens import record_vocabulary, token_layout, write_layout
+from fedsynth.common.data.record_tokens import model_layout, record_vocabulary, write_layout
 from fedsynth.common.data.schema import Column, Schema, schema_for
 from fedsynth.common.errors import InputError
 from fedsynth.common.model.store import save_model
@@ -174,7 +174,7 @@ def untrained(diabetes_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     pd.DataFrame({"patient_id": raw["patient_nbr"], "code": raw["diag_1"]}).to_csv(
         d / "codes.csv", index=False)
     schema = schema_for("diabetes130")
-    layout = token_layout(schema)
+    layout = model_layout(schema)  # the model's: the schema's tokens, then the number of codes
     vocab = record_vocabulary(layout, Vocabulary(codes=("250", "401", "428", "414", "427"),
                                                  name="icd9cm-3digit"))
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from torch import nn
 
 from fedsynth.client.site_training import SiteData, _columns_refusal
 from fedsynth.common.config import Config, ModelConfig
-from fedsynth.common.data.record_tokens import ordinal_values, token_layout
+from fedsynth.common.data.record_tokens import model_layout, ordinal_values, token_layout
 from fedsynth.common.data.schema import schema_for
 from fedsynth.common.errors import InputError
 from fedsynth.common.model.binary import (
@@ -131,7 +131,7 @@ def test_config_reads_ordinal_values_and_refuses_bad_ones() -> None:
 
 def test_site_refuses_a_plan_whose_ordinal_values_are_not_its_schemas() -> None:
     schema = schema_for("mimic3")
-    layout = token_layout(schema)
+    layout = model_layout(schema)
     groups, values = layout.group_sizes(), ordinal_values(layout, schema)
     data = SiteData("A", np.zeros((2, 1)), np.zeros((1, 1)), None, schema=schema.to_dict())
     assert data.model_columns == (groups, values)

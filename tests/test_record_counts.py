@@ -88,7 +88,8 @@ def test_dp_records_run_lists_the_column_counts_as_their_own_mechanism(
     names = [m["name"] for m in privacy["mechanisms"]]
     assert MECHANISM_NOTE in names and "DP-SGD" in names and len(names) == 3
     col = next(m for m in privacy["mechanisms"] if m["name"] == MECHANISM_NOTE)
-    columns = len(schema_for("diabetes130").columns)  # one value per column and patient
+    # one value per column and patient, and one for its number of codes (codes:count)
+    columns = len(schema_for("diabetes130").columns) + 1
     assert col["l2_sensitivity"] == pytest.approx(np.sqrt(columns))
     mechs = [Mechanism(**{k: m[k] for k in ("noise_multiplier", "sample_rate", "steps")})
              for m in privacy["this_run"]]
@@ -107,22 +108,35 @@ SCHEMA = {"name": "hand", "columns": [
 
 
 def _site(n: int = 160):
+    """A records site over ``SCHEMA`` and 6 codes, its matrix built like a real site's
+    (``record_tokens``: the schema's tokens, the number of codes, then the codes)."""
     from fedsynth.client.site_training import SiteData
+    from fedsynth.common.data.record_tokens import (
+        model_layout,
+        record_vocabulary,
+        records_to_tokens,
+    )
+    from fedsynth.common.data.schema import schema_from_dict
+    from fedsynth.common.vocabulary import Vocabulary
 
     rng = np.random.default_rng(0)
-    T = np.zeros((n, 5), dtype=np.uint8)
-    T[np.arange(n), rng.integers(0, 2, n)] = 1
-    T[np.arange(n), 2 + rng.integers(0, 3, n)] = 1
-    X = np.hstack([T, (rng.random((n, 6)) < 0.3).astype(np.uint8)])
-
-    class Vocab:
-        name, codes = "t", tuple(f"sex:{i}" for i in range(2)) + tuple(
-            f"stay:{i}" for i in range(3)) + tuple(f"c{i}" for i in range(6))
-
-    return SiteData("A", X[:120], X[120:], Vocab(), schema=SCHEMA)
+    table = pd.DataFrame({"sex": rng.choice(["F", "M"], n),
+                          "stay": rng.choice(["short", "mid", "long"], n)})
+    codes = (rng.random((n, 6)) < 0.3).astype(np.uint8)
+    layout = model_layout(schema_from_dict(SCHEMA))
+    X = np.hstack([records_to_tokens(table, layout, codes), codes])
+    vocab = record_vocabulary(layout, Vocabulary(tuple(f"c{i}" for i in range(6))))
+    return SiteData("A", X[:120], X[120:], vocab, schema=SCHEMA)
 
 
-def _plan(rnd: int, share: float = 0.1, groups: tuple[int, ...] = (2, 3),
+def _groups() -> tuple[int, ...]:
+    from fedsynth.common.data.record_tokens import model_columns
+    from fedsynth.common.data.schema import schema_from_dict
+
+    return model_columns(schema_from_dict(SCHEMA))[0]  # (2, 3, the number of codes' bins)
+
+
+def _plan(rnd: int, share: float = 0.1, groups: tuple[int, ...] | None = None,
           kept: list[int] | None = None):
     from conftest import tiny_site_config
 
@@ -130,7 +144,7 @@ def _plan(rnd: int, share: float = 0.1, groups: tuple[int, ...] = (2, 3),
 
     cfg = tiny_site_config()
     cfg.privacy.count_epsilon_share = share
-    cfg.model.one_hot_groups = groups
+    cfg.model.one_hot_groups = _groups() if groups is None else groups
     return SitePlan(round=rnd, rounds=1, run_id="r1", target_epsilon=3.0, config=cfg, kept=kept)
 
 
@@ -159,16 +173,18 @@ def test_both_count_releases_are_spent_once_and_dp_sgd_stays_within_budget(tmp_p
     ledger = Ledger.open(tmp_path, "A", 1e-3)
     first = site_counts(data, _plan(0), ledger, 3.0, tmp_path)
     again = site_counts(data, _plan(0), Ledger.open(tmp_path, "A"), 3.0, tmp_path)
-    assert first.status == "ok" and first.column_counts.counts.shape == (5,)
+    tokens = sum(_groups())
+    assert first.status == "ok" and first.column_counts.counts.shape == (tokens,)
     assert first.counts.counts.shape == (6,)  # the code counts cover the codes only
     np.testing.assert_array_equal(first.column_counts.counts, again.column_counts.counts)
     history = Ledger.open(tmp_path, "A").history
     assert len(history) == 2 and all(m.sample_rate == 1.0 for m in history)
-    kept = list(range(11))
+    kept = list(range(tokens + 6))
     cfg = _plan(1, kept=kept).config
     g = {k: v.detach().numpy().copy()
-         for k, v in build_model(11, cfg.model).state_dict().items()}
-    bad = run_site_round(g, g, data, _plan(1, groups=(3, 2), kept=kept), ledger, 3.0)
+         for k, v in build_model(len(kept), cfg.model).state_dict().items()}
+    swapped = (3, 2, *_groups()[2:])
+    bad = run_site_round(g, g, data, _plan(1, groups=swapped, kept=kept), ledger, 3.0)
     assert bad.status == "refused" and "schema" in bad.reason
     assert len(Ledger.open(tmp_path, "A").history) == 2
     upd = run_site_round(g, g, data, _plan(1, kept=kept), ledger, 3.0)
@@ -190,10 +206,11 @@ def test_a_coordinator_chosen_records_sample_rate_is_the_one_accounted(tmp_path,
     data = _site()
     ledger = Ledger.open(tmp_path, "A", 1e-3)
     assert site_counts(data, _plan(0), ledger, 3.0, tmp_path).status == "ok"
-    plan = _plan(1, kept=list(range(11)))
+    kept = list(range(sum(_groups()) + 6))
+    plan = _plan(1, kept=kept)
     plan.config.federation.records_sample_rate = q
     g = {k: v.detach().numpy().copy()
-         for k, v in build_model(11, plan.config.model).state_dict().items()}
+         for k, v in build_model(len(kept), plan.config.model).state_dict().items()}
     upd = run_site_round(g, g, data, plan, ledger, 3.0)
     assert upd.status == "ok"
     mechs = Ledger.open(tmp_path, "A").history

@@ -17,7 +17,7 @@ import torch
 
 from fedsynth.client.site_training import SiteData, SitePlan, load_site_data
 from fedsynth.common.config import Config, ModelConfig
-from fedsynth.common.data.record_tokens import records_to_tokens, token_layout
+from fedsynth.common.data.record_tokens import model_layout, records_to_tokens, token_layout
 from fedsynth.common.data.schema import schema_from_dict
 from fedsynth.common.model.output import OutputStep
 from fedsynth.common.model.store import Generator
@@ -117,8 +117,12 @@ def test_simulated_site_file_keeps_the_tables(slice_path: Path, tmp_path: Path) 
     layout = token_layout(records.schema)
     assert np.array_equal(records_to_tokens(data.train_table, layout),
                           data.members[:, :layout.n_tokens])
-    # the canaries are valid records (a real row's tokens, rare codes after them): the
-    # column-count release accepts them
-    assert data.canaries is not None and data.canaries[:, layout.n_tokens:].sum(axis=1).min() > 0
-    release_column_counts(data.train[:, :layout.n_tokens], data.groups, 1.0,
+    # the canaries are valid records (a real row's tokens, rare codes after them, their own
+    # number of codes): the column-count release accepts them
+    model = model_layout(records.schema)
+    assert data.canaries is not None and data.canaries[:, model.n_tokens:].sum(axis=1).min() > 0
+    count = model.groups[-1]
+    n_codes = data.canaries[:, model.n_tokens:].sum(axis=1)
+    assert (data.canaries[:, count.start:count.stop].argmax(axis=1) == n_codes).all()
+    release_column_counts(data.train[:, :model.n_tokens], data.groups, 1.0,
                           np.random.default_rng(0))

@@ -20,6 +20,8 @@ from fedsynth.common.errors import InputError
 KINDS = ("categorical", "integer", "real")
 TRANSFORMS = ("none", "log1p")
 RESERVED = ("patient_id",)  # the output's id column
+# the records model's own column of a record's number of codes (record_tokens.model_layout)
+CODES_COUNT = "codes:count"
 _COLUMN_KEYS = {"name", "kind", "categories", "low", "high", "transform", "note"}
 INT_LIMIT = 2**53  # exact in float64, so bounds survive encode/decode and TOML
 
@@ -114,6 +116,9 @@ def _column(d: object, i: int, where: object) -> Column:
     at = f"column {name!r}"
     if name.lower() in RESERVED:
         raise InputError(where, f"{at}: the name {name!r} is reserved for the patient id")
+    if name == CODES_COUNT:
+        raise InputError(where, f"{at}: the name {name!r} is reserved for the records model's "
+                         "number of codes")
     if set(d) - _COLUMN_KEYS:
         raise InputError(where, f"{at}: unknown key {sorted(set(d) - _COLUMN_KEYS)[0]!r}")
     kind, note = d.get("kind"), d.get("note", "")

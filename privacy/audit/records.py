@@ -118,7 +118,7 @@ def sample_synthetic(gen: Any, layout: Any, schema: Schema,
     from fedsynth.common.model.record_output import sample_records
 
     table, codes, _ = sample_records(gen, layout, schema, cfg.n_synth, seed=cfg.seed)
-    X = np.hstack([records_to_tokens(table, layout), np.asarray(codes, dtype=np.uint8)])
+    X = np.hstack([records_to_tokens(table, layout, codes), np.asarray(codes, dtype=np.uint8)])
     return np.ascontiguousarray(X, dtype=np.uint8), table
 
 

@@ -81,11 +81,11 @@ def site_records_audit(generator: Any, data: Any, synthetic: np.ndarray,
                     "2) beside its matrices: the attribute attack on records is skipped",
                     data.site)
         return synthetic, None
-    from fedsynth.common.data.record_tokens import token_layout
+    from fedsynth.common.data.record_tokens import model_layout
     from fedsynth.common.data.schema import schema_from_dict
 
     schema = schema_from_dict(data.schema, "site data")
-    layout = token_layout(schema)
+    layout = model_layout(schema)
     X, table = sample_synthetic(generator, layout, schema, cfg)
     return X, RecordsAudit(schema, layout.n_tokens, train, hold, default_targets(schema),
                            synth=table)
