@@ -212,7 +212,7 @@ def records_to_tokens(table: pd.DataFrame, layout: TokenLayout,
         if g.kind == "count":
             if codes is None:
                 continue
-            idx = _index(pd.Series(np.asarray(codes.sum(axis=1)).ravel()), g)
+            idx = _count_index(codes, g)
         else:
             idx = _index(table[g.name], g)
         ok = idx >= 0
@@ -226,9 +226,13 @@ def recount_codes(X: np.ndarray, layout: TokenLayout) -> np.ndarray:
     canaries, stay valid records)."""
     count = next(g for g in layout.groups if g.kind == "count")
     X[:, count.start:count.stop] = 0
-    idx = _index(pd.Series(np.asarray(X[:, layout.n_tokens:]).sum(axis=1)), count)
-    X[np.arange(len(X)), count.start + idx] = 1
+    X[np.arange(len(X)), count.start + _count_index(X[:, layout.n_tokens:], count)] = 1
     return X
+
+
+def _count_index(codes: Any, group: Group) -> np.ndarray:
+    """The ``CODES_GROUP`` token of each row of the 0/1 ``codes`` (its number of codes)."""
+    return _index(pd.Series(np.asarray(codes.sum(axis=1)).ravel()), group)
 
 
 def tokens_to_table(scores: np.ndarray, layout: TokenLayout, schema: Schema,
