@@ -86,8 +86,13 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = json.dumps({"name": matrix.vocab.name, "codes": list(matrix.vocab.codes)})
-    # whole records: the canaries keep one token per schema column (a real row's)
-    tokens = 0 if records is None else len(matrix.vocab) - len(records.codes.vocab)
+    # whole records: the canaries keep a real row's columns and get their own number of codes
+    layout = None
+    if records is not None:
+        from fedsynth.common.data.record_tokens import model_layout, recount_codes
+
+        layout = model_layout(records.schema)
+    tokens = 0 if layout is None else layout.n_tokens
     sizes = []
     for k, idx in enumerate(parts):
         train, hold = split_holdout(matrix.subset(idx), holdout, seed + k)
@@ -105,10 +110,8 @@ def write_sites(matrix: Any, parts: list[np.ndarray], holdout: float, seed: int,
 
             _, arrays["canaries"], arrays["included"] = insert_canaries(
                 train.X, canaries, seed=seed + 1000 + k, tokens=tokens)
-            if records is not None:  # a real row's columns, the canary's own number of codes
-                from fedsynth.common.data.record_tokens import model_layout, recount_codes
-
-                recount_codes(arrays["canaries"], model_layout(records.schema))
+            if layout is not None:
+                recount_codes(arrays["canaries"], layout)
         with atomic_path(folder / f"site{k}.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         sizes.append({"train": int(train.X.shape[0]), "holdout": int(hold.X.shape[0]),

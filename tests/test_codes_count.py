@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from fedsynth.common.data.record_tokens import (
-    CODES_GROUP,
     model_columns,
     model_layout,
     records_matrix,
@@ -17,7 +16,7 @@ from fedsynth.common.data.record_tokens import (
     tokens_to_table,
 )
 from fedsynth.common.data.records import load_records
-from fedsynth.common.data.schema import schema_for, schema_from_dict
+from fedsynth.common.data.schema import CODES_COUNT, schema_for, schema_from_dict
 from fedsynth.common.errors import InputError
 from fedsynth.privacy.record_counts import release_column_counts, sensitivity
 
@@ -25,7 +24,7 @@ from fedsynth.privacy.record_counts import release_column_counts, sensitivity
 def test_model_layout_is_the_schema_columns_then_the_number_of_codes() -> None:
     schema = schema_for("diabetes130")
     base, model = token_layout(schema), model_layout(schema)
-    assert [g.name for g in model.groups] == [*schema.names, CODES_GROUP]
+    assert [g.name for g in model.groups] == [*schema.names, CODES_COUNT]
     assert model.groups[:-1] == base.groups  # the schema's tokens are unchanged
     count = model.groups[-1]
     assert count.kind == "count" and count.start == base.n_tokens
@@ -61,7 +60,7 @@ def test_the_count_is_not_an_output_column() -> None:
 
 
 def test_a_schema_may_not_name_a_column_like_the_count() -> None:
-    doc = {"name": "s", "columns": [{"name": CODES_GROUP, "kind": "categorical",
+    doc = {"name": "s", "columns": [{"name": CODES_COUNT, "kind": "categorical",
                                      "categories": ["a"]}]}
     with pytest.raises(InputError, match="reserved for the records model's number of codes"):
         schema_from_dict(doc, "s.toml")

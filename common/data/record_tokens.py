@@ -58,8 +58,8 @@ UNIT_VALUES = 16  # integer columns: one token per value for the first 16 values
 BIN_RATIO = 1.25  # then bins whose upper edge grows by this factor
 REAL_BINS = 40
 LAYOUT_FILE = "records_layout.json"
-CODES_GROUP = CODES_COUNT  # the model's column of a record's number of codes (not output)
-CODES_MAX = 255  # its public bound: 0..255 (a record with more codes falls in the last bin)
+# CODES_COUNT's public bound: 0..255 (a record with more codes falls in the last bin)
+CODES_MAX = 255
 
 
 @dataclass
@@ -135,8 +135,8 @@ def _label(lo: float, hi: float, kind: str) -> str:
 
 
 def codes_column() -> Column:
-    """A record's number of codes as a numeric column of public bounds (``CODES_GROUP``)."""
-    return Column(CODES_GROUP, "integer", low=0, high=CODES_MAX, transform="log1p")
+    """A record's number of codes as a numeric column of public bounds (``CODES_COUNT``)."""
+    return Column(CODES_COUNT, "integer", low=0, high=CODES_MAX, transform="log1p")
 
 
 def _group(c: Column, start: int, kind: str) -> Group:
@@ -157,7 +157,7 @@ def token_layout(schema: Schema) -> TokenLayout:
 
 def model_layout(schema: Schema) -> TokenLayout:
     """The records model's groups: ``token_layout``'s, then the number of codes
-    (``CODES_GROUP``, kind "count"; module docstring)."""
+    (``CODES_COUNT``, kind "count"; module docstring)."""
     layout = token_layout(schema)
     layout.groups.append(_group(codes_column(), layout.n_tokens, "count"))
     return layout
@@ -205,7 +205,7 @@ def _index(values: pd.Series, group: Group) -> np.ndarray:
 def records_to_tokens(table: pd.DataFrame, layout: TokenLayout,
                       codes: Any = None) -> np.ndarray:
     """(n, n_tokens) uint8: one token per group and row (none for a missing value); the
-    ``CODES_GROUP`` token from ``codes`` (the rows' 0/1 codes; none when not given)."""
+    ``CODES_COUNT`` token from ``codes`` (the rows' 0/1 codes; none when not given)."""
     out = np.zeros((len(table), layout.n_tokens), dtype=np.uint8)
     rows = np.arange(len(table))
     for g in layout.groups:
@@ -222,7 +222,7 @@ def records_to_tokens(table: pd.DataFrame, layout: TokenLayout,
 
 def recount_codes(X: np.ndarray, layout: TokenLayout) -> np.ndarray:
     """``X`` (rows of the model's columns: ``layout``'s tokens, then codes) with each row's
-    ``CODES_GROUP`` token set from its own codes, in place (rows built by hand, e.g. audit
+    ``CODES_COUNT`` token set from its own codes, in place (rows built by hand, e.g. audit
     canaries, stay valid records)."""
     count = next(g for g in layout.groups if g.kind == "count")
     X[:, count.start:count.stop] = 0
@@ -231,7 +231,7 @@ def recount_codes(X: np.ndarray, layout: TokenLayout) -> np.ndarray:
 
 
 def _count_index(codes: Any, group: Group) -> np.ndarray:
-    """The ``CODES_GROUP`` token of each row of the 0/1 ``codes`` (its number of codes)."""
+    """The ``CODES_COUNT`` token of each row of the 0/1 ``codes`` (its number of codes)."""
     return _index(pd.Series(np.asarray(codes.sum(axis=1)).ravel()), group)
 
 
