@@ -92,7 +92,10 @@ class Worker:
         self.service.data(cfg)
 
     def serve(self, path: Path, stop: threading.Event,
-              on_ready: Callable[[], None] | None = None) -> None:
+              on_ready: Callable[[], None] | None = None, parent: int | None = None) -> None:
+        """Serve requests one at a time until ``stop`` is set or, when ``parent`` is given,
+        until this process is no longer that process's child (ehr-client is gone: the parent
+        death signal alone can be lost, e.g. when ehr-client died before it was armed)."""
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -108,6 +111,9 @@ class Worker:
             on_ready()
         try:
             while not stop.is_set():
+                if parent is not None and os.getppid() != parent:
+                    log.warning("ehr-client (pid %d) is gone: the worker stops", parent)
+                    break
                 try:
                     conn, _ = srv.accept()
                 except TimeoutError:
@@ -140,7 +146,7 @@ class Worker:
         except (WorkerError, OSError, ValueError) as err:
             log.warning("dropped a request: %s", err)
             return
-        conn.settimeout(None)
+        conn.settimeout(None)  # a request may take long to serve ...
         with self.lock:
             self.dispatch(conn, header, arrays)
 
@@ -173,6 +179,7 @@ class Worker:
                 send_frame(conn, {"ok": False, "error": f"{type(err).__name__}: {err}"}, {})
             return
         sent = True
+        conn.settimeout(READ_TIMEOUT)  # ... but a ClientApp that stops reading is given up
         try:
             send_frame(conn, {"ok": True, "reply": reply}, out)
         except OSError as err:
@@ -255,6 +262,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fedsynth.client.worker", description=__doc__)
     p.add_argument("--dir", required=True, type=Path, help="the worker folder (0700)")
     p.add_argument("--socket", type=Path, help="socket path (default DIR/worker.sock)")
+    p.add_argument("--parent", type=int, help="stop when this process (ehr-client) is gone")
     args = p.parse_args(argv)
     node = json.loads((args.dir / CONFIG_NAME).read_text(encoding="utf-8"))
     token = (args.dir / TOKEN_NAME).read_bytes()
@@ -270,7 +278,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     stop = threading.Event()  # from now on a request in progress is finished first
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    worker.serve(args.socket or args.dir / SOCKET_NAME, stop, _announce)
+    worker.serve(args.socket or args.dir / SOCKET_NAME, stop, _announce, args.parent)
     return 0
 
 
@@ -324,7 +332,7 @@ class Supervisor:
         """Start the worker; with ``wait``, until it serves (else the watcher logs it)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fedsynth.client.worker", "--dir", str(self.folder),
-             "--socket", str(self.sock)],
+             "--socket", str(self.sock), "--parent", str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None,
             start_new_session=True, preexec_fn=_die_with_parent)
         proc = self.proc

@@ -295,3 +295,37 @@ def test_worker_stops_with_ehr_client(site_csv: Path, tmp_path: Path, how: int) 
         from fedsynth.federation.flower_runtime import sweep
 
         sweep(str((state / "flwr-home").resolve()))
+
+
+def test_worker_stops_when_its_parent_is_gone_without_the_death_signal(
+        site_csv: Path, tmp_path: Path) -> None:
+    """The parent death signal is armed between fork and exec and is lost when the parent dies
+    first; the worker also checks that its parent is still the one that started it. A parent
+    that starts the worker without the signal and exits: the worker stops by itself."""
+    folder = tmp_path / "w"
+    folder.mkdir(mode=0o700)
+    (folder / "config.json").write_text(json.dumps(node_config(site_csv, tmp_path / "state")))
+    (folder / "token").write_bytes(os.urandom(32))
+    code = (
+        "import os, subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'fedsynth.client.worker', '--dir', "
+        f"{str(folder)!r}, '--parent', str(os.getpid())], stdout=subprocess.PIPE, "
+        "stdin=subprocess.DEVNULL, start_new_session=True)\n"
+        "print(p.pid, flush=True)\n"
+        "assert p.stdout.readline().strip() == b'ready'\n"
+        "os._exit(0)\n")
+    parent = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=180)
+    assert parent.returncode == 0, parent.stderr[-2000:]
+    pid = int(parent.stdout.split()[0])
+    try:
+        deadline = time.monotonic() + 30
+        while pid in _worker_pids(folder) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pid not in _worker_pids(folder), "the worker outlived its parent"
+        log = (tmp_path / "state" / "logs" / "worker.log").read_text()
+        assert "is gone: the worker stops" in log
+        assert not (folder / "worker.sock").exists()
+    finally:
+        for left in _worker_pids(folder):
+            os.kill(left, signal.SIGKILL)
