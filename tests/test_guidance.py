@@ -94,3 +94,39 @@ def test_a_bad_scale_is_refused() -> None:
     gen, _ = release_generator(build_model(2, edm), edm, vocab, None, threshold_source="test")
     with pytest.raises(InputError, match="binary"):
         gen.denoiser()
+
+
+def test_a_records_release_samples_with_its_own_steps_and_is_calibrated_at_the_base_steps(
+        tmp_path, monkeypatch) -> None:
+    """A whole-records release samples with ``records_sample_steps``; its calibration ran at
+    ``sample_steps`` (cheaper) and says so; a codes-only release keeps ``sample_steps``."""
+    from fedsynth.common.model import calibrate
+
+    monkeypatch.setattr(calibrate, "CALIBRATION_SAMPLES", 400)
+    vocab = Vocabulary(tuple(f"c{i}" for i in range(7)), name="t")
+    prevalence = np.array([0.5, 0.3, 0.2, 0.6, 0.4, 0.1, 0.3])
+    seen: list[int] = []
+    from fedsynth.common.model.store import Generator
+
+    original = Generator.sample
+
+    def counting(self, n, seed=0, batch=1000, progress=False):
+        seen.append(self.cfg.sample_steps)
+        return original(self, n, seed, batch, progress)
+
+    monkeypatch.setattr(Generator, "sample", counting)
+    records = ModelConfig(hidden=(16,), time_dim=8, one_hot_groups=GROUPS,
+                          ordinal_values=(0.0, 0.0, 0.0, -1.0, 1.0), sample_steps=8,
+                          records_sample_steps=12)
+    gen, info = release_generator(_model(records).float(), records, vocab, None,
+                                  threshold_source="test", prevalence=prevalence)
+    assert seen and set(seen) == {8} and info["sampler_steps"] == 8
+    assert gen.cfg.sample_steps == 12
+    save_release(tmp_path / "m", gen)
+    assert load_model(tmp_path / "m", device="cpu").cfg.sample_steps == 12
+    codes = ModelConfig(hidden=(16,), time_dim=8, records_sample_steps=12)
+    gen, _ = release_generator(build_model(7, codes, prevalence), codes, vocab, None,
+                               threshold_source="test", prevalence=prevalence)
+    assert gen.cfg.sample_steps == 8
+    with pytest.raises(InputError, match="records_sample_steps"):
+        Config.from_dict({"model": {"records_sample_steps": 0}})
