@@ -62,7 +62,7 @@ def release_generator(
     (``guidance.resolve_scale``); the Generator's config, and so config.json, holds the value
     its sampler uses. A whole-records model is released with ``cfg.records_sample_steps``
     sampler steps; its calibration runs at ``cfg.sample_steps`` (each calibration pass is a
-    20,000-record sample: at 16 steps instead of 8 they would add about 10% to the records
+    20,000-record sample: at 16 steps instead of 8 they would add about 8% to the records
     model's training time) and says so in its info (``sampler_steps``)."""
     cfg = resolve_scale(cfg, training)
     g = int(sum(cfg.one_hot_groups))
