@@ -44,9 +44,9 @@ class ModelConfig:
     sample_steps: int = 8
     # ... of a released whole-records binary model (``model.one_hot_groups`` set; its marginal
     # calibration still runs at ``sample_steps``: ``common.model.release``). diabetes130 records,
-    # non-private, the same weights: 8 / 16 / 32 steps readmission ratio 0.948 / 0.955 / 0.953,
-    # association r 0.930 / 0.960 / 0.961 (sampling seed 0); epsilon 3: association 0.901 /
-    # 0.912 / 0.911, readmission 0.882 / 0.878 / 0.882 (README)
+    # the same weights at 8 / 16 steps: epsilon 3 association r 0.901 / 0.910 and 0.908 / 0.911
+    # (sampling seeds 0 / 1), readmission ratio 0.882 / 0.879; non-private readmission 0.950
+    # either way over sampling seeds 0-2 (README)
     records_sample_steps: int = 16
     threshold: float = 0.5  # scalar output step (EHRDiff: 0.5), used when output_step="threshold"
     # "auto": "threshold" for the binary parameterisation, "per_code" for edm (thresholds
