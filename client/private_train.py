@@ -137,8 +137,10 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
         raise InputError(None, str(err)) from None
     log.info("privacy ledger of this data set: %s (delta %g, epsilon spent so far %.2f)",
              ledger.path, delta, ledger.epsilon())
-    config = dataclasses.replace(config, privacy=dataclasses.replace(config.privacy,
-                                                                      delta=delta))
+    # the clip of this model (records: their own), so DP-SGD, the ledger and privacy.json
+    # all read the one that ran
+    config = dataclasses.replace(config, privacy=dataclasses.replace(
+        config.privacy, delta=delta, max_grad_norm=config.private_clip()))
     pc = config.privacy
     plan = plan_private(n, config, ledger.history)
     mechs = plan.mechanisms

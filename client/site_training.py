@@ -334,6 +334,8 @@ def run_site_round(
              plan.target_epsilon, budget)
 
     cfg = plan.config
+    # the plan's clip for this model (records: their own); DP-SGD and the ledger read this one
+    privacy_cfg = dataclasses.replace(cfg.privacy, max_grad_norm=cfg.private_clip())
     train_cfg = dataclasses.replace(
         cfg.train, ema_decay=_ema_decay(plan, mech.steps),
         lr=cfg.federation.lr if cfg.federation.lr > 0 else cfg.privacy.lr,
@@ -346,12 +348,12 @@ def run_site_round(
     model.to(dev)
     t0 = time.perf_counter()
     res = train_dp(model, X, model_cfg=cfg.model, train_cfg=train_cfg,
-                   privacy_cfg=cfg.privacy, noise_multiplier=mech.noise_multiplier,
+                   privacy_cfg=privacy_cfg, noise_multiplier=mech.noise_multiplier,
                    sample_rate=mech.sample_rate, steps=mech.steps, device=dev)
     ran: Mechanism = res.mechanism
     # Record what actually ran BEFORE anything leaves the site.
     ledger.record(ran, plan.run_id, plan.round, note=f"DP-SGD round {plan.round}",
-                  max_grad_norm=cfg.privacy.max_grad_norm,
+                  max_grad_norm=privacy_cfg.max_grad_norm,
                   expected_batch=ran.sample_rate * n)
     weights = {k: v.detach().cpu().numpy() for k, v in res.state_dict.items()}
     ema = None

@@ -77,7 +77,8 @@ def test_dp_records_run_lists_the_column_counts_as_their_own_mechanism(
     df.to_csv(data, index=False)
     cfg = tmp_path / "tiny.toml"
     cfg.write_text("[model]\nhidden = [32, 32]\ntime_dim = 16\nsample_steps = 4\n"
-                   "[privacy]\nhidden = [32]\ntime_dim = 16\nepochs = 1\nbatch_size = 512\n")
+                   "[privacy]\nhidden = [32]\ntime_dim = 16\nepochs = 1\nbatch_size = 512\n"
+                   "records_max_grad_norm = 0.3\n")
     bin_dir = Path(sys.executable).parent
     done = subprocess.run(
         [str(bin_dir / "ehr-train"), "--data", str(data), "--format", "diabetes130", "--epsilon",
@@ -96,6 +97,13 @@ def test_dp_records_run_lists_the_column_counts_as_their_own_mechanism(
     assert len(mechs) == 3
     assert epsilon(mechs, privacy["delta"], "prv") == pytest.approx(privacy["epsilon"], rel=1e-6)
     assert privacy["epsilon"] <= 3.0 + 1e-9
+    # DP-SGD clipped at the records' own norm, and every record of it says so
+    sgd = next(m for m in privacy["mechanisms"] if m["name"] == "DP-SGD")
+    assert sgd["max_grad_norm"] == 0.3
+    assert [h["max_grad_norm"] for h in privacy["history"] if h["mechanism"] == "DP-SGD"] == [0.3]
+    ledger = [json.loads(x) for x in next((tmp_path / "state").glob("ledger-*.jsonl"))
+              .read_text().splitlines()]
+    assert [e["max_grad_norm"] for e in ledger if e.get("note") == "DP-SGD"] == [0.3]
     # the release's auto guidance: post-processing, no mechanism of its own
     model_cfg = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
     assert model_cfg["dependency_scale"] == 1.75
@@ -189,6 +197,10 @@ def test_both_count_releases_are_spent_once_and_dp_sgd_stays_within_budget(tmp_p
     assert len(Ledger.open(tmp_path, "A").history) == 2
     upd = run_site_round(g, g, data, _plan(1, kept=kept), ledger, 3.0)
     assert upd.status == "ok" and len(upd.privacy["history"]) == 3
+    # the site clipped at the records' norm (not the codes' max_grad_norm) and recorded it
+    clip = cfg.privacy.records_max_grad_norm
+    assert clip != cfg.privacy.max_grad_norm
+    assert upd.privacy["history"][-1]["max_grad_norm"] == clip
     mechs = Ledger.open(tmp_path, "A").history
     assert epsilon(mechs, 1e-3, "prv") == pytest.approx(upd.privacy["epsilon"], rel=1e-6)
     assert upd.privacy["epsilon"] <= 3.0 + 1e-6
