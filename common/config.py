@@ -77,6 +77,11 @@ class ModelConfig:
             return self.output_step
         return "threshold" if self.parameterization == "binary" else "per_code"
 
+    def records_posterior(self) -> bool:
+        """A whole-records model whose groups have the one-hot posterior: ``one_hot_groups`` set
+        and the binary parameterisation (edm ignores the groups)."""
+        return bool(self.one_hot_groups) and self.parameterization == "binary"
+
 
 @dataclass
 class TrainConfig:

@@ -44,8 +44,8 @@ def resolve_scale(cfg: ModelConfig, training: str) -> ModelConfig:
         raise ValueError(f"training must be one of {sorted(AUTO_SCALE)}, got {training!r}")
     if cfg.dependency_scale > 0:
         return cfg
-    records = bool(cfg.one_hot_groups) and cfg.parameterization == "binary"
-    return dataclasses.replace(cfg, dependency_scale=AUTO_SCALE[training] if records else 1.0)
+    return dataclasses.replace(
+        cfg, dependency_scale=AUTO_SCALE[training] if cfg.records_posterior() else 1.0)
 
 
 def sampling_scale(cfg: ModelConfig) -> float:

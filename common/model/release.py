@@ -80,7 +80,7 @@ def release_generator(
     if prevalence is not None:
         info = calibration.calibrate(gen, np.asarray(prevalence), prevalence_source,
                                      n=calibration.CALIBRATION_SAMPLES)
-    if g and cfg.parameterization == "binary":
+    if cfg.records_posterior():
         gen.cfg = dataclasses.replace(cfg, sample_steps=cfg.records_sample_steps)
         gen.reset()
     return gen, info
