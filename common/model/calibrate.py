@@ -68,14 +68,15 @@ def calibrate_marginals(generator: Any, prevalence: np.ndarray, n: int = CALIBRA
                                                    dtype=module.logit_offset.dtype,
                                                    device=module.logit_offset.device)
         generator.reset()
-    after = float(generator.sample(min(n, CHECK_SAMPLES), seed=seed)[:, cols].mean(axis=0).sum())
+    check = min(n, CHECK_SAMPLES)
+    after = float(generator.sample(check, seed=seed)[:, cols].mean(axis=0).sum())
     log.info("marginal calibration: %.2f -> %.2f codes per patient (target %.2f)",
              before, after, float(target.sum()))
     return {"method": "per-code log-odds offset matched to prevalence",
             "codes_per_patient_before": round(before or 0.0, 3),
             "codes_per_patient_after": round(after, 3),
             "codes_per_patient_target": round(float(target.sum()), 3),
-            "iterations": iterations, "samples": n, "check_samples": min(n, CHECK_SAMPLES),
+            "iterations": iterations, "samples": n, "check_samples": check,
             "seed": seed,
             "sampler_steps": int(generator.cfg.sample_steps)}
 
