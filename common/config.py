@@ -116,10 +116,10 @@ class PrivacyConfig:
     delta: float | None = None  # None: min(1e-5, 1/(10 n_site))
     max_grad_norm: float = 1.0
     # ... of a whole-records model (``model.one_hot_groups`` set; ``Config.private_clip``).
-    # diabetes130 records, epsilon 3, 45,743 patients (one run each unless two): clip 0.25 /
-    # 0.5 / 1 / 2 association r 0.922 / 0.923 and 0.922 / 0.910 / 0.903, readmission ratio
-    # (4 classifier seeds) 0.883 / 0.894 and 0.892 / 0.879 / 0.875, co-occurrence 0.965 /
-    # 0.967 and 0.965 / 0.963 / 0.965 (codes-only models keep 1.0, measured on codes). A
+    # diabetes130 records, epsilon 3, 45,743 patients (one run each, four at 0.5): clip 0.25 /
+    # 0.5 / 1 / 2 association r 0.922 / 0.909-0.923 / 0.910 / 0.903, readmission ratio (4
+    # classifier seeds) 0.883 / 0.878-0.894 (mean 0.886) / 0.879 / 0.875, co-occurrence 0.965 /
+    # 0.965-0.969 / 0.963 / 0.965 (codes-only models keep 1.0, measured on codes). A
     # federation's sites use it too: 5 sites dirichlet:0.5, association / readmission 0.833 /
     # 0.78 at 0.5 (one run), 0.823 / 0.837 and 0.833 / 0.745 at 1.0 (two runs)
     records_max_grad_norm: float = 0.5
