@@ -35,13 +35,18 @@ import torch
 from fedsynth.common.atomic import write_json
 from fedsynth.common.config import Config
 from fedsynth.common.data import CodeMatrix
+from fedsynth.common.data.record_tokens import group_indices
 from fedsynth.common.errors import BudgetExceeded, InputError
 from fedsynth.common.model import build_model
+from fedsynth.common.model.outcome import pair_tables
+from fedsynth.common.model.record_output import attach_outcome
 from fedsynth.common.model.release import FIXED_THRESHOLD, release_generator, save_release
-from fedsynth.privacy import record_counts
+from fedsynth.privacy import outcome_counts, record_counts
 from fedsynth.privacy.accountant import Mechanism, default_delta, epsilon
 from fedsynth.privacy.counts import MECHANISM_NOTE, count_epsilon, estimate, release_counts
 from fedsynth.privacy.ledger import Ledger, LedgerCorrupted, user_state_dir
+from fedsynth.privacy.outcome_counts import MECHANISM_NOTE as OUTCOME_NOTE
+from fedsynth.privacy.outcome_counts import release_pair_counts
 from fedsynth.privacy.planning import noise_for_target, poisson_rate, steps_for_epochs
 from fedsynth.privacy.record_counts import MECHANISM_NOTE as COLUMN_NOTE
 from fedsynth.privacy.record_counts import column_prevalence, release_column_counts
@@ -62,17 +67,20 @@ class PrivatePlan:
     noise_multiplier: float  # DP-SGD sigma
     target_epsilon: float
     prior: list[Mechanism]
+    pair_noise: float | None = None  # ... of the outcome pair counts (None: no outcome)
 
     @property
     def mechanisms(self) -> list[Mechanism]:
-        counts = [Mechanism(z, 1.0, 1) for z in (self.count_noise, self.column_noise) if z]
+        counts = [Mechanism(z, 1.0, 1)
+                  for z in (self.count_noise, self.column_noise, self.pair_noise) if z]
         return [*counts, Mechanism(self.noise_multiplier, self.sample_rate, self.steps)]
 
 
 def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
-    """Delta, q, steps and the two noise multipliers for ``config.privacy.epsilon``
-    (``privacy.planning``): the counts' sigma for their share of the target alone, DP-SGD's
-    for the target over the prior history plus the counts."""
+    """Delta, q, steps and the noise multipliers for ``config.privacy.epsilon``
+    (``privacy.planning``): the counts' sigma for their share of the target alone (the code
+    counts; a records model's column counts and, with an outcome column, its pair counts at
+    the same sigma), DP-SGD's for the target over the prior history plus the counts."""
     pc = config.privacy
     if pc.epsilon is None:
         raise ValueError("privacy.epsilon is not set")
@@ -83,17 +91,19 @@ def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
     q = poisson_rate(config.private_batch(), n)
     steps = steps_for_epochs(pc.epochs, q)
     refusal = f"cannot reach epsilon={pc.epsilon:g}"
-    count_noise = column_noise = None
+    count_noise = column_noise = pair_noise = None
     if pc.count_epsilon_share > 0:
         count_eps = count_epsilon(pc.epsilon, pc.count_epsilon_share, pc.count_epsilon_min)
         count_noise = noise_for_target(count_eps, delta, 1.0, 1, pc.accountant, refusal=refusal)
         if config.model.one_hot_groups:  # the record columns' counts: the same share
             column_noise = count_noise
-    counts = [Mechanism(z, 1.0, 1) for z in (count_noise, column_noise) if z]
+            if config.model.keeps_outcome():  # ... and the outcome's pair counts
+                pair_noise = count_noise
+    counts = [Mechanism(z, 1.0, 1) for z in (count_noise, column_noise, pair_noise) if z]
     sigma = noise_for_target(pc.epsilon, delta, q, steps, pc.accountant, [*prior, *counts],
                              refusal)
     return PrivatePlan(n, delta, q, steps, count_noise, column_noise, sigma, pc.epsilon,
-                       list(prior))
+                       list(prior), pair_noise)
 
 
 def data_set_site(matrix: CodeMatrix) -> str:
@@ -114,13 +124,17 @@ def data_set_site(matrix: CodeMatrix) -> str:
 
 def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str | Path,
                               state_dir: str | Path | None = None,
-                              progress: bool = True, site: str | None = None) -> dict[str, Any]:
+                              progress: bool = True, site: str | None = None,
+                              records: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """DP training of the generator on all rows of ``matrix``; writes the model directory and
     ``out_dir/privacy.json``. The spend goes into the data set's ledger (``site``, default
     ``data_set_site(matrix)``) in ``state_dir`` (default ``user_state_dir()``:
     ``$XDG_STATE_HOME/fedsynth`` or ``~/.local/state/fedsynth``, *not* the output folder, so
     that every run on the same patients composes) before anything is written out. The ledger's
-    delta is pinned at its first run (``privacy.delta`` or ``default_delta(n)``)."""
+    delta is pinned at its first run (``privacy.delta`` or ``default_delta(n)``).
+    ``records``: a records model's (token layout, schema); with an outcome column
+    (``ModelConfig.keeps_outcome``) its pair counts are released and fitted after training
+    (``common.model.outcome``); without ``records`` there is no such step, and no plan for it."""
     from fedsynth.client.dp_training import train_dp  # opacus
 
     t0 = time.perf_counter()
@@ -141,6 +155,9 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
     # all read the one that ran
     config = dataclasses.replace(config, privacy=dataclasses.replace(
         config.privacy, delta=delta, max_grad_norm=config.private_clip()))
+    if records is None:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                       outcome_group=-1))
     pc = config.privacy
     plan = plan_private(n, config, ledger.history)
     mechs = plan.mechanisms
@@ -198,11 +215,23 @@ def train_centralized_private(matrix: CodeMatrix, config: Config, out_dir: str |
                                prevalence_source="Gaussian-mechanism code counts "
                                                  "(in privacy.json)", device=device,
                                training="private")
+    outcome_info: dict[str, Any] = {}
+    if plan.pair_noise is not None and records is not None:
+        # 4. the outcome's pair counts (their own mechanism) and its fit (post-processing)
+        def measure(columns: list[int]) -> tuple[list[np.ndarray], float]:
+            tables = pair_tables(group_indices(X[:, :g], groups), model_cfg.outcome_group,
+                                 columns, groups)
+            ledger.record(Mechanism(plan.pair_noise, 1.0, 1), run_id=_run_id(), round=2,
+                          note=OUTCOME_NOTE)
+            return release_pair_counts(tables, plan.pair_noise)  # OS random
+
+        outcome_info = attach_outcome(gen, *records, measure,
+                                      "Gaussian-mechanism pair counts (in privacy.json)")
     report = ledger.report(plan.delta, pc.epsilon, pc.accountant, local=True)
     report.update({
         "n_patients": n,
         "release": "centralized model (one site); the output step uses only the private counts",
-        "mechanisms": _describe(plan, res.mechanism, pc, count_info, groups),
+        "mechanisms": _describe(plan, res.mechanism, pc, count_info, groups, outcome_info),
         "this_run": [m.to_dict() for m in [*mechs[:-1], res.mechanism]],
         "examples_per_s": round(res.examples_per_s, 1),
         "train_seconds": round(train_seconds, 1),
@@ -230,8 +259,15 @@ def _check_all(ledger: Ledger, mechs: list[Mechanism], plan: PrivatePlan,
 
 
 def _describe(plan: PrivatePlan, ran: Mechanism, pc: Any, count_info: dict[str, Any],
-              groups: tuple[int, ...] = ()) -> list[dict]:
+              groups: tuple[int, ...] = (), outcome: dict[str, Any] | None = None) -> list[dict]:
     out = []
+    if plan.pair_noise is not None and outcome:
+        out.append({"name": OUTCOME_NOTE, "kind": "Gaussian mechanism (q=1, steps=1 entry)",
+                    "noise_multiplier": plan.pair_noise,
+                    "l2_sensitivity": outcome_counts.sensitivity(len(outcome["columns"])),
+                    "use": "the outcome's rate within each value of the columns chosen from "
+                           "the released model's own sample (the outcome's redraw)",
+                    "columns": outcome["columns"]})
     if plan.column_noise is not None:
         out.append({"name": COLUMN_NOTE, "kind": "Gaussian mechanism (q=1, steps=1 entry)",
                     "noise_multiplier": plan.column_noise,

@@ -81,7 +81,7 @@ def check_device(config: Config, flag: str = "--") -> None:
 
 def train_to_folder(matrix: CodeMatrix, config: Config, out: Path,
                     state_dir: str | Path | None = None, progress: bool = True,
-                    flag: str = "--") -> dict[str, Any]:
+                    flag: str = "--", records: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Train the generator of ``ehr-train`` and ``fedsynth.train`` into the model folder
     ``out``: DP-SGD with the data set's ledger (in ``state_dir``) when ``config.privacy.epsilon``
     is set, else non-private. ``flag``: how errors name a setting (``--device`` on the command
@@ -94,11 +94,11 @@ def train_to_folder(matrix: CodeMatrix, config: Config, out: Path,
         from fedsynth.common.model.central import train_centralized
 
         return train_centralized(matrix.X, matrix.vocab, config, out, progress=progress,
-                                 extra={"data": matrix.report.to_dict()})
+                                 extra={"data": matrix.report.to_dict()}, records=records)
     from fedsynth.client.private_train import train_centralized_private  # lazy: pulls in opacus
 
     report = train_centralized_private(matrix, config, out, state_dir=state_dir,
-                                       progress=progress)
+                                       progress=progress, records=records)
     privacy = report["privacy"]
     log.info("epsilon %.2f of %g spent on this data set at delta %g; ledger %s",
              privacy["epsilon"], config.privacy.epsilon, privacy["delta"], privacy["ledger"])
@@ -116,12 +116,14 @@ def train_loaded(matrix: CodeMatrix, records: Records | None, layout: TokenLayou
     weights. Returns ``train_to_folder``'s report."""
     if (records is None) != (layout is None):
         raise ValueError("give records with their layout (or neither)")
-    from fedsynth.common.data.record_tokens import model_columns
+    from fedsynth.common.data.record_tokens import model_columns, outcome_group
 
     config.model.one_hot_groups, config.model.ordinal_values = \
         ((), ()) if records is None else model_columns(records.schema)
+    config.model.outcome_group = -1 if records is None else outcome_group(records.schema)
     report = train_to_folder(matrix, config, out, state_dir=state_dir, progress=progress,
-                             flag=flag)
+                             flag=flag, records=None if records is None or layout is None
+                             else (layout, records.schema))
     if records is not None and layout is not None:
         from fedsynth.common.data.record_tokens import write_layout
 

@@ -70,12 +70,24 @@ class ModelConfig:
     # 1 = the trained posterior, > 1 sharpens the dependencies between columns); 0: auto (a
     # whole-records model 1.5 non-private, 1.75 centralized DP, 4 federated; codes-only 1)
     dependency_scale: float = 0.0
+    # whole records: the schema's outcome column, as an index into ``one_hot_groups``
+    # (``record_tokens.outcome_group``; public; -1: none). Its rate within each value of the
+    # ``outcome_columns`` other columns the released model ties it to most is measured
+    # (exactly, or under DP as its own Gaussian mechanism) and kept at sampling
+    # (``common.model.outcome``); 0 columns: off
+    outcome_group: int = -1
+    outcome_columns: int = 10
 
     def output_kind(self) -> str:
         """The output step ``output_step`` resolves to: "threshold" or "per_code"."""
         if self.output_step != "auto":
             return self.output_step
         return "threshold" if self.parameterization == "binary" else "per_code"
+
+    def keeps_outcome(self) -> bool:
+        """A whole-records model whose outcome column is kept within others
+        (``outcome_group`` one of the groups, ``outcome_columns`` > 0)."""
+        return 0 <= self.outcome_group < len(self.one_hot_groups) and self.outcome_columns > 0
 
     def records_posterior(self) -> bool:
         """A whole-records model whose groups have the one-hot posterior: ``one_hot_groups`` set
@@ -313,6 +325,8 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("model", "records_sample_steps"): (lambda v: v >= 1, ">= 1"),
     ("model", "threshold"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("model", "dependency_scale"): (lambda v: 0 <= v <= 10, "in [0, 10] (0: auto)"),
+    ("model", "outcome_group"): (lambda v: v >= -1, ">= -1 (-1: none)"),
+    ("model", "outcome_columns"): (lambda v: 0 <= v <= 1000, "in [0, 1000] (0: off)"),
     ("model", "ordinal_values"): (lambda v: all(-1 <= x <= 1 for x in v), "numbers in [-1, 1]"),
     ("train", "epochs"): (lambda v: v >= 0, ">= 0"),
     ("train", "batch_size"): (lambda v: v >= 1, ">= 1"),

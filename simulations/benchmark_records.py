@@ -107,7 +107,8 @@ def fit_record_generator(name: str, ds: RecordDataset, eps: float | None, delta:
         from fedsynth.simulations.baselines.ours import fit_ours
 
         matrix, layout = records_matrix(ds.train)
-        fitted = fit_ours(matrix, eps, d, seed, s.preset, workdir, s.device)
+        fitted = fit_ours(matrix, eps, d, seed, s.preset, workdir, s.device,
+                          records=(layout, ds.schema))
         sampler = OursRecords(fitted.sampler, layout, ds.schema,
                               tuple(ds.train.codes.vocab.codes))
         return Fitted(name, sampler, fitted.privacy, fitted.train_seconds)

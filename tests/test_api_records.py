@@ -122,11 +122,12 @@ def test_dp_records_training_is_ehr_train_columns_all(records: Records, mimic_pa
     api = gen.privacy
     assert api is not None and gen.is_records and api["epsilon"] <= 3.0
     names = [m["name"] for m in api["mechanisms"]]
-    assert COLUMN_COUNTS in names and "DP-SGD" in names and len(names) == 3
+    assert COLUMN_COUNTS in names and "DP-SGD" in names and len(names) == 4
+    assert "outcome pair counts (Gaussian)" in names  # hospital_expire_flag, the outcome
     col = next(m for m in api["mechanisms"] if m["name"] == COLUMN_COUNTS)
     # one value per schema column and patient, and its number of codes (codes:count)
     assert col["l2_sensitivity"] == pytest.approx(np.sqrt(len(records.schema.columns) + 1))
-    assert len(api["history"]) == 3  # code counts, column counts, DP-SGD in the ledger
+    assert len(api["history"]) == 4  # code, column and pair counts, DP-SGD in the ledger
 
     toml = tmp_path / "tiny.toml"
     toml.write_text(TINY_TOML)

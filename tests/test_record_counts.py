@@ -16,6 +16,7 @@ import pytest
 
 from fedsynth.common.data.schema import schema_for
 from fedsynth.privacy.accountant import Mechanism, epsilon
+from fedsynth.privacy.outcome_counts import MECHANISM_NOTE as OUTCOME_NOTE
 from fedsynth.privacy.record_counts import (
     MECHANISM_NOTE,
     column_prevalence,
@@ -70,8 +71,10 @@ def test_release_uses_fresh_os_noise_and_prevalence_is_normalised_per_column() -
 
 def test_dp_records_run_lists_the_column_counts_as_their_own_mechanism(
         tmp_path: Path, diabetes_path: Path) -> None:
-    """ehr-train --epsilon on whole records: privacy.json has three mechanisms (code counts,
-    column counts, DP-SGD) and the ledger's epsilon is their composition, recomputed here."""
+    """ehr-train --epsilon on whole records: privacy.json has four mechanisms (code counts,
+    column counts, the outcome's pair counts, DP-SGD) and the ledger's epsilon is their
+    composition, recomputed here; ehr-sample redraws the outcome from the model's outcome file,
+    and refuses one that does not fit the model's columns."""
     df = pd.read_csv(diabetes_path, dtype=str).head(4000)
     data = tmp_path / "d.csv.gz"
     df.to_csv(data, index=False)
@@ -87,14 +90,17 @@ def test_dp_records_run_lists_the_column_counts_as_their_own_mechanism(
     assert done.returncode == 0, done.stderr[-2000:]
     privacy = json.loads((tmp_path / "m" / "privacy.json").read_text())
     names = [m["name"] for m in privacy["mechanisms"]]
-    assert MECHANISM_NOTE in names and "DP-SGD" in names and len(names) == 3
+    assert MECHANISM_NOTE in names and "DP-SGD" in names and len(names) == 4
+    pairs = next(m for m in privacy["mechanisms"] if m["name"] == OUTCOME_NOTE)
+    assert len(pairs["columns"]) == 10 and "readmitted" not in pairs["columns"]
+    assert pairs["l2_sensitivity"] == pytest.approx(np.sqrt(10))
     col = next(m for m in privacy["mechanisms"] if m["name"] == MECHANISM_NOTE)
     # one value per column and patient, and one for its number of codes (codes:count)
     columns = len(schema_for("diabetes130").columns) + 1
     assert col["l2_sensitivity"] == pytest.approx(np.sqrt(columns))
     mechs = [Mechanism(**{k: m[k] for k in ("noise_multiplier", "sample_rate", "steps")})
              for m in privacy["this_run"]]
-    assert len(mechs) == 3
+    assert len(mechs) == 4
     assert epsilon(mechs, privacy["delta"], "prv") == pytest.approx(privacy["epsilon"], rel=1e-6)
     assert privacy["epsilon"] <= 3.0 + 1e-9
     # DP-SGD clipped at the records' own norm, and every record of it says so
@@ -107,6 +113,21 @@ def test_dp_records_run_lists_the_column_counts_as_their_own_mechanism(
     # the release's auto guidance: post-processing, no mechanism of its own
     model_cfg = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
     assert model_cfg["dependency_scale"] == 1.75
+    # the pair counts are in the ledger once, and their noise std is z sqrt(10)
+    assert [e["note"] for e in ledger].count(OUTCOME_NOTE) == 1
+    fit = json.loads((tmp_path / "m" / "records_outcome.json").read_text())
+    assert fit["info"]["noise_std"] == pytest.approx(
+        round(pairs["noise_multiplier"] * np.sqrt(10), 4))
+    sample = [str(bin_dir / "ehr-sample"), "--model", str(tmp_path / "m"), "--n", "300",
+              "--out", str(tmp_path / "s.csv"), "--quiet"]
+    done = subprocess.run(sample, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert set(pd.read_csv(tmp_path / "s.csv")["readmitted"]) <= {"NO", ">30", "<30"}
+    fit["theta"] = fit["theta"][:-1]
+    (tmp_path / "m" / "records_outcome.json").write_text(json.dumps(fit))
+    done = subprocess.run(sample, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "records_outcome.json" in done.stderr
+    assert "does not match" in done.stderr and "Traceback" not in done.stderr
 
 
 # ---------------------------------------------------------------- a site under a hostile plan

@@ -189,6 +189,27 @@ def model_columns(schema: Schema) -> tuple[tuple[int, ...], tuple[float, ...]]:
     return layout.group_sizes(), ordinal_values(layout, schema)
 
 
+def outcome_group(schema: Schema) -> int:
+    """``ModelConfig.outcome_group``: the index of the schema's outcome column among the
+    records model's groups (``model_layout``), -1 when it has none."""
+    name = schema.outcome
+    return -1 if name is None else schema.names.index(name)
+
+
+def group_indices(tokens: np.ndarray, groups: tuple[int, ...]) -> np.ndarray:
+    """(n, len(groups)) each row's token within each group (-1: none; the first when a row
+    has several) of the (n, >= sum(groups)) 0/1 ``tokens``."""
+    tokens = np.asarray(tokens)
+    out = np.full((len(tokens), len(groups)), -1, dtype=np.int64)
+    start = 0
+    for j, k in enumerate(groups):
+        block = tokens[:, start:start + k]
+        on = block.any(axis=1)
+        out[on, j] = np.argmax(block[on], axis=1)
+        start += k
+    return out
+
+
 def _index(values: pd.Series, group: Group) -> np.ndarray:
     """Token index within the group per row (-1: missing)."""
     if group.bounds is None:

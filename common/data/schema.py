@@ -22,7 +22,7 @@ TRANSFORMS = ("none", "log1p")
 RESERVED = ("patient_id",)  # the output's id column
 # the records model's own column of a record's number of codes (record_tokens.model_layout)
 CODES_COUNT = "codes:count"
-_COLUMN_KEYS = {"name", "kind", "categories", "low", "high", "transform", "note"}
+_COLUMN_KEYS = {"name", "kind", "categories", "low", "high", "transform", "note", "outcome"}
 INT_LIMIT = 2**53  # exact in float64, so bounds survive encode/decode and TOML
 
 
@@ -32,6 +32,9 @@ class Column:
 
     ``transform='log1p'`` puts counts on a log scale before scaling to [-1, 1]; ``note`` says
     where a domain comes from (e.g. a bound chosen because the dictionary gives none).
+    ``outcome``: the column downstream studies predict (at most one per schema, categorical):
+    its records model keeps the outcome's rate within each value of the other columns that
+    matter most (``common.model.outcome``).
     """
 
     name: str
@@ -41,6 +44,7 @@ class Column:
     high: float | int | None = None
     transform: str = "none"
     note: str = ""
+    outcome: bool = False
 
     @property
     def is_categorical(self) -> bool:
@@ -54,6 +58,8 @@ class Column:
             out.update(low=self.low, high=self.high, transform=self.transform)
         if self.note:
             out["note"] = self.note
+        if self.outcome:
+            out["outcome"] = True
         return out
 
 
@@ -69,6 +75,11 @@ class Schema:
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def outcome(self) -> str | None:
+        """The name of the outcome column (``Column.outcome``), or None."""
+        return next((c.name for c in self.columns if c.outcome), None)
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -104,6 +115,10 @@ def schema_from_dict(data: object, source: str | Path | None = None) -> Schema:
             raise InputError(where, f"column {c.name!r} is declared twice (names are compared "
                              "in any case)")
         seen.add(c.name.lower())
+    outcomes = [c.name for c in columns if c.outcome]
+    if len(outcomes) > 1:
+        raise InputError(where, f"columns {outcomes[0]!r} and {outcomes[1]!r} are both marked "
+                         "outcome: a schema has at most one")
     return Schema(name.strip(), columns, desc, str(source or ""))
 
 
@@ -121,11 +136,14 @@ def _column(d: object, i: int, where: object) -> Column:
                          "number of codes")
     if set(d) - _COLUMN_KEYS:
         raise InputError(where, f"{at}: unknown key {sorted(set(d) - _COLUMN_KEYS)[0]!r}")
-    kind, note = d.get("kind"), d.get("note", "")
+    kind, note, outcome = d.get("kind"), d.get("note", ""), d.get("outcome", False)
     if kind not in KINDS:
         raise InputError(where, f"{at}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if not isinstance(note, str):
         raise InputError(where, f"{at}: 'note' must be a string")
+    if not isinstance(outcome, bool) or (outcome and kind != "categorical"):
+        raise InputError(where, f"{at}: 'outcome' must be true or false, and only a "
+                         "categorical column can be the outcome")
     if kind == "categorical":
         cats = d.get("categories")
         if not isinstance(cats, list) or not cats or not all(isinstance(c, str) for c in cats):
@@ -139,7 +157,7 @@ def _column(d: object, i: int, where: object) -> Column:
                              "spaces: no value could match it")
         if any(k in d for k in ("low", "high")) or d.get("transform", "none") != "none":
             raise InputError(where, f"{at}: a categorical column has no low/high/transform")
-        return Column(name, kind, tuple(cats), note=note)
+        return Column(name, kind, tuple(cats), note=note, outcome=outcome)
     if "categories" in d:
         raise InputError(where, f"{at}: an {kind} column has no 'categories'")
     low, high = (_bound(d.get(k), kind, f"{at}: {k!r}", where) for k in ("low", "high"))

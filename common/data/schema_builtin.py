@@ -53,8 +53,9 @@ _CHOSEN = "no documented bound: chosen public bound"
 _YEAR_BEFORE = "visits in the year before the encounter: at most one a day (0-365)"
 
 
-def _cat(name: str, cats: tuple[str, ...] | list[str], note: str = "") -> Column:
-    return Column(name, "categorical", tuple(cats), note=note)
+def _cat(name: str, cats: tuple[str, ...] | list[str], note: str = "",
+         outcome: bool = False) -> Column:
+    return Column(name, "categorical", tuple(cats), note=note, outcome=outcome)
 
 
 def _ids(name: str, ids: list[int], note: str) -> Column:
@@ -91,7 +92,7 @@ def diabetes130() -> Schema:
         *(_cat(m, ("No", "Steady", "Up", "Down")) for m in DIABETES_MEDICATIONS),
         _cat("change", ("Ch", "No")),
         _cat("diabetesMed", ("Yes", "No")),
-        _cat("readmitted", ("NO", ">30", "<30")),
+        _cat("readmitted", ("NO", ">30", "<30"), "the data set's stated outcome", outcome=True),
     ]
     return Schema("diabetes130", tuple(cols),
                   "UCI Diabetes 130-US hospitals 1999-2008 (Strack et al. 2014): first encounter")
@@ -141,7 +142,8 @@ def _mimic(name: str, race_col: str, races: tuple[str, ...], types: tuple[str, .
         Column("los_days", "real", None, 0.0, 730.0, "log1p",
                f"first admission, discharge - admission in days; {_CHOSEN} 0-730 (two years)"),
         _count("n_admissions", 1, 1000, f"{_CHOSEN} 1-1000"),
-        _cat("hospital_expire_flag", ("0", "1"), "1 if the patient died in hospital"),
+        _cat("hospital_expire_flag", ("0", "1"), "1 if the patient died in hospital",
+             outcome=True),
     )
     return Schema(name, cols, desc)
 

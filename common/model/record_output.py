@@ -12,6 +12,7 @@ assigned to j (a seeded draw; it reads nothing but the model's own sample).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,4 +66,46 @@ def records_of(gen: Any, cont: np.ndarray, X: np.ndarray, layout: Any, schema: A
     table = tokens_to_table(token_scores(gen, cont, T), layout, schema, seed=seed,
                             pick=pick_tokens)
     codes = Vocabulary(tuple(gen.vocab.codes[T:]), name=gen.vocab.name)
-    return table, np.ascontiguousarray(X[:, T:]), codes
+    X = np.ascontiguousarray(X[:, T:])
+    if getattr(gen, "outcome", None) is not None:
+        redraw_outcome(table, X, layout, gen.outcome, seed)
+    return table, X, codes
+
+
+def group_index(table: pd.DataFrame, X: np.ndarray, layout: Any) -> np.ndarray:
+    """(n, groups) each record's token per group of ``layout`` (-1: missing), the number of
+    codes' from its codes ``X``."""
+    from fedsynth.common.data.record_tokens import group_indices, records_to_tokens
+
+    return group_indices(records_to_tokens(table, layout, X), layout.group_sizes())
+
+
+def redraw_outcome(table: pd.DataFrame, X: np.ndarray, layout: Any, model: Any,
+                   seed: int) -> None:
+    """``table``'s outcome column redrawn in place (``common.model.outcome.redraw``; seeded by
+    the sample's ``seed``: post-processing)."""
+    from fedsynth.common.model.outcome import redraw
+
+    group = layout.groups[model.outcome]
+    y = redraw(group_index(table, X, layout), model,
+               np.random.default_rng([int(seed) % 2**63, 0x0C7]))
+    labels = np.array(group.labels, dtype=object)[y]
+    table[group.name] = pd.Categorical(labels, categories=table[group.name].cat.categories)
+
+
+def attach_outcome(gen: Any, layout: Any, schema: Any,
+                   measure: Callable[[list[int]], tuple[list[np.ndarray], float]],
+                   source: str) -> dict[str, Any]:
+    """Fit and set ``gen.outcome`` (``common.model.outcome.release_outcome``) on a
+    ``calibrate.CALIBRATION_SAMPLES``-record sample of ``gen`` as released (its sampler steps;
+    its outcome as the network draws it). ``measure(columns)``: (the pair tables, their noise
+    std), exact or the accounted release. Returns the fit's info."""
+    from fedsynth.common.model.calibrate import CALIBRATION_SAMPLES, CALIBRATION_SEED
+    from fedsynth.common.model.outcome import release_outcome
+
+    gen.outcome = None
+    table, X, _ = sample_records(gen, layout, schema, CALIBRATION_SAMPLES, seed=CALIBRATION_SEED)
+    gen.outcome = release_outcome(group_index(table, X, layout), layout.group_sizes(),
+                                  gen.cfg.outcome_group, gen.cfg.outcome_columns, measure,
+                                  source)
+    return {**gen.outcome.info, "columns": [layout.groups[c].name for c in gen.outcome.columns]}

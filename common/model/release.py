@@ -91,7 +91,8 @@ def save_release(directory: str | Path, gen: Generator,
     """Write ``gen`` (weights, config with its modelled codes and tail, vocabulary, output
     step) and ``extra`` (config.json's ``extra``) into ``directory``: ``store.save_model``."""
     return save_model(directory, gen.model, gen.cfg, gen.vocab, extra=extra,
-                      output_step=gen.output_step, modelled=gen.modelled, tail=gen.tail)
+                      output_step=gen.output_step, modelled=gen.modelled, tail=gen.tail,
+                      outcome=gen.outcome)
 
 
 def _cpu_tensor(value: torch.Tensor | np.ndarray) -> torch.Tensor:

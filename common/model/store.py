@@ -67,11 +67,14 @@ def save_model(
     output_step: OutputStep | None = None,
     modelled: np.ndarray | list[int] | None = None,
     tail: np.ndarray | None = None,
+    outcome: Any = None,
 ) -> Path:
     """Write weights, config, vocabulary (and the output step when given) into ``directory``.
 
     ``modelled``: the vocabulary columns the network's codes are (None: all of them).
-    ``tail``: (V,) prevalence of the codes sampled independently (``Generator.tail``)."""
+    ``tail``: (V,) prevalence of the codes sampled independently (``Generator.tail``).
+    ``outcome``: a records model's ``common.model.outcome.OutcomeModel`` (its file, when
+    given)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model_or_state, EMA):
@@ -97,6 +100,10 @@ def save_model(
     vocab.save(out / VOCAB)
     if output_step is not None:
         set_output_step(out, output_step)
+    if outcome is not None:
+        from fedsynth.common.model.outcome import FILE as OUTCOME
+
+        write_json(out / OUTCOME, outcome.to_dict())
     return out
 
 
@@ -131,8 +138,34 @@ def load_model(directory: str | Path, device: str = "auto") -> Generator:
             raise InputError(d / WEIGHTS, f"cannot load weights ({type(err).__name__})") from None
 
     step = _read_json(d / OUTPUT) if (d / OUTPUT).exists() else None
-    return assemble(conf, weights, step, lambda: Vocabulary.load(d / VOCAB), device,
-                    sources=(d / CONFIG, d / VOCAB, d / WEIGHTS, d / OUTPUT))
+    gen = assemble(conf, weights, step, lambda: Vocabulary.load(d / VOCAB), device,
+                   sources=(d / CONFIG, d / VOCAB, d / WEIGHTS, d / OUTPUT))
+    gen.outcome = _read_outcome(d, gen)
+    return gen
+
+
+def _read_outcome(d: Path, gen: Generator) -> Any:
+    """The model folder's ``OutcomeModel`` (None without its file); InputError when it does
+    not fit the model's groups."""
+    from fedsynth.common.model.outcome import FILE as OUTCOME
+    from fedsynth.common.model.outcome import OutcomeModel
+
+    path = d / OUTCOME
+    if not path.exists():
+        return None
+    try:
+        model = OutcomeModel.from_dict(_read_json(path))
+        sizes = gen.cfg.one_hot_groups
+        ok = 0 <= model.outcome < len(sizes) and len(model.prior) == sizes[model.outcome] and \
+            len(model.theta) == len(model.columns) and all(
+                np.asarray(t, dtype=np.float64).shape == (sizes[c], sizes[model.outcome])
+                for c, t in zip(model.columns, model.theta, strict=True))
+    except (KeyError, TypeError, ValueError, IndexError):
+        ok = False
+    if not ok:
+        raise InputError(path, "does not match the model's columns (an outcome file of "
+                         "another model?)")
+    return model
 
 
 def model_parts(gen: Generator) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
@@ -265,6 +298,9 @@ class Generator:
         self.tail = _check_tail(tail, len(vocab), None if modelled is None else list(
             self.modelled), "tail")  # (V,) prevalence of independently drawn codes, or None
         self._denoise: Any = None
+        # whole records with an outcome column: how a sample's outcome is redrawn
+        # (``common.model.outcome``; None: as the network drew it)
+        self.outcome: Any = None
 
     @property
     def n_codes(self) -> int:

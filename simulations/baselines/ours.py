@@ -82,18 +82,26 @@ def fit_ours(
     preset: str,
     workdir: Path,
     device: str = "cpu",
+    records: tuple[Any, Any] | None = None,
 ) -> Fitted:
-    """Train our model centrally on ``matrix`` (a CodeMatrix); DP when ``epsilon`` is given."""
+    """Train our model centrally on ``matrix`` (a CodeMatrix); DP when ``epsilon`` is given.
+    ``records``: whole records' (token layout, schema), the model built over them as
+    ``ehr-train`` builds it (one-hot groups, ordinal values, the outcome column)."""
     from fedsynth.common.model.store import load_model
 
     out = workdir / f"ours-eps{epsilon or 'inf'}-seed{seed}"
     cfg = _config(preset, seed, device)
+    if records is not None:
+        from fedsynth.common.data.record_tokens import model_columns, outcome_group
+
+        cfg.model.one_hot_groups, cfg.model.ordinal_values = model_columns(records[1])
+        cfg.model.outcome_group = outcome_group(records[1])
     start = time.perf_counter()
     privacy = None
     if epsilon is None:
         from fedsynth.common.model.central import train_centralized
 
-        train_centralized(matrix.X, matrix.vocab, cfg, out, progress=False)
+        train_centralized(matrix.X, matrix.vocab, cfg, out, progress=False, records=records)
     else:
         from fedsynth.client.private_train import train_centralized_private  # privacy engineer
 
@@ -101,7 +109,7 @@ def fit_ours(
         # a benchmark measures a fresh training at each epsilon: its own ledger, not the
         # user's per-data-set one (which would compose the runs and refuse the second)
         train_centralized_private(matrix, cfg, out, state_dir=out / "privacy-state",
-                                  progress=False)
+                                  progress=False, records=records)
         privacy = json.loads((out / "privacy.json").read_text())
     seconds = time.perf_counter() - start
     return Fitted("ours", load_model(out, device=device), privacy, seconds)
