@@ -85,7 +85,8 @@ def train_to_folder(matrix: CodeMatrix, config: Config, out: Path,
     """Train the generator of ``ehr-train`` and ``fedsynth.train`` into the model folder
     ``out``: DP-SGD with the data set's ledger (in ``state_dir``) when ``config.privacy.epsilon``
     is set, else non-private. ``flag``: how errors name a setting (``--device`` on the command
-    line, ``device`` in Python). Returns the training report."""
+    line, ``device`` in Python). ``records``: a records model's (token layout, schema), for
+    the DP trainer's outcome step (``client.private_train``). Returns the training report."""
     check_device(config, flag)
     if matrix.n_patients < 2:
         raise InputError(matrix.source or "data",
@@ -94,7 +95,7 @@ def train_to_folder(matrix: CodeMatrix, config: Config, out: Path,
         from fedsynth.common.model.central import train_centralized
 
         return train_centralized(matrix.X, matrix.vocab, config, out, progress=progress,
-                                 extra={"data": matrix.report.to_dict()}, records=records)
+                                 extra={"data": matrix.report.to_dict()})
     from fedsynth.client.private_train import train_centralized_private  # lazy: pulls in opacus
 
     report = train_centralized_private(matrix, config, out, state_dir=state_dir,

@@ -71,10 +71,12 @@ class ModelConfig:
     # whole-records model 1.5 non-private, 1.75 centralized DP, 4 federated; codes-only 1)
     dependency_scale: float = 0.0
     # whole records: the schema's outcome column, as an index into ``one_hot_groups``
-    # (``record_tokens.outcome_group``; public; -1: none). Its rate within each value of the
-    # ``outcome_columns`` other columns the released model ties it to most is measured
-    # (exactly, or under DP as its own Gaussian mechanism) and kept at sampling
-    # (``common.model.outcome``); 0 columns: off
+    # (``record_tokens.outcome_group``; public; -1: none). Under DP its rate within each value
+    # of the ``outcome_columns`` other columns the released model ties it to most is measured
+    # (a Gaussian mechanism of its own) and kept at sampling (``common.model.outcome``); 0
+    # columns: off. Not run non-private: that model keeps the outcome's links itself
+    # (readmission ratio 0.955 without, 0.957 with, for a 20,000-record sample more: +9%
+    # training time)
     outcome_group: int = -1
     outcome_columns: int = 10
 

@@ -15,9 +15,6 @@ from typing import Any
 import numpy as np
 
 from fedsynth.common.config import Config
-from fedsynth.common.data.record_tokens import group_indices
-from fedsynth.common.model.outcome import pair_tables
-from fedsynth.common.model.record_output import attach_outcome
 from fedsynth.common.model.release import release_generator, save_release
 from fedsynth.common.model.train import train_model
 
@@ -34,13 +31,9 @@ def seen_codes(X: np.ndarray, grouped: int = 0) -> np.ndarray:
 
 
 def train_centralized(X: np.ndarray, vocab: Any, config: Config, out_dir: str | Path,
-                      progress: bool = True, extra: dict[str, Any] | None = None,
-                      records: tuple[Any, Any] | None = None) -> dict[str, Any]:
+                      progress: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train on all rows of ``X`` (n, n_codes) 0/1, fit the output step, write ``out_dir``.
 
-    ``records``: a records model's (token layout, schema); with an outcome column
-    (``ModelConfig.outcome_group``) the outcome is kept within the columns the model ties it
-    to most, from the training data's exact pair counts (``common.model.outcome``).
     Returns the training report (also stored under ``extra.training`` in config.json).
     """
     t0 = time.perf_counter()
@@ -53,13 +46,6 @@ def train_centralized(X: np.ndarray, vocab: Any, config: Config, out_dir: str | 
         prevalence_source="training data", device=result.report["device"],
         training="central")
     report = dict(result.report)
-    m = config.model
-    if records is not None and m.keeps_outcome():
-        groups = tuple(m.one_hot_groups)
-        index = group_indices(X[:, :sum(groups)], groups)
-        report["outcome"] = attach_outcome(
-            gen, *records, lambda cols: (pair_tables(index, m.outcome_group, cols, groups), 0.0),
-            "training data (exact pair counts)")
     report["total_seconds"] = round(time.perf_counter() - t0, 2)
     report["output_step"] = gen.output_step.kind
     report["codes_modelled"] = len(modelled)

@@ -8,9 +8,9 @@ training, as post-processing of measured tables:
 1. ``choose_columns``: the P columns (default 10, ``ModelConfig.outcome_columns``) with the
    highest mutual information with the outcome *in the released model's own sample* (nothing
    of the data beyond what the model already released);
-2. the caller measures the P tables outcome x column on the training data: exactly for a
-   non-private model, under DP as their own accounted mechanism
-   (``privacy.outcome_counts``);
+2. the caller measures the P tables outcome x column on the training data, under DP as their
+   own accounted mechanism (``privacy.outcome_counts``; exact tables are the std 0 case: the
+   non-private trainer does not run the step, its model keeps the outcome's links itself);
 3. ``fit_outcome``: the outcome of a synthetic record with columns x is redrawn from
    q(y | x) proportional to p0(y | x) exp(sum_c theta_c[x_c, y]), where p0 is the model's
    own draw softened towards its outcome rate pi (p0 = (1 - a) onehot(y_model) + a pi,

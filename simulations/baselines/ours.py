@@ -101,7 +101,7 @@ def fit_ours(
     if epsilon is None:
         from fedsynth.common.model.central import train_centralized
 
-        train_centralized(matrix.X, matrix.vocab, cfg, out, progress=False, records=records)
+        train_centralized(matrix.X, matrix.vocab, cfg, out, progress=False)
     else:
         from fedsynth.client.private_train import train_centralized_private  # privacy engineer
 
