@@ -33,8 +33,8 @@ class Column:
     ``transform='log1p'`` puts counts on a log scale before scaling to [-1, 1]; ``note`` says
     where a domain comes from (e.g. a bound chosen because the dictionary gives none).
     ``outcome``: the column downstream studies predict (at most one per schema, categorical):
-    its records model keeps the outcome's rate within each value of the other columns that
-    matter most (``common.model.outcome``).
+    a records model trained under DP keeps the outcome's rate within each value of the other
+    columns that matter most (``common.model.outcome``).
     """
 
     name: str
