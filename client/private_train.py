@@ -71,9 +71,13 @@ class PrivatePlan:
 
     @property
     def mechanisms(self) -> list[Mechanism]:
-        counts = [Mechanism(z, 1.0, 1)
-                  for z in (self.count_noise, self.column_noise, self.pair_noise) if z]
+        counts = _count_mechanisms(self.count_noise, self.column_noise, self.pair_noise)
         return [*counts, Mechanism(self.noise_multiplier, self.sample_rate, self.steps)]
+
+
+def _count_mechanisms(*noise: float | None) -> list[Mechanism]:
+    """The count releases of a plan, each a q = 1, steps = 1 Gaussian (None: not released)."""
+    return [Mechanism(z, 1.0, 1) for z in noise if z]
 
 
 def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
@@ -99,7 +103,7 @@ def plan_private(n: int, config: Config, prior: list[Mechanism]) -> PrivatePlan:
             column_noise = count_noise
             if config.model.keeps_outcome():  # ... and the outcome's pair counts
                 pair_noise = count_noise
-    counts = [Mechanism(z, 1.0, 1) for z in (count_noise, column_noise, pair_noise) if z]
+    counts = _count_mechanisms(count_noise, column_noise, pair_noise)
     sigma = noise_for_target(pc.epsilon, delta, q, steps, pc.accountant, [*prior, *counts],
                              refusal)
     return PrivatePlan(n, delta, q, steps, count_noise, column_noise, sigma, pc.epsilon,

@@ -117,11 +117,9 @@ def train_loaded(matrix: CodeMatrix, records: Records | None, layout: TokenLayou
     weights. Returns ``train_to_folder``'s report."""
     if (records is None) != (layout is None):
         raise ValueError("give records with their layout (or neither)")
-    from fedsynth.common.data.record_tokens import model_columns, outcome_group
+    from fedsynth.common.data.record_tokens import set_model_columns
 
-    config.model.one_hot_groups, config.model.ordinal_values = \
-        ((), ()) if records is None else model_columns(records.schema)
-    config.model.outcome_group = -1 if records is None else outcome_group(records.schema)
+    set_model_columns(config.model, None if records is None else records.schema)
     report = train_to_folder(matrix, config, out, state_dir=state_dir, progress=progress,
                              flag=flag, records=None if records is None or layout is None
                              else (layout, records.schema))

@@ -196,6 +196,14 @@ def outcome_group(schema: Schema) -> int:
     return -1 if name is None else schema.names.index(name)
 
 
+def set_model_columns(model: Any, schema: Schema | None) -> None:
+    """Set a centralized model's public column fields on ``model`` (a ``ModelConfig``) from
+    ``schema``: ``model_columns`` and ``outcome_group``; a codes model (None) has none."""
+    model.one_hot_groups, model.ordinal_values = ((), ()) if schema is None else \
+        model_columns(schema)
+    model.outcome_group = -1 if schema is None else outcome_group(schema)
+
+
 def group_indices(tokens: np.ndarray, groups: tuple[int, ...]) -> np.ndarray:
     """(n, len(groups)) each row's token within each group (-1: none; the first when a row
     has several) of the (n, >= sum(groups)) 0/1 ``tokens``."""

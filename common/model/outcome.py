@@ -120,25 +120,26 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return q / q.sum(axis=1, keepdims=True)
 
 
-def _logits(index: np.ndarray, model: OutcomeModel) -> np.ndarray:
-    out = _base_logits(index[:, model.outcome], np.asarray(model.prior), model.soften)
-    for c, th in zip(model.columns, model.theta, strict=True):
+def _logits(index: np.ndarray, base: np.ndarray, columns: list[int],
+            theta: list[np.ndarray]) -> np.ndarray:
+    """log q up to a constant: ``base`` (log p0) plus each column's theta at the row's value."""
+    out = base.copy()
+    for c, th in zip(columns, theta, strict=True):
         x = index[:, c]
         ok = x >= 0
-        out[ok] += np.asarray(th)[x[ok]]
+        out[ok] += th[x[ok]]
     return out
 
 
 def fit_outcome(index: np.ndarray, outcome: int, sizes: tuple[int, ...], columns: list[int],
                 tables: list[np.ndarray], std: float, sweeps: int = SWEEPS) -> OutcomeModel:
-    """The OutcomeModel whose q matches the measured ``tables`` (``privacy.outcome_counts.
-    pair_tables`` layout; noise std ``std``, 0 when exact) on the model sample ``index``."""
+    """The OutcomeModel whose q matches the measured ``tables`` (``pair_tables``' layout;
+    noise std ``std``, 0 when exact) on the model sample ``index``."""
     y = index[:, outcome]
     k_out = sizes[outcome]
     prior = np.bincount(y[y >= 0], minlength=k_out).astype(np.float64)
     prior = prior / prior.sum() if prior.sum() > 0 else np.full(k_out, 1.0 / k_out)
-    model = OutcomeModel(outcome, list(columns), prior.tolist(),
-                         [np.zeros((sizes[c], k_out)).tolist() for c in columns])
+    base = _base_logits(y, prior, SOFTEN)
     theta = [np.zeros((sizes[c], k_out)) for c in columns]
     targets = []
     for c, t in zip(columns, tables, strict=True):
@@ -158,19 +159,20 @@ def fit_outcome(index: np.ndarray, outcome: int, sizes: tuple[int, ...], columns
         targets.append((x, ok, n_v[:, None] * rate))
     for _ in range(sweeps):
         for i, (x, ok, target) in enumerate(targets):
-            model.theta = theta
-            q = _softmax(_logits(index, model))
+            q = _softmax(_logits(index, base, columns, theta))
             expected = np.zeros_like(target)
             np.add.at(expected, x[ok], q[ok])
             step = np.log((target + EPS) / (expected + EPS))
             theta[i] = theta[i] + np.clip(step, -MAX_STEP, MAX_STEP)
-    model.theta = [np.round(t, 6).tolist() for t in theta]
-    return model
+    return OutcomeModel(outcome, list(columns), prior.tolist(),
+                        [np.round(t, 6).tolist() for t in theta], SOFTEN)
 
 
 def redraw(index: np.ndarray, model: OutcomeModel, rng: np.random.Generator) -> np.ndarray:
     """Each row's outcome token drawn from q(y | its other columns) (module docstring)."""
-    q = _softmax(_logits(index, model))
+    base = _base_logits(index[:, model.outcome], np.asarray(model.prior), model.soften)
+    q = _softmax(_logits(index, base, model.columns,
+                         [np.asarray(t, dtype=np.float64) for t in model.theta]))
     u = rng.random(len(q))[:, None]
     return np.minimum((u > np.cumsum(q, axis=1)).sum(axis=1), q.shape[1] - 1)
 

@@ -92,10 +92,9 @@ def fit_ours(
     out = workdir / f"ours-eps{epsilon or 'inf'}-seed{seed}"
     cfg = _config(preset, seed, device)
     if records is not None:
-        from fedsynth.common.data.record_tokens import model_columns, outcome_group
+        from fedsynth.common.data.record_tokens import set_model_columns
 
-        cfg.model.one_hot_groups, cfg.model.ordinal_values = model_columns(records[1])
-        cfg.model.outcome_group = outcome_group(records[1])
+        set_model_columns(cfg.model, records[1])
     start = time.perf_counter()
     privacy = None
     if epsilon is None:
